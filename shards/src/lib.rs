@@ -1,0 +1,23 @@
+//! The per-core data plane of the QUIC message engine.
+//!
+//! Pure protocol logic (no I/O, time passed in): [`wire`] (record and batch codec),
+//! [`seal`] (ChaCha20-Poly1305 per batch with per-direction counters), [`batch`] (flush
+//! policy), [`handshake`] (Noise XX over the session stream), [`identity`] (static keys and
+//! peer ids), [`cid`] (connection IDs that carry the shard index), [`session`] (one QUIC
+//! connection: quiche + handshake + sealed frames).
+//!
+//! I/O drivers: [`steering`] (SO_REUSEPORT group with a CBPF program that steers by CID),
+//! [`shard`] (the glommio executor per core) and [`client`] (a blocking single-connection client).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod batch;
+pub mod cid;
+pub mod handshake;
+pub mod identity;
+pub mod runtime;
+pub mod seal;
+pub mod session;
+pub mod shard;
+pub mod steering;
+pub mod tls;
+pub mod wire;

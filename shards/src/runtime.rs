@@ -1,0 +1,281 @@
+//! Starting and stopping a node's shards: preflight checks, the reuseport group, one pinned
+//! glommio executor per shard, and the cross-shard mesh.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::batch::BatchPolicy;
+use crate::identity::Identity;
+use crate::session::TransportConfig;
+use crate::shard::{self, App, Command, Hop, PeerDirectory, ShardConfig, ShardHandle, ShardStats};
+use crate::steering::{self, SteeringError};
+use crate::tls::{TlsError, TlsFiles};
+
+/// Memory glommio registers with io_uring per executor; it is locked memory.
+pub const IO_MEMORY_PER_SHARD: usize = 512 * 1024;
+/// Locked memory a shard needs in total (io memory plus rings), checked before start.
+pub const LOCKED_MEMORY_PER_SHARD: u64 = 1024 * 1024;
+/// Capacity of each cross-shard channel, in records.
+const MESH_CAPACITY: usize = 4096;
+/// Capacity of each shard's command channel.
+const COMMAND_CAPACITY: usize = 1024;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The kernel has no io_uring, or it is disabled.
+    #[error("io_uring is not available ({0}); glommio needs Linux 5.8+ with io_uring enabled (check sysctl kernel.io_uring_disabled and seccomp profiles)")]
+    IoUringUnavailable(String),
+    /// RLIMIT_MEMLOCK is below what the executors need.
+    #[error("locked-memory limit is {have} bytes but {shards} shard(s) need {need}; raise it with `ulimit -l {need_kib}` (or LimitMEMLOCK= in a systemd unit), or run fewer shards")]
+    MemlockTooLow {
+        /// Current soft limit in bytes.
+        have: u64,
+        /// Bytes needed.
+        need: u64,
+        /// `need` in KiB, for the ulimit hint.
+        need_kib: u64,
+        /// Shard count asked for.
+        shards: usize,
+    },
+    /// Binding the UDP port failed.
+    #[error(transparent)]
+    Steering(#[from] SteeringError),
+    /// The TLS certificate could not be prepared.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// An executor failed to start.
+    #[error("shard {index} failed to start: {why}")]
+    Shard {
+        /// Which shard.
+        index: usize,
+        /// What it said.
+        why: String,
+    },
+}
+
+/// Configuration of a node's data plane.
+pub struct RuntimeConfig {
+    /// UDP address to bind (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Number of shards (executors, sockets).
+    pub shards: usize,
+    /// Pin each shard to its own core.
+    pub pin: bool,
+    /// The node's identity.
+    pub identity: Arc<Identity>,
+    /// Certificate and key files; `None` generates a self-signed pair.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// QUIC tuning.
+    pub transport: TransportConfig,
+    /// Batch flush policy.
+    pub batch: BatchPolicy,
+    /// Largest payload accepted.
+    pub max_message_size: usize,
+    /// Bytes a destination may have queued before its senders are paused.
+    pub queue_capacity: usize,
+    /// Application for messages addressed to the node.
+    pub app: App,
+    /// Whether to accept incoming connections.
+    pub accept: bool,
+    /// The cluster-wide peer index.
+    pub directory: Arc<dyn PeerDirectory>,
+}
+
+/// A running set of shards.
+#[derive(Debug)]
+pub struct Runtime {
+    local_addr: SocketAddr,
+    handles: Vec<ShardHandle>,
+    threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    _tls: TlsFiles,
+}
+
+/// Checks that io_uring can be set up at all, for a clear error instead of a panic.
+pub fn check_io_uring() -> Result<(), StartError> {
+    #[repr(C)]
+    struct Params([u32; 30]);
+    let mut p = Params([0; 30]);
+    // SAFETY: io_uring_setup with a zeroed params struct of the kernel's size (120 bytes).
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, &mut p as *mut Params) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(StartError::IoUringUnavailable(err.to_string()));
+    }
+    // SAFETY: fd is a file descriptor we just received.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
+}
+
+/// Checks (and where allowed raises) RLIMIT_MEMLOCK for `shards` executors.
+pub fn check_memlock(shards: usize) -> Result<(), StartError> {
+    let need = LOCKED_MEMORY_PER_SHARD.saturating_mul(shards as u64);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Ok(());
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= need {
+        return Ok(());
+    }
+    if lim.rlim_max == libc::RLIM_INFINITY || lim.rlim_max >= need {
+        let raised = libc::rlimit {
+            rlim_cur: if lim.rlim_max == libc::RLIM_INFINITY { need } else { lim.rlim_max },
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: valid pointer to an rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+            return Ok(());
+        }
+    }
+    Err(StartError::MemlockTooLow {
+        have: lim.rlim_cur,
+        need,
+        need_kib: need.div_ceil(1024),
+        shards,
+    })
+}
+
+/// Starts the shards and returns once every one of them is serving.
+pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
+    if cfg.shards == 0 || cfg.shards > 256 {
+        return Err(StartError::Config(format!(
+            "shard count must be 1..=256, got {}",
+            cfg.shards
+        )));
+    }
+    check_io_uring()?;
+    check_memlock(cfg.shards)?;
+    let tls = match &cfg.tls {
+        Some((c, k)) => TlsFiles::from_files(c, k)?,
+        None => TlsFiles::self_signed()?,
+    };
+    let (sockets, local_addr) = steering::bind_group(cfg.listen, cfg.shards)?;
+    let cores: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let mesh = (cfg.shards > 1).then(|| MeshBuilder::<Hop, _>::full(cfg.shards, MESH_CAPACITY));
+    let (ready_tx, ready_rx) = flume::unbounded::<(usize, Result<(), String>)>();
+    let mut handles = Vec::new();
+    let mut threads = Vec::new();
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let stats = Arc::new(ShardStats::default());
+        let (cmd_tx, cmd_rx) = flume::bounded::<Command>(COMMAND_CAPACITY);
+        handles.push(ShardHandle {
+            commands: cmd_tx,
+            stats: stats.clone(),
+        });
+        let shard_cfg = ShardConfig {
+            index,
+            shards: cfg.shards,
+            identity: cfg.identity.clone(),
+            cert_pem: tls.cert_str(),
+            key_pem: tls.key_str(),
+            transport: cfg.transport.clone(),
+            batch: cfg.batch,
+            max_message_size: cfg.max_message_size,
+            queue_capacity: cfg.queue_capacity,
+            app: cfg.app.clone(),
+            accept: cfg.accept,
+            directory: cfg.directory.clone(),
+            stats,
+        };
+        let placement = match cores.get(index % cores.len().max(1)) {
+            Some(cpu) if cfg.pin => Placement::Fixed(*cpu),
+            _ => Placement::Unbound,
+        };
+        let mesh = mesh.clone();
+        let ready = ready_tx.clone();
+        let spawned = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{index}"))
+            .io_memory(IO_MEMORY_PER_SHARD)
+            .spawn(move || async move {
+                let _ = ready.send((index, Ok(())));
+                shard::run(shard_cfg, socket, cmd_rx, mesh).await
+            })
+            .map_err(|e| StartError::Shard {
+                index,
+                why: e.to_string(),
+            })?;
+        threads.push(spawned);
+    }
+    drop(ready_tx);
+    let mut up = 0;
+    while up < cfg.shards {
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok((_, Ok(()))) => up += 1,
+            Ok((index, Err(why))) => return Err(StartError::Shard { index, why }),
+            Err(_) => {
+                // A thread died before reporting: find out why.
+                for (index, t) in threads.into_iter().enumerate() {
+                    if t.thread().id() != std::thread::current().id() {
+                        if let Err(e) = t.join() {
+                            return Err(StartError::Shard {
+                                index,
+                                why: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                return Err(StartError::Shard {
+                    index: up,
+                    why: "did not start".into(),
+                });
+            }
+        }
+    }
+    Ok(Runtime {
+        local_addr,
+        handles,
+        threads,
+        _tls: tls,
+    })
+}
+
+impl Runtime {
+    /// The bound UDP address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Per-shard handles (commands, counters), index = shard.
+    pub fn shards(&self) -> &[ShardHandle] {
+        &self.handles
+    }
+
+    /// Drains every shard (flush queues, finish sessions) and waits up to `timeout`.
+    pub fn shutdown(self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        for h in &self.handles {
+            let _ = h.commands.send(Command::Shutdown { deadline });
+        }
+        let mut first_err = None;
+        for (i, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(format!("shard {i}: {e}"));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(format!("shard {i}: {e}"));
+                }
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}

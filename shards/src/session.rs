@@ -1,0 +1,635 @@
+//! One QUIC connection carrying one engine session, without I/O.
+//!
+//! A [`Session`] owns the quiche connection, runs the Noise handshake on the session stream
+//! (client-initiated bidirectional stream 0), then moves sealed batches in both directions. The
+//! driver feeds it datagrams ([`Session::recv`]), asks it for datagrams ([`Session::send`]),
+//! and pulls decoded records only when it has room for them ([`Session::read_records`]): not
+//! reading is how back-pressure reaches the sender through QUIC flow control.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::handshake::{Handshake, HandshakeError, Role};
+use crate::identity::Identity;
+use crate::seal::{self, Opener, SealError, SealKey, Sealer};
+use crate::wire::{self, close_code, PeerId, Record, WireError};
+
+/// The QUIC stream that carries the handshake and then the sealed frames.
+pub const SESSION_STREAM: u64 = 0;
+
+/// Why a session failed; each maps to the QUIC application close code sent to the peer.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// quiche refused an operation.
+    #[error("quic: {0}")]
+    Quic(#[from] quiche::Error),
+    /// The Noise handshake failed (bad message, wrong key, oversize).
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// A sealed frame did not authenticate (tampered, replayed, reordered, truncated).
+    #[error("seal: {0}")]
+    Seal(#[from] SealError),
+    /// A batch did not decode.
+    #[error("wire: {0}")]
+    Wire(#[from] WireError),
+    /// The peer broke a protocol rule.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// A send was attempted before the handshake finished or after the stream finished.
+    #[error("session is not open for sending")]
+    NotOpen,
+}
+
+impl SessionError {
+    /// The QUIC application close code this error is reported with.
+    pub fn close_code(&self) -> u64 {
+        match self {
+            SessionError::Quic(_) | SessionError::NotOpen => close_code::INTERNAL_ERROR,
+            SessionError::Handshake(_) => close_code::HANDSHAKE_FAILED,
+            SessionError::Seal(SealError::TooLarge { .. } | SealError::TooShort { .. }) => {
+                close_code::FRAME_TOO_LARGE
+            }
+            SessionError::Seal(_) => close_code::SEAL_FAILED,
+            SessionError::Wire(_) | SessionError::Protocol(_) => close_code::PROTOCOL_VIOLATION,
+        }
+    }
+}
+
+/// How a session ended, as seen from this side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// Whether the close was sent by the peer (true) or by this side (false).
+    pub by_peer: bool,
+    /// Application close code, or the QUIC transport error code when `is_app` is false.
+    pub code: u64,
+    /// Whether `code` is an application code (see `close_code`).
+    pub is_app: bool,
+    /// The reason text sent with the close.
+    pub reason: String,
+    /// Whether the connection ended because the idle timeout fired.
+    pub timed_out: bool,
+}
+
+enum Phase {
+    /// QUIC handshake and/or Noise handshake in progress.
+    Handshaking(Box<Handshake>),
+    /// Keys agreed; sealed frames flow.
+    Open { sealer: Sealer, opener: Opener },
+    /// A fatal error happened; the connection is closing.
+    Failed,
+}
+
+/// Tuning of the QUIC transport used by sessions.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+    /// Connection and stream receive window, in bytes.
+    pub window: u64,
+    /// Largest UDP payload sent.
+    pub max_udp_payload: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            idle_timeout: Duration::from_secs(30),
+            window: 2 * 1024 * 1024,
+            max_udp_payload: 1350,
+        }
+    }
+}
+
+/// Builds the quiche configuration for the accepting side. `cert` and `key` are PEM file
+/// paths: the certificate is not what authenticates a peer (Noise static keys do).
+pub fn server_config(
+    transport: &TransportConfig,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<quiche::Config, quiche::Error> {
+    let mut cfg = base_config(transport)?;
+    cfg.load_cert_chain_from_pem_file(cert_pem)?;
+    cfg.load_priv_key_from_pem_file(key_pem)?;
+    cfg.set_initial_max_streams_bidi(1);
+    Ok(cfg)
+}
+
+/// Builds the quiche configuration for the dialing side. The server certificate is not
+/// verified: the Noise handshake authenticates the peer.
+pub fn client_config(transport: &TransportConfig) -> Result<quiche::Config, quiche::Error> {
+    let mut cfg = base_config(transport)?;
+    cfg.verify_peer(false);
+    cfg.set_initial_max_streams_bidi(0);
+    Ok(cfg)
+}
+
+fn base_config(t: &TransportConfig) -> Result<quiche::Config, quiche::Error> {
+    let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION)?;
+    cfg.set_application_protos(&[crate::handshake::ALPN])?;
+    cfg.set_max_idle_timeout(u64::try_from(t.idle_timeout.as_millis()).unwrap_or(u64::MAX));
+    cfg.set_max_recv_udp_payload_size(t.max_udp_payload);
+    cfg.set_max_send_udp_payload_size(t.max_udp_payload);
+    cfg.set_initial_max_data(t.window);
+    cfg.set_initial_max_stream_data_bidi_local(t.window);
+    cfg.set_initial_max_stream_data_bidi_remote(t.window);
+    cfg.set_initial_max_stream_data_uni(0);
+    cfg.set_initial_max_streams_uni(0);
+    cfg.set_max_connection_window(t.window);
+    cfg.set_max_stream_window(t.window);
+    cfg.set_active_connection_id_limit(4);
+    cfg.set_disable_active_migration(false);
+    Ok(cfg)
+}
+
+/// One engine session over one QUIC connection.
+pub struct Session {
+    conn: quiche::Connection,
+    phase: Phase,
+    is_client: bool,
+    peer: Option<PeerId>,
+    ready_reported: bool,
+    /// Bytes read from the stream that do not yet form a whole sealed frame.
+    rx: Vec<u8>,
+    /// Sealed bytes waiting for quiche to accept them (stream flow control).
+    tx: Vec<u8>,
+    tx_off: usize,
+    /// Plaintext scratch for encoding batches.
+    scratch: Vec<u8>,
+    fin_sent: bool,
+    fin_wanted: bool,
+    fin_received: bool,
+    /// Close code and reason of the error that closed this session on this side.
+    error: Option<(u64, String)>,
+    created: Instant,
+    established_at: Option<Instant>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("trace_id", &self.conn.trace_id())
+            .field("peer", &self.peer)
+            .field("is_client", &self.is_client)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Starts a session as the dialing side (QUIC client, Noise initiator).
+    pub fn connect(
+        config: &mut quiche::Config,
+        identity: &Identity,
+        scid: &[u8],
+        local: SocketAddr,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<Session, SessionError> {
+        let scid = quiche::ConnectionId::from_ref(scid);
+        let conn = quiche::connect(None, &scid, local, peer, config)?;
+        Self::new(conn, Role::Initiator, identity, true, now)
+    }
+
+    /// Starts a session as the accepting side (QUIC server, Noise responder).
+    pub fn accept(
+        config: &mut quiche::Config,
+        identity: &Identity,
+        scid: &[u8],
+        local: SocketAddr,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<Session, SessionError> {
+        let scid = quiche::ConnectionId::from_ref(scid);
+        let conn = quiche::accept(&scid, None, local, peer, config)?;
+        Self::new(conn, Role::Responder, identity, false, now)
+    }
+
+    fn new(
+        conn: quiche::Connection,
+        role: Role,
+        identity: &Identity,
+        is_client: bool,
+        now: Instant,
+    ) -> Result<Session, SessionError> {
+        Ok(Session {
+            conn,
+            phase: Phase::Handshaking(Box::new(Handshake::new(role, identity)?)),
+            is_client,
+            peer: None,
+            ready_reported: false,
+            rx: Vec::new(),
+            tx: Vec::new(),
+            tx_off: 0,
+            scratch: Vec::new(),
+            fin_sent: false,
+            fin_wanted: false,
+            fin_received: false,
+            error: None,
+            created: now,
+            established_at: None,
+        })
+    }
+
+    /// The authenticated peer id, once the Noise handshake finished.
+    pub fn peer(&self) -> Option<PeerId> {
+        self.peer
+    }
+
+    /// Whether this side dialed.
+    pub fn is_client(&self) -> bool {
+        self.is_client
+    }
+
+    /// Returns the peer id once, the first time it is called after the handshake finished.
+    pub fn take_ready(&mut self) -> Option<PeerId> {
+        if self.ready_reported {
+            return None;
+        }
+        let peer = self.peer?;
+        self.ready_reported = true;
+        Some(peer)
+    }
+
+    /// How long the QUIC and Noise handshakes took, once both are done.
+    pub fn handshake_duration(&self) -> Option<Duration> {
+        self.established_at.map(|t| t.duration_since(self.created))
+    }
+
+    /// Whether sealed frames can be sent.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open { .. }) && !self.fin_wanted
+    }
+
+    /// Whether the peer finished its direction of the session stream.
+    pub fn peer_finished(&self) -> bool {
+        self.fin_received
+    }
+
+    /// Whether the connection is fully closed and can be dropped.
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    /// Whether the connection is closing (draining or closed).
+    pub fn is_closing(&self) -> bool {
+        self.conn.is_closed() || self.conn.is_draining() || self.error.is_some()
+    }
+
+    /// The QUIC trace id, for logs.
+    pub fn trace_id(&self) -> &str {
+        self.conn.trace_id()
+    }
+
+    /// The address the peer currently sends from.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.conn.path_stats().find(|p| p.active).map(|p| p.peer_addr)
+    }
+
+    /// Read access to the quiche connection (stats, ids).
+    pub fn quic(&self) -> &quiche::Connection {
+        &self.conn
+    }
+
+    /// Mutable access to the quiche connection, for driver-level operations such as
+    /// issuing new connection IDs.
+    pub fn quic_mut(&mut self) -> &mut quiche::Connection {
+        &mut self.conn
+    }
+
+    /// The close code and reason of the error that closed this session on this side.
+    pub fn error(&self) -> Option<&(u64, String)> {
+        self.error.as_ref()
+    }
+
+    /// How the session ended, once it is closing.
+    pub fn close_info(&self) -> Option<CloseInfo> {
+        let timed_out = self.conn.is_timed_out();
+        if let Some(e) = self.conn.peer_error() {
+            return Some(CloseInfo {
+                by_peer: true,
+                code: e.error_code,
+                is_app: e.is_app,
+                reason: String::from_utf8_lossy(&e.reason).into_owned(),
+                timed_out,
+            });
+        }
+        if let Some(e) = self.conn.local_error() {
+            return Some(CloseInfo {
+                by_peer: false,
+                code: e.error_code,
+                is_app: e.is_app,
+                reason: String::from_utf8_lossy(&e.reason).into_owned(),
+                timed_out,
+            });
+        }
+        if self.conn.is_closed() {
+            return Some(CloseInfo {
+                by_peer: false,
+                code: 0,
+                is_app: false,
+                reason: String::new(),
+                timed_out,
+            });
+        }
+        None
+    }
+
+    /// Feeds one received datagram. Errors inside the engine protocol close the connection
+    /// with the matching code and are returned once; QUIC-level errors on a single packet
+    /// (a stray or undecryptable datagram) are ignored, as QUIC requires.
+    pub fn recv(&mut self, buf: &mut [u8], from: SocketAddr, to: SocketAddr) {
+        let _ = self.conn.recv(buf, quiche::RecvInfo { from, to });
+        if self.conn.is_established() {
+            if let Err(e) = self.advance_handshake() {
+                self.fail(&e);
+            }
+        }
+    }
+
+    /// Moves the Noise handshake forward and flushes pending stream bytes.
+    fn advance_handshake(&mut self) -> Result<(), SessionError> {
+        if let Phase::Handshaking(hs) = &mut self.phase {
+            if let Some(out) = hs.take_outgoing() {
+                self.tx.extend_from_slice(&out);
+            }
+            // Read only handshake bytes; the rest is left for read_records.
+            let mut buf = [0u8; 1024];
+            while !hs.is_finished() {
+                match self.conn.stream_recv(SESSION_STREAM, &mut buf) {
+                    Ok((n, fin)) => {
+                        let data = buf.get(..n).unwrap_or(&[]);
+                        let used = hs.feed(data)?;
+                        self.rx.extend_from_slice(data.get(used..).unwrap_or(&[]));
+                        if let Some(out) = hs.take_outgoing() {
+                            self.tx.extend_from_slice(&out);
+                        }
+                        if fin {
+                            if !hs.is_finished() {
+                                return Err(SessionError::Protocol("stream finished in handshake"));
+                            }
+                            self.fin_received = true;
+                        }
+                    }
+                    Err(quiche::Error::Done) => break,
+                    Err(quiche::Error::InvalidStreamState(_)) if self.is_client => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if hs.is_finished() {
+                if let Some(out) = hs.take_outgoing() {
+                    self.tx.extend_from_slice(&out);
+                }
+                let Phase::Handshaking(hs) =
+                    std::mem::replace(&mut self.phase, Phase::Failed)
+                else {
+                    return Err(SessionError::NotOpen);
+                };
+                let keys = hs.into_keys()?;
+                self.peer = Some(keys.remote_peer);
+                self.phase = Phase::Open {
+                    sealer: Sealer::new(SealKey::from_bytes(*keys.send)),
+                    opener: Opener::new(SealKey::from_bytes(*keys.recv)),
+                };
+                self.established_at = Some(Instant::now());
+            }
+        }
+        self.flush_tx()?;
+        Ok(())
+    }
+
+    /// Pushes buffered sealed bytes into the QUIC stream as far as flow control allows.
+    fn flush_tx(&mut self) -> Result<(), SessionError> {
+        if self.tx_off < self.tx.len() {
+            let pending = self.tx.get(self.tx_off..).unwrap_or(&[]);
+            match self.conn.stream_send(SESSION_STREAM, pending, false) {
+                Ok(n) => self.tx_off += n,
+                Err(quiche::Error::Done) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if self.tx_off == self.tx.len() {
+                self.tx.clear();
+                self.tx_off = 0;
+            } else if self.tx_off > 64 * 1024 && self.tx_off * 2 > self.tx.len() {
+                self.tx.drain(..self.tx_off);
+                self.tx_off = 0;
+            }
+        }
+        if self.fin_wanted && !self.fin_sent && self.tx.is_empty() && self.peer.is_some() {
+            match self.conn.stream_send(SESSION_STREAM, &[], true) {
+                Ok(_) => self.fin_sent = true,
+                Err(quiche::Error::Done) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sealed bytes accepted from the caller but not yet taken by the QUIC stream. The
+    /// driver uses it (plus its batch queues) to decide when to stop feeding this session.
+    pub fn pending_bytes(&self) -> usize {
+        self.tx.len() - self.tx_off
+    }
+
+    /// Encodes and seals `records` as one batch (one AEAD operation) and queues the frame.
+    pub fn send_batch<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<(), SessionError> {
+        if self.fin_wanted || self.error.is_some() {
+            return Err(SessionError::NotOpen);
+        }
+        let Phase::Open { sealer, .. } = &mut self.phase else {
+            return Err(SessionError::NotOpen);
+        };
+        self.scratch.clear();
+        wire::encode_batch(records, &mut self.scratch);
+        if self.scratch.is_empty() {
+            return Ok(());
+        }
+        sealer.seal_into(&self.scratch, &mut self.tx)?;
+        if let Err(e) = self.flush_tx() {
+            self.fail(&e);
+            return Err(SessionError::NotOpen);
+        }
+        Ok(())
+    }
+
+    /// Queues raw bytes on the session stream, bypassing the seal. Only for tests that
+    /// check how a peer reacts to forged or replayed frames.
+    #[doc(hidden)]
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.tx.extend_from_slice(bytes);
+        self.flush_tx()
+    }
+
+    /// Seals `records` and returns the frame bytes without queuing them. Only for tests
+    /// that replay or reorder frames.
+    #[doc(hidden)]
+    pub fn seal_detached(&mut self, records: &[Record]) -> Result<Vec<u8>, SessionError> {
+        let Phase::Open { sealer, .. } = &mut self.phase else {
+            return Err(SessionError::NotOpen);
+        };
+        let mut plain = Vec::new();
+        wire::encode_batch(records, &mut plain);
+        let mut out = Vec::new();
+        sealer.seal_into(&plain, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads and opens up to `max_frames` sealed frames, appending their records to `out`.
+    /// Returns the number of frames opened. Data beyond that stays in QUIC's receive buffer,
+    /// so a driver that stops calling this pushes back on the peer. On an error the session
+    /// is closed with the matching code and the error is returned.
+    pub fn read_records(
+        &mut self,
+        out: &mut Vec<Record>,
+        max_frames: usize,
+    ) -> Result<usize, SessionError> {
+        if self.error.is_some() {
+            return Ok(0);
+        }
+        match self.read_records_inner(out, max_frames) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn read_records_inner(
+        &mut self,
+        out: &mut Vec<Record>,
+        max_frames: usize,
+    ) -> Result<usize, SessionError> {
+        let Phase::Open { opener, .. } = &mut self.phase else {
+            return Ok(0);
+        };
+        let mut frames = 0;
+        while frames < max_frames {
+            // Work out how many bytes the current frame still needs.
+            let need = if self.rx.len() < seal::HEADER_LEN {
+                seal::HEADER_LEN
+            } else {
+                let header = frame_header(&self.rx);
+                seal::HEADER_LEN + seal::frame_len(header)?
+            };
+            if self.rx.len() >= need {
+                let header = frame_header(&self.rx);
+                let body = self
+                    .rx
+                    .get_mut(seal::HEADER_LEN..need)
+                    .ok_or(SessionError::Protocol("frame bounds"))?;
+                let n = opener.open_in_place(header, body)?;
+                let plain = body.get(..n).ok_or(SessionError::Protocol("frame bounds"))?;
+                wire::decode_batch(plain, out)?;
+                self.rx.drain(..need);
+                frames += 1;
+                continue;
+            }
+            if self.fin_received {
+                if self.rx.is_empty() {
+                    break;
+                }
+                return Err(SessionError::Seal(SealError::Authentication));
+            }
+            // Read exactly what the frame still lacks, so unread data stays in QUIC.
+            let have = self.rx.len();
+            self.rx.resize(need, 0);
+            let dst = self.rx.get_mut(have..need).unwrap_or(&mut []);
+            match self.conn.stream_recv(SESSION_STREAM, dst) {
+                Ok((n, fin)) => {
+                    self.rx.truncate(have + n);
+                    if fin {
+                        self.fin_received = true;
+                    }
+                }
+                Err(quiche::Error::Done) => {
+                    self.rx.truncate(have);
+                    break;
+                }
+                Err(e) => {
+                    self.rx.truncate(have);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Whether sealed data is waiting to be read (in QUIC or in the partial-frame buffer).
+    pub fn has_readable(&self) -> bool {
+        matches!(self.phase, Phase::Open { .. })
+            && (self.conn.stream_readable(SESSION_STREAM) || self.rx.len() >= seal::HEADER_LEN)
+    }
+
+    /// Ends this side of the session stream once every queued frame is in the stream.
+    /// After it no more batches can be sent; the session closes when both sides finished.
+    pub fn finish(&mut self) {
+        self.fin_wanted = true;
+        if let Err(e) = self.flush_tx() {
+            self.fail(&e);
+        }
+    }
+
+    /// Whether both directions finished and everything this side sent was acknowledged.
+    pub fn is_complete(&mut self) -> bool {
+        self.fin_sent
+            && self.fin_received
+            && self.rx.is_empty()
+            && matches!(
+                self.conn.stream_capacity(SESSION_STREAM),
+                Err(quiche::Error::InvalidStreamState(_))
+            )
+    }
+
+    /// Closes the connection with an application close code.
+    pub fn close(&mut self, code: u64, reason: &str) {
+        let _ = self.conn.close(true, code, reason.as_bytes());
+    }
+
+    fn fail(&mut self, e: &SessionError) {
+        tracing::debug!(trace_id = self.conn.trace_id(), "closing session: {e}");
+        let code = e.close_code();
+        let reason = e.to_string();
+        self.close(code, &reason);
+        self.phase = Phase::Failed;
+        if self.error.is_none() {
+            self.error = Some((code, reason));
+        }
+    }
+
+    /// Produces the next datagram to send, or `None` when quiche has nothing more. The
+    /// driver must call this until `None` after every recv, timeout and batch send.
+    pub fn send(&mut self, out: &mut [u8]) -> Option<(usize, quiche::SendInfo)> {
+        if let Err(e) = self.flush_tx() {
+            self.fail(&e);
+        }
+        match self.conn.send(out) {
+            Ok(v) => Some(v),
+            Err(quiche::Error::Done) => None,
+            Err(e) => {
+                tracing::debug!(trace_id = self.conn.trace_id(), "quic send error: {e}");
+                let _ = self.conn.close(false, 0x1, b"send error");
+                None
+            }
+        }
+    }
+
+    /// When quiche next needs [`Session::on_timeout`].
+    pub fn timeout_at(&self) -> Option<Instant> {
+        self.conn.timeout_instant()
+    }
+
+    /// Runs quiche's timers (loss detection, idle timeout, draining).
+    pub fn on_timeout(&mut self) {
+        self.conn.on_timeout();
+    }
+}
+
+fn frame_header(rx: &[u8]) -> [u8; 4] {
+    let mut h = [0u8; 4];
+    if let Some(src) = rx.get(..4) {
+        h.copy_from_slice(src);
+    }
+    h
+}

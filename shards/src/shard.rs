@@ -1,0 +1,1223 @@
+//! The shard: one glommio executor pinned to one core, owning one UDP socket of the
+//! SO_REUSEPORT group, the QUIC sessions whose connection IDs name it, their batch queues,
+//! and its end of the cross-shard mesh.
+//!
+//! Shard-local state lives in a `RefCell` inside an `Rc`: nothing here is shared with other
+//! threads except atomic counters ([`ShardStats`]), the peer directory (consulted on
+//! connect, disconnect and on a cache miss) and the channels.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::Senders;
+use glommio::net::UdpSocket;
+use rand::RngCore;
+
+use crate::batch::{BatchPolicy, BatchQueue};
+use crate::cid::{self, CID_LEN};
+use crate::identity::Identity;
+use crate::session::{self, Session, TransportConfig};
+use crate::wire::{close_code, ErrorCode, ErrorRecord, Message, PeerId, Record};
+
+/// Largest UDP datagram the shard reads.
+const MAX_DATAGRAM: usize = 65_535;
+/// Frames opened per session per service call, for fairness between connections.
+const FRAMES_PER_TURN: usize = 16;
+/// Sealed bytes a session may hold beyond what QUIC accepted before the shard stops sealing.
+const MAX_SESSION_BACKLOG: usize = 256 * 1024;
+/// How often blocked work (stalled senders, full channels) is retried while it exists.
+const STALL_RETRY: Duration = Duration::from_millis(1);
+
+/// What the node does with messages addressed to itself.
+#[derive(Clone, Debug)]
+pub enum App {
+    /// Send each message back to its sender.
+    Echo,
+    /// Count and discard.
+    Sink,
+    /// Hand each message to the embedding program.
+    Channel(flume::Sender<Delivery>),
+}
+
+/// Something the engine hands to the embedding program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A message addressed to this node.
+    Message {
+        /// The authenticated sender.
+        from: PeerId,
+        /// The sender's sequence number.
+        seq: u64,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A message this node sent could not be delivered.
+    Error(ErrorRecord),
+}
+
+/// The cluster-wide peer index as the shards see it. The engine implements it over a
+/// concurrent map; shards consult it on connect, disconnect and cache misses only.
+pub trait PeerDirectory: Send + Sync + 'static {
+    /// A peer finished its handshake on `shard`; `conn` is unique within that shard.
+    fn connected(&self, peer: PeerId, shard: usize, conn: u64, addr: SocketAddr, outbound: bool);
+    /// The connection `conn` on `shard` to `peer` ended.
+    fn disconnected(&self, peer: PeerId, shard: usize, conn: u64);
+    /// Which shard holds a connection to `peer`.
+    fn shard_of(&self, peer: &PeerId) -> Option<usize>;
+    /// Bumped on every disconnect so shard-local caches know when to re-check.
+    fn generation(&self) -> u64;
+}
+
+/// Counters a shard keeps without locks; the engine sums them across shards.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// UDP datagrams received.
+    pub datagrams_in: AtomicU64,
+    /// UDP datagrams sent.
+    pub datagrams_out: AtomicU64,
+    /// Datagrams whose connection ID names another shard (steering failure).
+    pub misrouted: AtomicU64,
+    /// Datagrams for no known connection that were not a new Initial.
+    pub unknown_datagrams: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections dialed.
+    pub dialed: AtomicU64,
+    /// Connections currently held (gauge).
+    pub connections: AtomicU64,
+    /// Connections closed for any reason.
+    pub closed: AtomicU64,
+    /// Connections that failed the Noise handshake.
+    pub handshake_failures: AtomicU64,
+    /// Connections closed because a sealed frame failed authentication.
+    pub seal_failures: AtomicU64,
+    /// Connections closed for other protocol violations.
+    pub protocol_errors: AtomicU64,
+    /// Messages received from peers.
+    pub messages_in: AtomicU64,
+    /// Messages handed to the node's own application.
+    pub delivered_local: AtomicU64,
+    /// Messages queued towards another peer (relay), on this shard or another.
+    pub relayed: AtomicU64,
+    /// Messages sealed and written to a connection.
+    pub messages_out: AtomicU64,
+    /// Batches sealed and written.
+    pub batches_out: AtomicU64,
+    /// Error records sent back to senders.
+    pub errors_out: AtomicU64,
+    /// Error records received.
+    pub errors_in: AtomicU64,
+    /// Dropped: destination unknown.
+    pub dropped_unknown_destination: AtomicU64,
+    /// Dropped: larger than the message size limit.
+    pub dropped_too_large: AtomicU64,
+    /// Dropped: the destination's connection ended before delivery.
+    pub dropped_unreachable: AtomicU64,
+    /// Dropped: the node was shutting down.
+    pub dropped_shutting_down: AtomicU64,
+    /// Dropped: the sender's own connection ended before its messages were routed.
+    pub dropped_sender_gone: AtomicU64,
+    /// Bytes held in batch queues and session backlogs (gauge).
+    pub queued_bytes: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Commands from the embedding program or the engine to one shard.
+#[derive(Debug)]
+pub enum Command {
+    /// Dial a peer node; the reply carries its authenticated peer id.
+    Dial {
+        /// Where to dial.
+        addr: SocketAddr,
+        /// Receives the outcome.
+        reply: flume::Sender<Result<PeerId, String>>,
+    },
+    /// Send a message from this node's application to `dst` (held on this shard).
+    Send {
+        /// Destination peer.
+        dst: PeerId,
+        /// Sender's sequence number.
+        seq: u64,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// Drain: stop accepting, flush every queue, finish every session, and stop once all
+    /// sessions are closed or `deadline` passes.
+    Shutdown {
+        /// When to give up waiting for peers.
+        deadline: Instant,
+    },
+}
+
+/// A record crossing from one shard to another.
+#[derive(Debug)]
+pub struct Hop {
+    /// The peer that should receive `record`.
+    pub to: PeerId,
+    /// The record.
+    pub record: Record,
+}
+
+/// Everything a shard needs to run.
+pub struct ShardConfig {
+    /// This shard's index (also the first byte of every connection ID it issues).
+    pub index: usize,
+    /// How many shards the node runs.
+    pub shards: usize,
+    /// The node's static identity.
+    pub identity: Arc<Identity>,
+    /// PEM files of the TLS certificate and key (not used for peer authentication).
+    pub cert_pem: String,
+    /// See `cert_pem`.
+    pub key_pem: String,
+    /// QUIC transport tuning.
+    pub transport: TransportConfig,
+    /// When batches flush.
+    pub batch: BatchPolicy,
+    /// Largest accepted payload.
+    pub max_message_size: usize,
+    /// Bytes a destination may have queued before senders feeding it are paused.
+    pub queue_capacity: usize,
+    /// What to do with messages for this node.
+    pub app: App,
+    /// Whether to accept incoming connections.
+    pub accept: bool,
+    /// The cluster-wide peer index.
+    pub directory: Arc<dyn PeerDirectory>,
+    /// This shard's counters.
+    pub stats: Arc<ShardStats>,
+}
+
+type ConnKey = u64;
+
+/// Where a routed record came from, for error reporting and back-pressure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Conn(ConnKey),
+    Local,
+    Remote,
+}
+
+enum RouteOutcome {
+    Done,
+    /// Destination full: the record was not consumed.
+    Blocked(Record),
+}
+
+struct Conn {
+    session: Session,
+    queue: BatchQueue<Record>,
+    /// Records decoded from this session but not yet routed (destination was full).
+    stalled: VecDeque<Record>,
+    scids: Vec<Vec<u8>>,
+    dial_reply: Option<flume::Sender<Result<PeerId, String>>>,
+    peer: Option<PeerId>,
+    finished: bool,
+}
+
+struct State {
+    cfg: ShardConfig,
+    self_id: PeerId,
+    local_addr: SocketAddr,
+    server_cfg: Option<quiche::Config>,
+    client_cfg: quiche::Config,
+    conns: HashMap<ConnKey, Conn>,
+    by_cid: HashMap<Vec<u8>, ConnKey>,
+    by_peer: HashMap<PeerId, ConnKey>,
+    remote_cache: HashMap<PeerId, usize>,
+    cache_generation: u64,
+    next_key: ConnKey,
+    outbox: VecDeque<(Vec<u8>, SocketAddr)>,
+    spare: Vec<Vec<u8>>,
+    /// Conns with queued records that may be due at the end of this turn.
+    dirty: Vec<ConnKey>,
+    /// Records for other shards that did not fit in the channel yet.
+    hop_backlog: VecDeque<(usize, Hop)>,
+    /// Records from the local app or other shards waiting for a full destination.
+    waiting: VecDeque<(Origin, PeerId, Record)>,
+    draining: Option<Instant>,
+    decode_buf: Vec<Record>,
+    rng: rand::rngs::ThreadRng,
+}
+
+/// A started shard's handle, held by the engine.
+#[derive(Debug)]
+pub struct ShardHandle {
+    /// Commands into the shard.
+    pub commands: flume::Sender<Command>,
+    /// The shard's counters.
+    pub stats: Arc<ShardStats>,
+}
+
+/// Runs one shard to completion inside the current glommio executor. `socket` is this
+/// shard's member of the reuseport group. Returns when a shutdown finished.
+pub async fn run(
+    cfg: ShardConfig,
+    socket: std::net::UdpSocket,
+    commands: flume::Receiver<Command>,
+    mesh: Option<glommio::channels::channel_mesh::MeshBuilder<Hop, glommio::channels::channel_mesh::Full>>,
+) -> Result<(), String> {
+    let local_addr = socket.local_addr().map_err(|e| e.to_string())?;
+    // SAFETY: the fd comes from a std socket we own; ownership moves to glommio.
+    let socket = unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) };
+    let server_cfg = if cfg.accept {
+        Some(
+            session::server_config(&cfg.transport, &cfg.cert_pem, &cfg.key_pem)
+                .map_err(|e| format!("TLS certificate or key not usable: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let client_cfg = session::client_config(&cfg.transport).map_err(|e| e.to_string())?;
+    let (senders, receivers) = match mesh {
+        Some(m) => {
+            let (s, r) = m.join().await.map_err(|_| "cross-shard mesh join failed")?;
+            (Some(s), Some(r))
+        }
+        None => (None, None),
+    };
+    let self_id = cfg.identity.peer_id();
+    let shard = Rc::new(Shard {
+        st: RefCell::new(State {
+            cfg,
+            self_id,
+            local_addr,
+            server_cfg,
+            client_cfg,
+            conns: HashMap::new(),
+            by_cid: HashMap::new(),
+            by_peer: HashMap::new(),
+            remote_cache: HashMap::new(),
+            cache_generation: 0,
+            next_key: 1,
+            outbox: VecDeque::new(),
+            spare: Vec::new(),
+            dirty: Vec::new(),
+            hop_backlog: VecDeque::new(),
+            waiting: VecDeque::new(),
+            draining: None,
+            decode_buf: Vec::new(),
+            rng: rand::thread_rng(),
+        }),
+        socket,
+        senders,
+        wake: flume::bounded(1),
+    });
+
+    let mut tasks = Vec::new();
+    if let Some(mut receivers) = receivers {
+        for (_, rx) in receivers.streams() {
+            let sh = shard.clone();
+            tasks.push(glommio::spawn_local(async move {
+                while let Some(hop) = rx.recv().await {
+                    sh.on_hop(hop);
+                    sh.flush_outbox().await;
+                }
+            }));
+        }
+    }
+    {
+        let sh = shard.clone();
+        tasks.push(glommio::spawn_local(async move { sh.recv_loop().await }));
+    }
+    {
+        let sh = shard.clone();
+        tasks.push(glommio::spawn_local(async move { sh.timer_loop().await }));
+    }
+    // The command loop is the shard's lifetime: it ends after a drain.
+    let result = shard.command_loop(commands).await;
+    for t in tasks {
+        drop(t.cancel());
+    }
+    if let Some(s) = &shard.senders {
+        s.close();
+    }
+    result
+}
+
+struct Shard {
+    st: RefCell<State>,
+    socket: UdpSocket,
+    senders: Option<Senders<Hop>>,
+    /// Wakes the timer task when a new, earlier deadline may exist.
+    wake: (flume::Sender<()>, flume::Receiver<()>),
+}
+
+impl Shard {
+    fn poke(&self) {
+        let _ = self.wake.0.try_send(());
+    }
+
+    async fn recv_loop(self: Rc<Self>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            match self.socket.recv_from(&mut buf).await {
+                Ok((n, from)) => {
+                    if let Some(pkt) = buf.get_mut(..n) {
+                        self.st.borrow_mut().on_datagram(pkt, from);
+                    }
+                    self.flush_outbox().await;
+                    self.poke();
+                }
+                Err(e) => {
+                    tracing::warn!("udp recv failed: {e}");
+                    glommio::timer::sleep(STALL_RETRY).await;
+                }
+            }
+        }
+    }
+
+    async fn timer_loop(self: Rc<Self>) {
+        loop {
+            let next = self.st.borrow().next_deadline();
+            let wait = next
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(1));
+            if !wait.is_zero() {
+                futures_lite::future::or(glommio::timer::sleep(wait), async {
+                    let _ = self.wake.1.recv_async().await;
+                })
+                .await;
+            }
+            self.tick();
+            self.flush_outbox().await;
+        }
+    }
+
+    fn tick(&self) {
+        self.st.borrow_mut().on_tick(Instant::now());
+    }
+
+    /// Moves records bound for other shards into the mesh, as far as channels have room.
+    fn push_hops(&self) {
+        let mut st = self.st.borrow_mut();
+        if let Some(senders) = &self.senders {
+            while let Some((shard, hop)) = st.hop_backlog.pop_front() {
+                match senders.try_send_to(shard, hop) {
+                    Ok(()) => {}
+                    Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(h))) => {
+                        st.hop_backlog.push_front((shard, h));
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("cross-shard send to {shard} failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_hop(&self, hop: Hop) {
+        let mut st = self.st.borrow_mut();
+        let now = Instant::now();
+        if !st.waiting.is_empty() {
+            st.waiting.push_back((Origin::Remote, hop.to, hop.record));
+        } else if let RouteOutcome::Blocked(r) =
+            st.route_to_peer(Origin::Remote, hop.to, hop.record, now)
+        {
+            st.waiting.push_back((Origin::Remote, hop.to, r));
+        }
+        st.end_turn(now);
+    }
+
+    async fn command_loop(self: &Rc<Self>, commands: flume::Receiver<Command>) -> Result<(), String> {
+        loop {
+            // Stop taking commands while earlier ones wait for room (back-pressure to the app).
+            while !self.st.borrow().waiting.is_empty() && self.st.borrow().draining.is_none() {
+                glommio::timer::sleep(STALL_RETRY).await;
+            }
+            let draining = self.st.borrow().draining;
+            let cmd = match draining {
+                Some(deadline) => {
+                    if self.st.borrow_mut().drain_done(Instant::now()) || Instant::now() >= deadline {
+                        self.st.borrow_mut().close_all();
+                        self.flush_outbox().await;
+                        return Ok(());
+                    }
+                    match futures_lite::future::or(
+                        async { commands.recv_async().await.ok() },
+                        async {
+                            glommio::timer::sleep(Duration::from_millis(5)).await;
+                            None
+                        },
+                    )
+                    .await
+                    {
+                        Some(c) => c,
+                        None => continue,
+                    }
+                }
+                None => match commands.recv_async().await {
+                    Ok(c) => c,
+                    // The engine went away without a shutdown: drain with a short deadline.
+                    Err(_) => Command::Shutdown {
+                        deadline: Instant::now() + Duration::from_secs(2),
+                    },
+                },
+            };
+            {
+                let mut st = self.st.borrow_mut();
+                st.on_command(cmd);
+            }
+            self.tick();
+            self.flush_outbox().await;
+            self.poke();
+        }
+    }
+
+    async fn flush_outbox(&self) {
+        self.push_hops();
+        loop {
+            let item = self.st.borrow_mut().outbox.pop_front();
+            let Some((pkt, to)) = item else { break };
+            match self.socket.send_to(&pkt, to).await {
+                Ok(_) => inc(&self.st.borrow().cfg.stats.datagrams_out),
+                Err(e) => tracing::debug!("udp send to {to} failed: {e}"),
+            }
+            self.st.borrow_mut().recycle(pkt);
+        }
+    }
+}
+
+impl State {
+    fn stats(&self) -> &ShardStats {
+        &self.cfg.stats
+    }
+
+    fn recycle(&mut self, mut pkt: Vec<u8>) {
+        if self.spare.len() < 256 {
+            pkt.clear();
+            self.spare.push(pkt);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for c in self.conns.values() {
+            consider(c.session.timeout_at());
+            consider(c.queue.deadline());
+        }
+        let now = Instant::now();
+        if !self.waiting.is_empty()
+            || !self.hop_backlog.is_empty()
+            || self.conns.values().any(|c| !c.stalled.is_empty())
+        {
+            consider(Some(now + STALL_RETRY));
+        }
+        if self.draining.is_some() {
+            consider(Some(now + Duration::from_millis(5)));
+        }
+        next
+    }
+
+    fn on_datagram(&mut self, pkt: &mut [u8], from: SocketAddr) {
+        inc(&self.stats().datagrams_in);
+        let now = Instant::now();
+        let hdr = match quiche::Header::from_slice(pkt, CID_LEN) {
+            Ok(h) => h,
+            Err(_) => {
+                inc(&self.stats().unknown_datagrams);
+                return;
+            }
+        };
+        let dcid = hdr.dcid.as_ref().to_vec();
+        let key = match self.by_cid.get(&dcid) {
+            Some(k) => *k,
+            None => {
+                if hdr.ty != quiche::Type::Initial {
+                    if cid::shard_of(&dcid, self.cfg.shards) != Some(self.cfg.index) {
+                        inc(&self.stats().misrouted);
+                    }
+                    inc(&self.stats().unknown_datagrams);
+                    return;
+                }
+                if !quiche::version_is_supported(hdr.version) {
+                    let mut out = self.spare.pop().unwrap_or_default();
+                    out.resize(1500, 0);
+                    if let Ok(n) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
+                        out.truncate(n);
+                        self.outbox.push_back((out, from));
+                    }
+                    return;
+                }
+                match self.accept(&dcid, from, now) {
+                    Some(k) => k,
+                    None => return,
+                }
+            }
+        };
+        let local = self.local_addr;
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.session.recv(pkt, from, local);
+        }
+        self.service(key, now);
+        self.end_turn(now);
+    }
+
+    fn accept(&mut self, odcid: &[u8], from: SocketAddr, now: Instant) -> Option<ConnKey> {
+        if self.draining.is_some() {
+            return None;
+        }
+        let server_cfg = self.server_cfg.as_mut()?;
+        let scid = cid::new_cid(self.cfg.index as u8, &mut self.rng);
+        let session = match Session::accept(
+            server_cfg,
+            &self.cfg.identity,
+            &scid,
+            self.local_addr,
+            from,
+            now,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("accept from {from} failed: {e}");
+                return None;
+            }
+        };
+        inc(&self.stats().accepted);
+        let key = self.insert_conn(session, scid.to_vec(), None);
+        self.by_cid.insert(odcid.to_vec(), key);
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.scids.push(odcid.to_vec());
+        }
+        Some(key)
+    }
+
+    fn insert_conn(
+        &mut self,
+        session: Session,
+        scid: Vec<u8>,
+        dial_reply: Option<flume::Sender<Result<PeerId, String>>>,
+    ) -> ConnKey {
+        let key = self.next_key;
+        self.next_key += 1;
+        self.by_cid.insert(scid.clone(), key);
+        self.cfg.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.conns.insert(
+            key,
+            Conn {
+                session,
+                queue: BatchQueue::new(self.cfg.batch),
+                stalled: VecDeque::new(),
+                scids: vec![scid],
+                dial_reply,
+                peer: None,
+                finished: false,
+            },
+        );
+        key
+    }
+
+    fn dial(&mut self, addr: SocketAddr, reply: flume::Sender<Result<PeerId, String>>) {
+        if self.draining.is_some() {
+            let _ = reply.send(Err("node is shutting down".into()));
+            return;
+        }
+        let scid = cid::new_cid(self.cfg.index as u8, &mut self.rng);
+        let now = Instant::now();
+        match Session::connect(
+            &mut self.client_cfg,
+            &self.cfg.identity,
+            &scid,
+            self.local_addr,
+            addr,
+            now,
+        ) {
+            Ok(s) => {
+                inc(&self.stats().dialed);
+                let key = self.insert_conn(s, scid.to_vec(), Some(reply));
+                self.drive(key);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(format!("dial {addr}: {e}")));
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Dial { addr, reply } => self.dial(addr, reply),
+            Command::Send { dst, seq, payload } => {
+                let src = self.self_id;
+                let r = Record::Message(Message {
+                    dst,
+                    src,
+                    seq,
+                    payload,
+                });
+                if let RouteOutcome::Blocked(r) = self.route_to_peer(Origin::Local, dst, r, now) {
+                    self.waiting.push_back((Origin::Local, dst, r));
+                }
+            }
+            Command::Shutdown { deadline } => self.begin_drain(deadline, now),
+        }
+        self.end_turn(now);
+    }
+
+    fn begin_drain(&mut self, deadline: Instant, now: Instant) {
+        if self.draining.is_some() {
+            return;
+        }
+        tracing::info!(shard = self.cfg.index, "draining");
+        self.draining = Some(deadline);
+        // Route what waits, then flush every queue regardless of its timeout.
+        self.retry_waiting(now);
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for k in &keys {
+            self.service(*k, now);
+        }
+        for k in keys {
+            self.flush_queue(k, now, true);
+            if let Some(c) = self.conns.get_mut(&k) {
+                if c.queue.is_empty() && c.stalled.is_empty() {
+                    c.session.finish();
+                    c.finished = true;
+                }
+            }
+            self.drive(k);
+        }
+    }
+
+    /// Whether every session finished cleanly (drain can stop).
+    fn drain_done(&mut self, now: Instant) -> bool {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.flush_queue(k, now, true);
+            if let Some(c) = self.conns.get_mut(&k) {
+                if !c.finished && c.queue.is_empty() && c.stalled.is_empty() {
+                    c.session.finish();
+                    c.finished = true;
+                }
+                if c.session.is_client() && c.session.is_complete() {
+                    c.session.close(close_code::NO_ERROR, "done");
+                }
+            }
+            self.drive(k);
+        }
+        self.reap();
+        self.conns.is_empty()
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for k in keys {
+            if let Some(c) = self.conns.get_mut(&k) {
+                c.session.close(close_code::NO_ERROR, "shutting down");
+            }
+            self.drive(k);
+        }
+        // Count what could not be delivered before the deadline.
+        for k in self.conns.keys().copied().collect::<Vec<_>>() {
+            self.drop_conn_state(k, ErrorCode::ShuttingDown);
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for k in keys {
+            if let Some(c) = self.conns.get_mut(&k) {
+                if c.session.timeout_at().is_some_and(|t| t <= now) {
+                    c.session.on_timeout();
+                }
+            }
+            self.service(k, now);
+            self.flush_queue(k, now, false);
+            self.drive(k);
+        }
+        self.retry_waiting(now);
+        self.end_turn(now);
+        self.reap();
+    }
+
+    fn retry_waiting(&mut self, now: Instant) {
+        let n = self.waiting.len();
+        for _ in 0..n {
+            let Some((origin, to, r)) = self.waiting.pop_front() else {
+                break;
+            };
+            if let RouteOutcome::Blocked(r) = self.route_to_peer(origin, to, r, now) {
+                self.waiting.push_front((origin, to, r));
+                break;
+            }
+        }
+    }
+
+    /// Reads and routes what a session has for us, as far as destinations have room.
+    fn service(&mut self, key: ConnKey, now: Instant) {
+        // Handshake completion.
+        let ready = self.conns.get_mut(&key).and_then(|c| c.session.take_ready());
+        if let Some(peer) = ready {
+            self.on_ready(key, peer, now);
+        }
+        let mut frames = 0;
+        loop {
+            // First route what this session already had decoded.
+            while let Some(r) = self.conns.get_mut(&key).and_then(|c| c.stalled.pop_front()) {
+                if let RouteOutcome::Blocked(r) = self.route(Origin::Conn(key), r, now) {
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        c.stalled.push_front(r);
+                    }
+                    return;
+                }
+            }
+            if frames >= FRAMES_PER_TURN {
+                return;
+            }
+            let Some(c) = self.conns.get_mut(&key) else { return };
+            // Replies and errors go to this session's own queue: keep room for them.
+            if c.queue.bytes() + c.session.pending_bytes() >= self.cfg.queue_capacity {
+                return;
+            }
+            let mut buf = std::mem::take(&mut self.decode_buf);
+            buf.clear();
+            let res = c.session.read_records(&mut buf, 1);
+            match res {
+                Ok(0) => {
+                    self.decode_buf = buf;
+                    // Peer finished its direction: finish ours once our queue is out.
+                    if c.session.peer_finished() && !c.finished {
+                        self.flush_queue(key, now, true);
+                        if let Some(c) = self.conns.get_mut(&key) {
+                            if c.queue.is_empty() {
+                                c.session.finish();
+                                c.finished = true;
+                            }
+                        }
+                    }
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        if c.session.is_client() && c.session.is_complete() {
+                            c.session.close(close_code::NO_ERROR, "done");
+                        }
+                    }
+                    return;
+                }
+                Ok(_) => {
+                    frames += 1;
+                    c.stalled.extend(buf.drain(..));
+                    self.decode_buf = buf;
+                }
+                Err(e) => {
+                    self.decode_buf = buf;
+                    match e.close_code() {
+                        close_code::SEAL_FAILED | close_code::FRAME_TOO_LARGE => {
+                            inc(&self.stats().seal_failures)
+                        }
+                        close_code::HANDSHAKE_FAILED => inc(&self.stats().handshake_failures),
+                        _ => inc(&self.stats().protocol_errors),
+                    }
+                    tracing::info!(conn = key, "closing session: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self, key: ConnKey, peer: PeerId, _now: Instant) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        c.peer = Some(peer);
+        let addr = c.session.peer_addr().unwrap_or(self.local_addr);
+        let outbound = c.session.is_client();
+        if let Some(reply) = c.dial_reply.take() {
+            let _ = reply.send(Ok(peer));
+        }
+        // Give the peer spare connection IDs (all naming this shard) for migration.
+        let mut issued = Vec::new();
+        while c.session.quic().scids_left() > 0 && issued.len() < 3 {
+            let scid = cid::new_cid(self.cfg.index as u8, &mut self.rng);
+            let token = u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64());
+            let id = quiche::ConnectionId::from_ref(&scid);
+            if c.session.quic_mut().new_scid(&id, token, false).is_err() {
+                break;
+            }
+            issued.push(scid.to_vec());
+        }
+        for s in issued {
+            self.by_cid.insert(s.clone(), key);
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.scids.push(s);
+            }
+        }
+        self.by_peer.insert(peer, key);
+        self.remote_cache.remove(&peer);
+        self.cfg.directory.connected(peer, self.cfg.index, key, addr, outbound);
+        tracing::debug!(shard = self.cfg.index, %peer, %addr, "peer connected");
+    }
+
+    /// Routes one record that arrived from `origin`.
+    fn route(&mut self, origin: Origin, r: Record, now: Instant) -> RouteOutcome {
+        match r {
+            Record::Message(mut m) => {
+                inc(&self.stats().messages_in);
+                if let Origin::Conn(k) = origin {
+                    // The sender is whoever authenticated on this connection.
+                    if let Some(p) = self.conns.get(&k).and_then(|c| c.peer) {
+                        m.src = p;
+                    }
+                }
+                if m.payload.len() > self.cfg.max_message_size {
+                    inc(&self.stats().dropped_too_large);
+                    let reason = format!(
+                        "payload of {} bytes exceeds the limit of {}",
+                        m.payload.len(),
+                        self.cfg.max_message_size
+                    );
+                    self.send_error(origin, m.src, ErrorCode::MessageTooLarge, m.seq, m.dst, reason, now);
+                    return RouteOutcome::Done;
+                }
+                let dst = m.dst;
+                match self.route_to_peer(origin, dst, Record::Message(m), now) {
+                    RouteOutcome::Blocked(Record::Message(m)) => {
+                        // Undo the count; it will be counted again on retry.
+                        self.stats().messages_in.fetch_sub(1, Ordering::Relaxed);
+                        RouteOutcome::Blocked(Record::Message(m))
+                    }
+                    o => o,
+                }
+            }
+            Record::Error(e) => {
+                inc(&self.stats().errors_in);
+                tracing::debug!(code = ?e.code, seq = e.seq, dst = %e.dst, "peer reported: {}", e.reason);
+                if let App::Channel(tx) = &self.cfg.app {
+                    let _ = tx.try_send(Delivery::Error(e));
+                }
+                RouteOutcome::Done
+            }
+        }
+    }
+
+    /// Delivers `r` to peer `to`: this node's app, a session on this shard, or another shard.
+    fn route_to_peer(&mut self, origin: Origin, to: PeerId, r: Record, now: Instant) -> RouteOutcome {
+        if to == self.self_id {
+            return self.deliver_local(origin, r);
+        }
+        if let Some(&key) = self.by_peer.get(&to) {
+            let cap = self.cfg.queue_capacity;
+            let Some(c) = self.conns.get_mut(&key) else {
+                return RouteOutcome::Done;
+            };
+            if c.finished || c.session.is_closing() {
+                self.undeliverable(origin, r, ErrorCode::DestinationUnreachable, now);
+                return RouteOutcome::Done;
+            }
+            if c.queue.bytes() + c.session.pending_bytes() >= cap {
+                return RouteOutcome::Blocked(r);
+            }
+            if matches!(r, Record::Message(_)) && origin != Origin::Local {
+                inc(&self.cfg.stats.relayed);
+            }
+            let size = r.encoded_len();
+            c.queue.push(r, size, now);
+            self.cfg.stats.queued_bytes.fetch_add(size as u64, Ordering::Relaxed);
+            if !self.dirty.contains(&key) {
+                self.dirty.push(key);
+            }
+            return RouteOutcome::Done;
+        }
+        if let Some(shard) = self.lookup_remote(&to) {
+            if matches!(r, Record::Message(_)) && origin != Origin::Local {
+                inc(&self.cfg.stats.relayed);
+            }
+            if origin == Origin::Remote {
+                // Stale index on the sending shard: the peer is not here.
+                self.undeliverable(origin, r, ErrorCode::DestinationUnreachable, now);
+                return RouteOutcome::Done;
+            }
+            if self.hop_backlog.len() >= 1024 {
+                if let Record::Message(_) = &r {
+                    self.cfg.stats.relayed.fetch_sub(1, Ordering::Relaxed);
+                }
+                return RouteOutcome::Blocked(r);
+            }
+            self.hop_backlog.push_back((shard, Hop { to, record: r }));
+            return RouteOutcome::Done;
+        }
+        self.undeliverable(origin, r, ErrorCode::UnknownDestination, now);
+        RouteOutcome::Done
+    }
+
+    fn lookup_remote(&mut self, to: &PeerId) -> Option<usize> {
+        let generation = self.cfg.directory.generation();
+        if generation != self.cache_generation {
+            self.remote_cache.clear();
+            self.cache_generation = generation;
+        }
+        if let Some(s) = self.remote_cache.get(to) {
+            return Some(*s);
+        }
+        let shard = self.cfg.directory.shard_of(to)?;
+        if shard == self.cfg.index {
+            return None;
+        }
+        self.remote_cache.insert(*to, shard);
+        Some(shard)
+    }
+
+    fn deliver_local(&mut self, origin: Origin, r: Record) -> RouteOutcome {
+        let Record::Message(m) = r else {
+            if let Record::Error(e) = r {
+                if let App::Channel(tx) = &self.cfg.app {
+                    let _ = tx.try_send(Delivery::Error(e));
+                }
+            }
+            return RouteOutcome::Done;
+        };
+        match &self.cfg.app {
+            App::Sink => {
+                inc(&self.stats().delivered_local);
+                RouteOutcome::Done
+            }
+            App::Echo => {
+                let reply = Record::Message(Message {
+                    dst: m.src,
+                    src: self.self_id,
+                    seq: m.seq,
+                    payload: m.payload,
+                });
+                let to = m.src;
+                match self.route_to_peer(origin, to, reply, Instant::now()) {
+                    RouteOutcome::Done => {
+                        inc(&self.stats().delivered_local);
+                        RouteOutcome::Done
+                    }
+                    RouteOutcome::Blocked(Record::Message(reply)) => {
+                        RouteOutcome::Blocked(Record::Message(Message {
+                            dst: self.self_id,
+                            src: reply.dst,
+                            seq: reply.seq,
+                            payload: reply.payload,
+                        }))
+                    }
+                    RouteOutcome::Blocked(other) => RouteOutcome::Blocked(other),
+                }
+            }
+            App::Channel(tx) => {
+                let d = Delivery::Message {
+                    from: m.src,
+                    seq: m.seq,
+                    payload: m.payload,
+                };
+                match tx.try_send(d) {
+                    Ok(()) => {
+                        inc(&self.stats().delivered_local);
+                        RouteOutcome::Done
+                    }
+                    Err(flume::TrySendError::Full(Delivery::Message { from, seq, payload })) => {
+                        RouteOutcome::Blocked(Record::Message(Message {
+                            dst: self.self_id,
+                            src: from,
+                            seq,
+                            payload,
+                        }))
+                    }
+                    Err(_) => {
+                        inc(&self.stats().dropped_shutting_down);
+                        RouteOutcome::Done
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a record that cannot be delivered and reports it to the message's sender.
+    fn undeliverable(&mut self, origin: Origin, r: Record, code: ErrorCode, now: Instant) {
+        let Record::Message(m) = r else {
+            // Errors about errors are not sent: that could loop.
+            return;
+        };
+        match code {
+            ErrorCode::UnknownDestination => inc(&self.stats().dropped_unknown_destination),
+            ErrorCode::ShuttingDown => inc(&self.stats().dropped_shutting_down),
+            _ => inc(&self.stats().dropped_unreachable),
+        }
+        let reason = match code {
+            ErrorCode::UnknownDestination => format!("no connected peer {}", m.dst),
+            ErrorCode::ShuttingDown => "node is shutting down".to_string(),
+            _ => format!("connection to {} ended before delivery", m.dst),
+        };
+        self.send_error(origin, m.src, code, m.seq, m.dst, reason, now);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_error(
+        &mut self,
+        origin: Origin,
+        to: PeerId,
+        code: ErrorCode,
+        seq: u64,
+        dst: PeerId,
+        reason: String,
+        now: Instant,
+    ) {
+        let e = Record::Error(ErrorRecord {
+            code,
+            seq,
+            dst,
+            reason,
+        });
+        if to == self.self_id || origin == Origin::Local {
+            if let (App::Channel(tx), Record::Error(e)) = (&self.cfg.app, e) {
+                let _ = tx.try_send(Delivery::Error(e));
+            }
+            return;
+        }
+        inc(&self.stats().errors_out);
+        // Error records may exceed the queue bound by their own (small) size: they are
+        // caused by messages already consumed, and dropping them would hide a loss.
+        if let Some(&key) = self.by_peer.get(&to) {
+            if let Some(c) = self.conns.get_mut(&key) {
+                if !c.finished && !c.session.is_closing() {
+                    let size = e.encoded_len();
+                    c.queue.push(e, size, now);
+                    self.cfg.stats.queued_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                    if !self.dirty.contains(&key) {
+                        self.dirty.push(key);
+                    }
+                }
+            }
+            return;
+        }
+        if let Some(shard) = self.lookup_remote(&to) {
+            self.hop_backlog.push_back((shard, Hop { to, record: e }));
+        }
+    }
+
+    /// Flushes queues that became due during this turn (batch timeout 0, or full).
+    fn end_turn(&mut self, now: Instant) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for k in dirty {
+            self.flush_queue(k, now, false);
+            self.drive(k);
+        }
+    }
+
+    /// Seals due batches of `key`'s queue into its session while the session has room.
+    fn flush_queue(&mut self, key: ConnKey, now: Instant, force: bool) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        if !c.session.is_open() {
+            return;
+        }
+        while !c.queue.is_empty()
+            && (force || c.queue.is_due(now))
+            && c.session.pending_bytes() < MAX_SESSION_BACKLOG
+        {
+            let batch = c.queue.pop_batch();
+            let bytes: usize = batch.iter().map(|(r, _)| r.encoded_len()).sum();
+            self.cfg.stats.queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+            let msgs = batch.iter().filter(|(r, _)| matches!(r, Record::Message(_))).count();
+            match c.session.send_batch(batch.iter().map(|(r, _)| r)) {
+                Ok(()) => {
+                    self.cfg.stats.batches_out.fetch_add(1, Ordering::Relaxed);
+                    self.cfg.stats.messages_out.fetch_add(msgs as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::debug!(conn = key, "batch not sent: {e}");
+                    self.cfg
+                        .stats
+                        .dropped_unreachable
+                        .fetch_add(msgs as u64, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs the session's send loop until quiche has nothing more to send.
+    fn drive(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        loop {
+            let mut buf = self.spare.pop().unwrap_or_default();
+            buf.resize(self.cfg.transport.max_udp_payload.max(1500), 0);
+            match c.session.send(&mut buf) {
+                Some((n, info)) => {
+                    buf.truncate(n);
+                    self.outbox.push_back((buf, info.to));
+                }
+                None => {
+                    buf.clear();
+                    self.spare.push(buf);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Removes closed sessions, reporting what they left undelivered.
+    fn reap(&mut self) {
+        let closed: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.is_closed())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in closed {
+            self.drop_conn_state(k, ErrorCode::DestinationUnreachable);
+        }
+    }
+
+    fn drop_conn_state(&mut self, key: ConnKey, code: ErrorCode) {
+        let Some(mut c) = self.conns.remove(&key) else { return };
+        for s in &c.scids {
+            self.by_cid.remove(s);
+        }
+        self.cfg.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        inc(&self.stats().closed);
+        if let Some(info) = c.session.close_info() {
+            tracing::debug!(conn = key, ?info, "session closed");
+        }
+        if let Some(reply) = c.dial_reply.take() {
+            let why = c
+                .session
+                .close_info()
+                .map(|i| format!("connection closed (code {:#x}: {})", i.code, i.reason))
+                .unwrap_or_else(|| "connection closed".into());
+            let _ = reply.send(Err(why));
+        }
+        if let Some(peer) = c.peer {
+            if self.by_peer.get(&peer) == Some(&key) {
+                self.by_peer.remove(&peer);
+            }
+            self.cfg.directory.disconnected(peer, self.cfg.index, key);
+        }
+        let now = Instant::now();
+        let code = if self.draining.is_some() {
+            ErrorCode::ShuttingDown
+        } else {
+            code
+        };
+        // Undelivered records queued for this peer: count and tell their senders.
+        let mut left = Vec::new();
+        while !c.queue.is_empty() {
+            left.extend(c.queue.pop_batch().into_iter().map(|(r, _)| r));
+        }
+        let bytes: usize = left.iter().map(Record::encoded_len).sum();
+        self.cfg.stats.queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+        for r in left {
+            let origin = match &r {
+                Record::Message(m) if m.src == self.self_id => Origin::Local,
+                _ => Origin::Remote,
+            };
+            self.undeliverable(origin, r, code, now);
+        }
+        // Records this peer sent that were never routed.
+        for r in c.stalled.drain(..) {
+            if matches!(r, Record::Message(_)) {
+                inc(&self.stats().dropped_sender_gone);
+            }
+        }
+    }
+}
