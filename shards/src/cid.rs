@@ -117,7 +117,10 @@ mod tests {
         assert_eq!(dcid_routing_byte(&[0x40]), None);
         assert_eq!(dcid_routing_byte(&[0x40, 0xab]), Some(0xab));
         assert_eq!(dcid_routing_byte(&[0xc0, 0, 0, 0, 1, 16]), None);
-        assert_eq!(dcid_routing_byte(&[0xc0, 0, 0, 0, 1, 16, 0x22, 1]), Some(0x22));
+        assert_eq!(
+            dcid_routing_byte(&[0xc0, 0, 0, 0, 1, 16, 0x22, 1]),
+            Some(0x22)
+        );
         // A long header built around a CID we issued routes back to its shard.
         let cid = new_cid(9, &mut rand::thread_rng());
         let mut long = vec![0xc3, 0, 0, 0, 1, CID_LEN as u8];

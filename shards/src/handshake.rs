@@ -370,6 +370,9 @@ impl Handshake {
     }
 }
 
+/// A 32-byte symmetric key that is wiped on drop.
+type SecretKey = Zeroizing<[u8; 32]>;
+
 /// Noise `Split()` for our XX handshake, computed alongside snow.
 ///
 /// snow only exposes the split keys behind its `risky-raw-split` feature, which this crate
@@ -385,7 +388,7 @@ fn derive_split(
     s_private: &[u8; 32],
     remote_e: &[u8; 32],
     remote_s: &[u8; 32],
-) -> Result<(Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>), HandshakeError> {
+) -> Result<(SecretKey, SecretKey), HandshakeError> {
     let resolver = DefaultResolver;
     let missing = || HandshakeError::Noise("snow lacks X25519 or BLAKE2s".into());
     let mut dh = resolver
@@ -428,7 +431,14 @@ fn derive_split(
         let mut next = Zeroizing::new([0u8; 32]);
         let mut unused = [0u8; 0];
         let mut unused2 = [0u8; 0];
-        hash.hkdf(&ck[..], &ikm[..], 1, &mut next[..], &mut unused, &mut unused2);
+        hash.hkdf(
+            &ck[..],
+            &ikm[..],
+            1,
+            &mut next[..],
+            &mut unused,
+            &mut unused2,
+        );
         ck = next;
     }
     let mut k1 = Zeroizing::new([0u8; 32]);
@@ -663,14 +673,26 @@ mod tests {
     }
 
     #[test]
-    fn data_before_our_turn_is_rejected() {
-        // Responder has msg2 to send... it is written immediately, so the responder is
-        // waiting for msg3; an initiator waiting for msg2 that receives a msg1-shaped
-        // message (32 bytes) fails in Noise, not with a panic.
+    fn msg1_shaped_reply_to_initiator_fails() {
+        // An initiator waiting for msg2 that gets a 32-byte message fails in Noise.
         let Pair { mut c, .. } = pair();
         let mut m = vec![0, 32];
         m.extend_from_slice(&[7u8; 32]);
-        assert!(c.feed(&m).is_err());
+        assert!(matches!(c.feed(&m), Err(HandshakeError::Noise(_))));
+    }
+
+    #[test]
+    fn key_check_rejects_wrong_keys() {
+        let Pair { mut c, mut s, .. } = pair();
+        s.feed(&c.take_outgoing().unwrap()).unwrap();
+        c.feed(&s.take_outgoing().unwrap()).unwrap();
+        s.feed(&c.take_outgoing().unwrap()).unwrap();
+        let t = s.state.into_stateless_transport_mode().unwrap();
+        let k = [1u8; 32];
+        assert!(matches!(
+            verify_against_snow(&t, &k, &k),
+            Err(HandshakeError::Noise(_))
+        ));
     }
 
     #[test]
@@ -682,6 +704,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
         #[test]
         fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600),
                                 chunk in 1usize..64) {

@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod cid;
+pub mod client;
 pub mod handshake;
 pub mod identity;
 pub mod runtime;

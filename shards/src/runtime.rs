@@ -130,7 +130,11 @@ pub fn check_memlock(shards: usize) -> Result<(), StartError> {
     }
     if lim.rlim_max == libc::RLIM_INFINITY || lim.rlim_max >= need {
         let raised = libc::rlimit {
-            rlim_cur: if lim.rlim_max == libc::RLIM_INFINITY { need } else { lim.rlim_max },
+            rlim_cur: if lim.rlim_max == libc::RLIM_INFINITY {
+                need
+            } else {
+                lim.rlim_max
+            },
             rlim_max: lim.rlim_max,
         };
         // SAFETY: valid pointer to an rlimit.

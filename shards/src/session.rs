@@ -281,7 +281,10 @@ impl Session {
 
     /// The address the peer currently sends from.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.conn.path_stats().find(|p| p.active).map(|p| p.peer_addr)
+        self.conn
+            .path_stats()
+            .find(|p| p.active)
+            .map(|p| p.peer_addr)
     }
 
     /// Read access to the quiche connection (stats, ids).
@@ -378,8 +381,7 @@ impl Session {
                 if let Some(out) = hs.take_outgoing() {
                     self.tx.extend_from_slice(&out);
                 }
-                let Phase::Handshaking(hs) =
-                    std::mem::replace(&mut self.phase, Phase::Failed)
+                let Phase::Handshaking(hs) = std::mem::replace(&mut self.phase, Phase::Failed)
                 else {
                     return Err(SessionError::NotOpen);
                 };
@@ -520,7 +522,9 @@ impl Session {
                     .get_mut(seal::HEADER_LEN..need)
                     .ok_or(SessionError::Protocol("frame bounds"))?;
                 let n = opener.open_in_place(header, body)?;
-                let plain = body.get(..n).ok_or(SessionError::Protocol("frame bounds"))?;
+                let plain = body
+                    .get(..n)
+                    .ok_or(SessionError::Protocol("frame bounds"))?;
                 wire::decode_batch(plain, out)?;
                 self.rx.drain(..need);
                 frames += 1;

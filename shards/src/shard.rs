@@ -264,7 +264,9 @@ pub async fn run(
     cfg: ShardConfig,
     socket: std::net::UdpSocket,
     commands: flume::Receiver<Command>,
-    mesh: Option<glommio::channels::channel_mesh::MeshBuilder<Hop, glommio::channels::channel_mesh::Full>>,
+    mesh: Option<
+        glommio::channels::channel_mesh::MeshBuilder<Hop, glommio::channels::channel_mesh::Full>,
+    >,
 ) -> Result<(), String> {
     let local_addr = socket.local_addr().map_err(|e| e.to_string())?;
     // SAFETY: the fd comes from a std socket we own; ownership moves to glommio.
@@ -429,7 +431,10 @@ impl Shard {
         st.end_turn(now);
     }
 
-    async fn command_loop(self: &Rc<Self>, commands: flume::Receiver<Command>) -> Result<(), String> {
+    async fn command_loop(
+        self: &Rc<Self>,
+        commands: flume::Receiver<Command>,
+    ) -> Result<(), String> {
         loop {
             // Stop taking commands while earlier ones wait for room (back-pressure to the app).
             while !self.st.borrow().waiting.is_empty() && self.st.borrow().draining.is_none() {
@@ -438,7 +443,8 @@ impl Shard {
             let draining = self.st.borrow().draining;
             let cmd = match draining {
                 Some(deadline) => {
-                    if self.st.borrow_mut().drain_done(Instant::now()) || Instant::now() >= deadline {
+                    if self.st.borrow_mut().drain_done(Instant::now()) || Instant::now() >= deadline
+                    {
                         self.st.borrow_mut().close_all();
                         self.flush_outbox().await;
                         return Ok(());
@@ -760,7 +766,10 @@ impl State {
     /// Reads and routes what a session has for us, as far as destinations have room.
     fn service(&mut self, key: ConnKey, now: Instant) {
         // Handshake completion.
-        let ready = self.conns.get_mut(&key).and_then(|c| c.session.take_ready());
+        let ready = self
+            .conns
+            .get_mut(&key)
+            .and_then(|c| c.session.take_ready());
         if let Some(peer) = ready {
             self.on_ready(key, peer, now);
         }
@@ -778,7 +787,9 @@ impl State {
             if frames >= FRAMES_PER_TURN {
                 return;
             }
-            let Some(c) = self.conns.get_mut(&key) else { return };
+            let Some(c) = self.conns.get_mut(&key) else {
+                return;
+            };
             // Replies and errors go to this session's own queue: keep room for them.
             if c.queue.bytes() + c.session.pending_bytes() >= self.cfg.queue_capacity {
                 return;
@@ -828,7 +839,9 @@ impl State {
     }
 
     fn on_ready(&mut self, key: ConnKey, peer: PeerId, _now: Instant) {
-        let Some(c) = self.conns.get_mut(&key) else { return };
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
         c.peer = Some(peer);
         let addr = c.session.peer_addr().unwrap_or(self.local_addr);
         let outbound = c.session.is_client();
@@ -854,7 +867,9 @@ impl State {
         }
         self.by_peer.insert(peer, key);
         self.remote_cache.remove(&peer);
-        self.cfg.directory.connected(peer, self.cfg.index, key, addr, outbound);
+        self.cfg
+            .directory
+            .connected(peer, self.cfg.index, key, addr, outbound);
         tracing::debug!(shard = self.cfg.index, %peer, %addr, "peer connected");
     }
 
@@ -876,7 +891,15 @@ impl State {
                         m.payload.len(),
                         self.cfg.max_message_size
                     );
-                    self.send_error(origin, m.src, ErrorCode::MessageTooLarge, m.seq, m.dst, reason, now);
+                    self.send_error(
+                        origin,
+                        m.src,
+                        ErrorCode::MessageTooLarge,
+                        m.seq,
+                        m.dst,
+                        reason,
+                        now,
+                    );
                     return RouteOutcome::Done;
                 }
                 let dst = m.dst;
@@ -901,7 +924,13 @@ impl State {
     }
 
     /// Delivers `r` to peer `to`: this node's app, a session on this shard, or another shard.
-    fn route_to_peer(&mut self, origin: Origin, to: PeerId, r: Record, now: Instant) -> RouteOutcome {
+    fn route_to_peer(
+        &mut self,
+        origin: Origin,
+        to: PeerId,
+        r: Record,
+        now: Instant,
+    ) -> RouteOutcome {
         if to == self.self_id {
             return self.deliver_local(origin, r);
         }
@@ -922,7 +951,10 @@ impl State {
             }
             let size = r.encoded_len();
             c.queue.push(r, size, now);
-            self.cfg.stats.queued_bytes.fetch_add(size as u64, Ordering::Relaxed);
+            self.cfg
+                .stats
+                .queued_bytes
+                .fetch_add(size as u64, Ordering::Relaxed);
             if !self.dirty.contains(&key) {
                 self.dirty.push(key);
             }
@@ -1083,7 +1115,10 @@ impl State {
                 if !c.finished && !c.session.is_closing() {
                     let size = e.encoded_len();
                     c.queue.push(e, size, now);
-                    self.cfg.stats.queued_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                    self.cfg
+                        .stats
+                        .queued_bytes
+                        .fetch_add(size as u64, Ordering::Relaxed);
                     if !self.dirty.contains(&key) {
                         self.dirty.push(key);
                     }
@@ -1107,7 +1142,9 @@ impl State {
 
     /// Seals due batches of `key`'s queue into its session while the session has room.
     fn flush_queue(&mut self, key: ConnKey, now: Instant, force: bool) {
-        let Some(c) = self.conns.get_mut(&key) else { return };
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
         if !c.session.is_open() {
             return;
         }
@@ -1117,12 +1154,21 @@ impl State {
         {
             let batch = c.queue.pop_batch();
             let bytes: usize = batch.iter().map(|(r, _)| r.encoded_len()).sum();
-            self.cfg.stats.queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
-            let msgs = batch.iter().filter(|(r, _)| matches!(r, Record::Message(_))).count();
+            self.cfg
+                .stats
+                .queued_bytes
+                .fetch_sub(bytes as u64, Ordering::Relaxed);
+            let msgs = batch
+                .iter()
+                .filter(|(r, _)| matches!(r, Record::Message(_)))
+                .count();
             match c.session.send_batch(batch.iter().map(|(r, _)| r)) {
                 Ok(()) => {
                     self.cfg.stats.batches_out.fetch_add(1, Ordering::Relaxed);
-                    self.cfg.stats.messages_out.fetch_add(msgs as u64, Ordering::Relaxed);
+                    self.cfg
+                        .stats
+                        .messages_out
+                        .fetch_add(msgs as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
                     tracing::debug!(conn = key, "batch not sent: {e}");
@@ -1138,7 +1184,9 @@ impl State {
 
     /// Runs the session's send loop until quiche has nothing more to send.
     fn drive(&mut self, key: ConnKey) {
-        let Some(c) = self.conns.get_mut(&key) else { return };
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
         loop {
             let mut buf = self.spare.pop().unwrap_or_default();
             buf.resize(self.cfg.transport.max_udp_payload.max(1500), 0);
@@ -1170,7 +1218,9 @@ impl State {
     }
 
     fn drop_conn_state(&mut self, key: ConnKey, code: ErrorCode) {
-        let Some(mut c) = self.conns.remove(&key) else { return };
+        let Some(mut c) = self.conns.remove(&key) else {
+            return;
+        };
         for s in &c.scids {
             self.by_cid.remove(s);
         }
@@ -1205,7 +1255,10 @@ impl State {
             left.extend(c.queue.pop_batch().into_iter().map(|(r, _)| r));
         }
         let bytes: usize = left.iter().map(Record::encoded_len).sum();
-        self.cfg.stats.queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+        self.cfg
+            .stats
+            .queued_bytes
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
         for r in left {
             let origin = match &r {
                 Record::Message(m) if m.src == self.self_id => Origin::Local,

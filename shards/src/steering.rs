@@ -157,12 +157,10 @@ fn probe(addr: SocketAddr) -> Result<SocketAddr, SteeringError> {
     let local = sock
         .local_addr()
         .map_err(|source| SteeringError::Bind { addr, source })?;
-    local
-        .as_socket()
-        .ok_or_else(|| SteeringError::Bind {
-            addr,
-            source: io::Error::other("bound address is not an IP address"),
-        })
+    local.as_socket().ok_or_else(|| SteeringError::Bind {
+        addr,
+        source: io::Error::other("bound address is not an IP address"),
+    })
 }
 
 /// Creates `n` UDP sockets bound to `addr` in one `SO_REUSEPORT` group, with the CID

@@ -429,7 +429,10 @@ impl<'a> Reader<'a> {
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
-        let (head, tail) = self.rest.split_first_chunk::<N>().ok_or(WireError::Truncated)?;
+        let (head, tail) = self
+            .rest
+            .split_first_chunk::<N>()
+            .ok_or(WireError::Truncated)?;
         self.rest = tail;
         Ok(*head)
     }
@@ -545,7 +548,10 @@ mod tests {
 
     #[test]
     fn empty_batch() {
-        assert_eq!(decode_batch(&[], &mut Vec::new()), Err(WireError::EmptyBatch));
+        assert_eq!(
+            decode_batch(&[], &mut Vec::new()),
+            Err(WireError::EmptyBatch)
+        );
     }
 
     #[test]
@@ -581,7 +587,10 @@ mod tests {
         buf.extend_from_slice(&7u64.to_be_bytes());
         buf.extend_from_slice(&u32::MAX.to_be_bytes());
         buf.extend_from_slice(b"abc");
-        assert_eq!(decode_batch(&buf, &mut Vec::new()), Err(WireError::Truncated));
+        assert_eq!(
+            decode_batch(&buf, &mut Vec::new()),
+            Err(WireError::Truncated)
+        );
     }
 
     #[test]
@@ -592,7 +601,10 @@ mod tests {
         buf.extend_from_slice(&[0; 16]);
         buf.extend_from_slice(&2u16.to_be_bytes());
         buf.extend_from_slice(&[0xc3, 0x28]);
-        assert_eq!(decode_batch(&buf, &mut Vec::new()), Err(WireError::InvalidUtf8));
+        assert_eq!(
+            decode_batch(&buf, &mut Vec::new()),
+            Err(WireError::InvalidUtf8)
+        );
     }
 
     #[test]
@@ -695,7 +707,9 @@ mod tests {
         );
         assert_eq!(
             "000102030405060708090A0B0C0D0E0F".parse::<PeerId>(),
-            Ok(PeerId([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]))
+            Ok(PeerId([
+                0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+            ]))
         );
         assert_eq!(PeerId([0xab; 16]).as_bytes(), &[0xab; 16]);
     }

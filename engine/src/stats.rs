@@ -1,0 +1,103 @@
+//! Counters merged across shards. Each shard counts with relaxed atomics of its own; a read
+//! sums them, so reading never slows the data path.
+
+use std::sync::atomic::Ordering;
+
+use shards::shard::ShardStats;
+
+/// A point-in-time sum of shard counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// UDP datagrams received.
+    pub datagrams_in: u64,
+    /// UDP datagrams sent.
+    pub datagrams_out: u64,
+    /// Datagrams whose connection ID named another shard.
+    pub misrouted: u64,
+    /// Datagrams for no known connection.
+    pub unknown_datagrams: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections dialed.
+    pub dialed: u64,
+    /// Connections open now.
+    pub connections: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Connections that failed the Noise handshake.
+    pub handshake_failures: u64,
+    /// Connections closed for a sealed frame that did not authenticate.
+    pub seal_failures: u64,
+    /// Connections closed for another protocol violation.
+    pub protocol_errors: u64,
+    /// Messages received from peers.
+    pub messages_in: u64,
+    /// Messages handed to the node's application.
+    pub delivered_local: u64,
+    /// Messages relayed towards another peer.
+    pub relayed: u64,
+    /// Messages sealed and written.
+    pub messages_out: u64,
+    /// Batches sealed and written.
+    pub batches_out: u64,
+    /// Error records sent.
+    pub errors_out: u64,
+    /// Error records received.
+    pub errors_in: u64,
+    /// Dropped: unknown destination.
+    pub dropped_unknown_destination: u64,
+    /// Dropped: over the size limit.
+    pub dropped_too_large: u64,
+    /// Dropped: destination connection ended first.
+    pub dropped_unreachable: u64,
+    /// Dropped: node shutting down.
+    pub dropped_shutting_down: u64,
+    /// Dropped: sender's connection ended before routing.
+    pub dropped_sender_gone: u64,
+    /// Bytes queued in batch queues and session backlogs.
+    pub queued_bytes: u64,
+}
+
+impl EngineStats {
+    /// Sums `shards`.
+    pub fn collect<'a>(shards: impl IntoIterator<Item = &'a ShardStats>) -> Self {
+        let mut t = EngineStats::default();
+        for s in shards {
+            let r = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            t.datagrams_in += r(&s.datagrams_in);
+            t.datagrams_out += r(&s.datagrams_out);
+            t.misrouted += r(&s.misrouted);
+            t.unknown_datagrams += r(&s.unknown_datagrams);
+            t.accepted += r(&s.accepted);
+            t.dialed += r(&s.dialed);
+            t.connections += r(&s.connections);
+            t.closed += r(&s.closed);
+            t.handshake_failures += r(&s.handshake_failures);
+            t.seal_failures += r(&s.seal_failures);
+            t.protocol_errors += r(&s.protocol_errors);
+            t.messages_in += r(&s.messages_in);
+            t.delivered_local += r(&s.delivered_local);
+            t.relayed += r(&s.relayed);
+            t.messages_out += r(&s.messages_out);
+            t.batches_out += r(&s.batches_out);
+            t.errors_out += r(&s.errors_out);
+            t.errors_in += r(&s.errors_in);
+            t.dropped_unknown_destination += r(&s.dropped_unknown_destination);
+            t.dropped_too_large += r(&s.dropped_too_large);
+            t.dropped_unreachable += r(&s.dropped_unreachable);
+            t.dropped_shutting_down += r(&s.dropped_shutting_down);
+            t.dropped_sender_gone += r(&s.dropped_sender_gone);
+            t.queued_bytes += r(&s.queued_bytes);
+        }
+        t
+    }
+
+    /// Every message that was not delivered, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_unknown_destination
+            + self.dropped_too_large
+            + self.dropped_unreachable
+            + self.dropped_shutting_down
+            + self.dropped_sender_gone
+    }
+}

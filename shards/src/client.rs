@@ -1,0 +1,441 @@
+//! A blocking client: one QUIC session to one node over an ordinary UDP socket, driven by
+//! the calling thread. Used by `engine ping`, the load harness and the tests; every message
+//! goes through the connected node, which delivers or relays it.
+//!
+//! ```no_run
+//! use shards::client::{Client, ClientConfig};
+//! use shards::identity::Identity;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let me = Identity::generate()?;
+//! let mut c = Client::connect("127.0.0.1:4433".parse()?, &me, ClientConfig::default())?;
+//! let node = c.node_id();
+//! c.send(node, b"hello".to_vec())?; // to the node's own handler (echo)
+//! c.flush()?;
+//! let reply = c.recv(std::time::Duration::from_secs(1))?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::batch::{BatchPolicy, BatchQueue};
+use crate::cid;
+use crate::identity::Identity;
+use crate::session::{self, CloseInfo, Session, SessionError, TransportConfig};
+use crate::shard::Delivery;
+use crate::wire::{close_code, Message, PeerId, Record};
+
+/// Client tuning.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// When the client's outgoing batch flushes.
+    pub batch: BatchPolicy,
+    /// QUIC tuning.
+    pub transport: TransportConfig,
+    /// How long to wait for the QUIC and Noise handshakes.
+    pub connect_timeout: Duration,
+    /// How long `send` may block waiting for room before it fails.
+    pub send_timeout: Duration,
+    /// Bytes queued or unacknowledged before `send` blocks.
+    pub send_capacity: usize,
+    /// Received deliveries held before the client stops reading (back-pressure).
+    pub inbox_capacity: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            batch: BatchPolicy::default(),
+            transport: TransportConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(30),
+            send_capacity: 4 * 1024 * 1024,
+            inbox_capacity: 65_536,
+        }
+    }
+}
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Socket trouble.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// QUIC configuration or connection setup failed.
+    #[error("quic: {0}")]
+    Quic(#[from] quiche::Error),
+    /// The session failed.
+    #[error("session: {0}")]
+    Session(#[from] SessionError),
+    /// The handshake did not finish in time.
+    #[error("handshake with {0} did not finish within {1:?}")]
+    ConnectTimeout(SocketAddr, Duration),
+    /// `send` waited `send_timeout` for room.
+    #[error("send blocked for {0:?}: the node is not accepting data")]
+    SendTimeout(Duration),
+    /// The connection is closed.
+    #[error("connection closed: {0}")]
+    Closed(String),
+}
+
+/// One client session.
+pub struct Client {
+    socket: UdpSocket,
+    /// The local address quiche believes it uses (kept across `rebind`).
+    local: SocketAddr,
+    session: Session,
+    queue: BatchQueue<Record>,
+    inbox: VecDeque<Delivery>,
+    records: Vec<Record>,
+    node: PeerId,
+    me: PeerId,
+    seq: u64,
+    cfg: ClientConfig,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("me", &self.me)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to the node at `addr` and completes the Noise handshake.
+    pub fn connect(
+        addr: SocketAddr,
+        identity: &Identity,
+        cfg: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let bind: SocketAddr = if addr.is_ipv4() {
+            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!())
+        } else {
+            "[::1]:0".parse().unwrap_or_else(|_| unreachable!())
+        };
+        let bind = if addr.ip().is_loopback() {
+            bind
+        } else if addr.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let socket = UdpSocket::bind(bind)?;
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        let mut qcfg = session::client_config(&cfg.transport)?;
+        let scid = cid::new_cid(0, &mut rand::thread_rng());
+        let session = Session::connect(&mut qcfg, identity, &scid, local, addr, Instant::now())?;
+        let mut c = Client {
+            socket,
+            local,
+            session,
+            queue: BatchQueue::new(cfg.batch),
+            inbox: VecDeque::new(),
+            records: Vec::new(),
+            node: PeerId([0; 16]),
+            me: identity.peer_id(),
+            seq: 0,
+            cfg,
+            buf: vec![0; 65_535],
+            out: vec![0; 1500],
+        };
+        let deadline = Instant::now() + c.cfg.connect_timeout;
+        loop {
+            c.drive()?;
+            if let Some(node) = c.session.take_ready() {
+                c.node = node;
+                return Ok(c);
+            }
+            if let Some(info) = c.session.close_info() {
+                return Err(ClientError::Closed(describe(&info)));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::ConnectTimeout(addr, c.cfg.connect_timeout));
+            }
+            c.wait_and_read(deadline - now)?;
+        }
+    }
+
+    /// The node's authenticated peer id.
+    pub fn node_id(&self) -> PeerId {
+        self.node
+    }
+
+    /// This client's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.me
+    }
+
+    /// The UDP address this client currently sends from.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Queues a message to `dst` (any peer the node can reach, or the node itself) and
+    /// returns its sequence number. Blocks while too much is queued.
+    pub fn send(&mut self, dst: PeerId, payload: Vec<u8>) -> Result<u64, ClientError> {
+        self.seq += 1;
+        let seq = self.seq;
+        self.send_with_seq(dst, seq, payload)?;
+        Ok(seq)
+    }
+
+    /// Like [`Client::send`] with a caller-chosen sequence number.
+    pub fn send_with_seq(
+        &mut self,
+        dst: PeerId,
+        seq: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let start = Instant::now();
+        while self.queue.bytes() + self.session.pending_bytes() >= self.cfg.send_capacity {
+            self.check_open()?;
+            if start.elapsed() >= self.cfg.send_timeout {
+                return Err(ClientError::SendTimeout(self.cfg.send_timeout));
+            }
+            self.poll(Duration::from_millis(5))?;
+        }
+        self.check_open()?;
+        let r = Record::Message(Message {
+            dst,
+            src: self.me,
+            seq,
+            payload,
+        });
+        let size = r.encoded_len();
+        self.queue.push(r, size, Instant::now());
+        if self.queue.is_due(Instant::now()) && self.cfg.batch.timeout > Duration::ZERO {
+            self.flush_due(false)?;
+        }
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<(), ClientError> {
+        if let Some(info) = self.session.close_info() {
+            return Err(ClientError::Closed(describe(&info)));
+        }
+        if self.session.is_closing() {
+            return Err(ClientError::Closed("closing".into()));
+        }
+        Ok(())
+    }
+
+    /// Seals everything queued now, regardless of the batch timeout, and sends it.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.flush_due(true)
+    }
+
+    fn flush_due(&mut self, force: bool) -> Result<(), ClientError> {
+        let now = Instant::now();
+        while !self.queue.is_empty() && (force || self.queue.is_due(now)) {
+            let batch = self.queue.pop_batch();
+            self.session.send_batch(batch.iter().map(|(r, _)| r))?;
+        }
+        self.drive()
+    }
+
+    /// Waits up to `timeout` for a delivery (a message, or an error about one we sent).
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(d) = self.inbox.pop_front() {
+                return Ok(Some(d));
+            }
+            self.check_open()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            self.poll(deadline - now)?;
+        }
+    }
+
+    /// A delivery already received, without waiting.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.inbox.pop_front()
+    }
+
+    /// Runs I/O for at most `timeout`: flushes due batches, reads datagrams, runs timers.
+    /// Returns early once something was delivered.
+    pub fn poll(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.cfg.batch.timeout.is_zero() {
+                self.flush_due(true)?;
+            } else {
+                self.flush_due(false)?;
+            }
+            let before = self.inbox.len();
+            self.read_socket()?;
+            self.read_session()?;
+            self.drive()?;
+            if self.inbox.len() > before || self.session.is_closed() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            self.wait_and_read(deadline - now)?;
+        }
+    }
+
+    /// Waits for a datagram, the QUIC timer or the batch deadline, whichever comes first.
+    fn wait_and_read(&mut self, max: Duration) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let mut wait = max;
+        if let Some(t) = self.session.timeout_at() {
+            wait = wait.min(t.saturating_duration_since(now));
+        }
+        if let Some(t) = self.queue.deadline() {
+            wait = wait.min(t.saturating_duration_since(now));
+        }
+        let ts = libc::timespec {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_nsec: wait.subsec_nanos() as libc::c_long,
+        };
+        let mut pfd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, a valid timespec, no signal mask.
+        unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        if self
+            .session
+            .timeout_at()
+            .is_some_and(|t| t <= Instant::now())
+        {
+            self.session.on_timeout();
+        }
+        self.read_socket()?;
+        self.read_session()?;
+        self.drive()
+    }
+
+    fn read_socket(&mut self) -> Result<(), ClientError> {
+        loop {
+            match self.socket.recv_from(&mut self.buf) {
+                Ok((n, from)) => {
+                    let local = self.local;
+                    if let Some(pkt) = self.buf.get_mut(..n) {
+                        self.session.recv(pkt, from, local);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // ICMP errors surface here on Linux; QUIC's timers handle the loss.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn read_session(&mut self) -> Result<(), ClientError> {
+        while self.inbox.len() < self.cfg.inbox_capacity {
+            self.records.clear();
+            let n = self.session.read_records(&mut self.records, 1)?;
+            if n == 0 {
+                break;
+            }
+            for r in self.records.drain(..) {
+                self.inbox.push_back(match r {
+                    Record::Message(m) => Delivery::Message {
+                        from: m.src,
+                        seq: m.seq,
+                        payload: m.payload,
+                    },
+                    Record::Error(e) => Delivery::Error(e),
+                });
+            }
+        }
+        // The node finished its direction: finish ours, close once everything is acked.
+        if self.session.peer_finished() && self.session.is_open() {
+            self.flush()?;
+            self.session.finish();
+        }
+        if self.session.is_complete() {
+            self.session.close(close_code::NO_ERROR, "done");
+        }
+        Ok(())
+    }
+
+    /// Runs the QUIC send loop until quiche has nothing more to send.
+    fn drive(&mut self) -> Result<(), ClientError> {
+        while let Some((n, info)) = self.session.send(&mut self.out) {
+            let pkt = self.out.get(..n).unwrap_or(&[]);
+            match self.socket.send_to(pkt, info.to) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves to a new UDP socket (a new source port) without telling QUIC, as a NAT
+    /// rebinding does. Returns the new local address.
+    pub fn rebind(&mut self) -> Result<SocketAddr, ClientError> {
+        let s = UdpSocket::bind(SocketAddr::new(self.local.ip(), 0))?;
+        s.set_nonblocking(true)?;
+        self.socket = s;
+        Ok(self.socket.local_addr()?)
+    }
+
+    /// The session, for tests that need to forge frames.
+    #[doc(hidden)]
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// How the connection ended, if it did.
+    pub fn close_info(&self) -> Option<CloseInfo> {
+        self.session.close_info()
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.session.is_closed()
+    }
+
+    /// Flushes what is queued, finishes the session stream and waits (up to `timeout`) for
+    /// the node to finish too, collecting what it still sends; returns those deliveries.
+    pub fn close(mut self, timeout: Duration) -> Result<Vec<Delivery>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        if self.session.is_open() {
+            self.flush()?;
+            self.session.finish();
+        }
+        while !self.session.is_closed() && Instant::now() < deadline {
+            self.poll(deadline.saturating_duration_since(Instant::now()))?;
+        }
+        if !self.session.is_closed() {
+            self.session.close(close_code::NO_ERROR, "client closing");
+            let _ = self.drive();
+        }
+        Ok(self.inbox.into_iter().collect())
+    }
+}
+
+fn describe(info: &CloseInfo) -> String {
+    format!(
+        "{} closed with {} code {:#x}{}{}",
+        if info.by_peer { "peer" } else { "we" },
+        if info.is_app {
+            "application"
+        } else {
+            "transport"
+        },
+        info.code,
+        if info.reason.is_empty() { "" } else { ": " },
+        info.reason
+    )
+}

@@ -1,0 +1,3 @@
+//! The data path: echo, relay, steering, seal failures, errors, back-pressure, shutdown.
+
+mod echo;
