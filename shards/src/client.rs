@@ -266,13 +266,13 @@ impl Client {
     /// Returns early once something was delivered.
     pub fn poll(&mut self, timeout: Duration) -> Result<(), ClientError> {
         let deadline = Instant::now() + timeout;
+        let before = self.inbox.len();
         loop {
             if self.cfg.batch.timeout.is_zero() {
                 self.flush_due(true)?;
             } else {
                 self.flush_due(false)?;
             }
-            let before = self.inbox.len();
             self.read_socket()?;
             self.read_session()?;
             self.drive()?;

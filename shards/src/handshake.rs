@@ -24,11 +24,6 @@
 
 use std::fmt;
 
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use rand::RngCore;
-use snow::params::{DHChoice, HashChoice};
-use snow::resolvers::{CryptoResolver, DefaultResolver};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::identity::{peer_id_of, Identity};
@@ -153,12 +148,6 @@ pub struct Handshake {
     /// Framed messages not yet returned by `take_outgoing`.
     outbuf: Vec<u8>,
     failed: bool,
-    /// Our ephemeral private key (see [`derive_split`] for why we hold it).
-    e_private: Zeroizing<[u8; 32]>,
-    /// Our static private key (copy of the identity's, zeroized on drop).
-    s_private: Zeroizing<[u8; 32]>,
-    /// The peer's ephemeral public key, from the first message we read.
-    remote_e: Option<[u8; 32]>,
 }
 
 impl fmt::Debug for Handshake {
@@ -178,18 +167,12 @@ impl Handshake {
     /// produced immediately and available from [`Handshake::take_outgoing`].
     pub fn new(role: Role, identity: &Identity) -> Result<Self, HandshakeError> {
         let params = NOISE_PARAMS.parse().map_err(noise_err)?;
-        let mut e_private = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng
-            .try_fill_bytes(&mut e_private[..])
-            .map_err(|e| HandshakeError::Noise(format!("random ephemeral key: {e}")))?;
+        // snow generates the ephemeral key itself when the handshake starts.
         let builder = snow::Builder::new(params)
             .prologue(PROLOGUE)
             .map_err(noise_err)?
             .local_private_key(identity.private_key())
-            .map_err(noise_err)?
-            // We supply the (fresh, random) ephemeral key ourselves so that we can derive
-            // the split keys; see `derive_split`.
-            .fixed_ephemeral_key_for_testing_only(&e_private[..]);
+            .map_err(noise_err)?;
         let state = match role {
             Role::Initiator => builder.build_initiator(),
             Role::Responder => builder.build_responder(),
@@ -201,9 +184,6 @@ impl Handshake {
             inbuf: Vec::new(),
             outbuf: Vec::new(),
             failed: false,
-            e_private,
-            s_private: Zeroizing::new(*identity.private_key()),
-            remote_e: None,
         };
         if role == Role::Initiator {
             hs.write_next()?;
@@ -293,15 +273,6 @@ impl Handshake {
             .read_message(msg, &mut payload)
             .map_err(noise_err)?;
         payload.zeroize();
-        if self.remote_e.is_none() {
-            // The first message each side reads (msg1 or msg2) starts with the peer's
-            // ephemeral public key in clear.
-            let re: [u8; 32] = msg
-                .get(..32)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| HandshakeError::Noise("message too short".into()))?;
-            self.remote_e = Some(re);
-        }
         self.inbuf.clear();
         if !self.state.is_handshake_finished() && self.state.is_my_turn() {
             self.write_next()?;
@@ -328,7 +299,7 @@ impl Handshake {
     /// Consumes the finished handshake into this side's send/recv keys and the peer's
     /// authenticated identity. Fails if the handshake is not finished or if its last
     /// message has not been taken with [`Handshake::take_outgoing`] yet.
-    pub fn into_keys(self) -> Result<Keys, HandshakeError> {
+    pub fn into_keys(mut self) -> Result<Keys, HandshakeError> {
         if self.failed {
             return Err(HandshakeError::Failed);
         }
@@ -343,24 +314,16 @@ impl Handshake {
             .get_remote_static()
             .and_then(|k| k.try_into().ok())
             .ok_or(HandshakeError::NoRemoteStatic)?;
-        let remote_e = self.remote_e.ok_or(HandshakeError::NoRemoteStatic)?;
-        let (i2r, r2i) = derive_split(
-            self.role,
-            &self.e_private,
-            &self.s_private,
-            &remote_e,
-            &remote_static,
-        )?;
+        // Noise Split(): (k1 = initiator->responder, k2 = responder->initiator), the same
+        // keys snow's own transport mode would use.
+        let (mut k1, mut k2) = self.state.dangerously_get_raw_split();
+        let (i2r, r2i) = (Zeroizing::new(k1), Zeroizing::new(k2));
+        k1.zeroize();
+        k2.zeroize();
         let (send, recv) = match self.role {
             Role::Initiator => (i2r, r2i),
             Role::Responder => (r2i, i2r),
         };
-        // Prove the derived keys are exactly snow's Split() output before anyone uses them.
-        let transport = self
-            .state
-            .into_stateless_transport_mode()
-            .map_err(noise_err)?;
-        verify_against_snow(&transport, &send, &recv)?;
         Ok(Keys {
             send,
             recv,
@@ -368,121 +331,6 @@ impl Handshake {
             remote_peer: peer_id_of(&remote_static),
         })
     }
-}
-
-/// A 32-byte symmetric key that is wiped on drop.
-type SecretKey = Zeroizing<[u8; 32]>;
-
-/// Noise `Split()` for our XX handshake, computed alongside snow.
-///
-/// snow only exposes the split keys behind its `risky-raw-split` feature, which this crate
-/// does not enable. The chaining key of XX depends only on the protocol name and the three
-/// DH results (`ck0 = BLAKE2s(protocol name)`, then `MixKey(ee)`, `MixKey(es)`,
-/// `MixKey(se)`), so we recompute it from our own ephemeral and static keys and the peer's
-/// public keys, using snow's own X25519 and HKDF. [`verify_against_snow`] then checks the
-/// result against snow's transport ciphers, so a mistake here is an error, never silently
-/// wrong keys. Returns `(initiator->responder, responder->initiator)`.
-fn derive_split(
-    role: Role,
-    e_private: &[u8; 32],
-    s_private: &[u8; 32],
-    remote_e: &[u8; 32],
-    remote_s: &[u8; 32],
-) -> Result<(SecretKey, SecretKey), HandshakeError> {
-    let resolver = DefaultResolver;
-    let missing = || HandshakeError::Noise("snow lacks X25519 or BLAKE2s".into());
-    let mut dh = resolver
-        .resolve_dh(&DHChoice::Curve25519)
-        .ok_or_else(missing)?;
-    let mut hash = resolver
-        .resolve_hash(&HashChoice::Blake2s)
-        .ok_or_else(missing)?;
-    let mut ee = Zeroizing::new([0u8; 32]);
-    let mut es = Zeroizing::new([0u8; 32]);
-    let mut se = Zeroizing::new([0u8; 32]);
-    let dh_with = |dh: &mut Box<dyn snow::types::Dh>,
-                   private: &[u8; 32],
-                   public: &[u8; 32],
-                   out: &mut [u8; 32]|
-     -> Result<(), HandshakeError> {
-        dh.set(private);
-        dh.dh(public, out).map_err(noise_err)
-    };
-    match role {
-        Role::Initiator => {
-            dh_with(&mut dh, e_private, remote_e, &mut ee)?;
-            dh_with(&mut dh, e_private, remote_s, &mut es)?;
-            dh_with(&mut dh, s_private, remote_e, &mut se)?;
-        }
-        Role::Responder => {
-            dh_with(&mut dh, e_private, remote_e, &mut ee)?;
-            dh_with(&mut dh, s_private, remote_e, &mut es)?;
-            dh_with(&mut dh, e_private, remote_s, &mut se)?;
-        }
-    }
-    dh.set(&[0u8; 32]);
-
-    // The protocol name is 33 bytes (> HASHLEN), so h0 = ck0 = HASH(name).
-    let mut ck = Zeroizing::new([0u8; 32]);
-    hash.reset();
-    hash.input(NOISE_PARAMS.as_bytes());
-    hash.result(&mut ck[..]);
-    for ikm in [&ee, &es, &se] {
-        let mut next = Zeroizing::new([0u8; 32]);
-        let mut unused = [0u8; 0];
-        let mut unused2 = [0u8; 0];
-        hash.hkdf(
-            &ck[..],
-            &ikm[..],
-            1,
-            &mut next[..],
-            &mut unused,
-            &mut unused2,
-        );
-        ck = next;
-    }
-    let mut k1 = Zeroizing::new([0u8; 32]);
-    let mut k2 = Zeroizing::new([0u8; 32]);
-    let mut unused = [0u8; 0];
-    hash.hkdf(&ck[..], &[], 2, &mut k1[..], &mut k2[..], &mut unused);
-    Ok((k1, k2))
-}
-
-/// Checks `send`/`recv` against snow's own transport ciphers: snow encrypts a block with
-/// our send key's cipher and we decrypt it, and we encrypt a block with `recv` that snow
-/// must decrypt. One AEAD operation each way, once per connection.
-fn verify_against_snow(
-    transport: &snow::StatelessTransportState,
-    send: &[u8; 32],
-    recv: &[u8; 32],
-) -> Result<(), HandshakeError> {
-    const PROBE: &[u8] = b"qme/1 key check";
-    // snow's ChaChaPoly nonce: 32 zero bits || 64-bit little-endian counter.
-    let nonce = [0u8; 12];
-    let mismatch = || HandshakeError::Noise("derived keys do not match the Noise split".into());
-
-    let mut sealed = [0u8; PROBE.len() + 16];
-    let n = transport
-        .write_message(0, PROBE, &mut sealed)
-        .map_err(noise_err)?;
-    let opened = ChaCha20Poly1305::new(Key::from_slice(send))
-        .decrypt(Nonce::from_slice(&nonce), &sealed[..n])
-        .map_err(|_| mismatch())?;
-    if opened != PROBE {
-        return Err(mismatch());
-    }
-
-    let sealed = ChaCha20Poly1305::new(Key::from_slice(recv))
-        .encrypt(Nonce::from_slice(&nonce), PROBE)
-        .map_err(|_| mismatch())?;
-    let mut out = [0u8; PROBE.len() + 16];
-    let n = transport
-        .read_message(0, &sealed, &mut out)
-        .map_err(|_| mismatch())?;
-    if &out[..n] != PROBE {
-        return Err(mismatch());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -681,18 +529,67 @@ mod tests {
         assert!(matches!(c.feed(&m), Err(HandshakeError::Noise(_))));
     }
 
-    #[test]
-    fn key_check_rejects_wrong_keys() {
+    /// Runs a full handshake in one go and returns both finished sides.
+    fn finished_pair() -> (Handshake, Handshake) {
         let Pair { mut c, mut s, .. } = pair();
         s.feed(&c.take_outgoing().unwrap()).unwrap();
         c.feed(&s.take_outgoing().unwrap()).unwrap();
         s.feed(&c.take_outgoing().unwrap()).unwrap();
-        let t = s.state.into_stateless_transport_mode().unwrap();
-        let k = [1u8; 32];
-        assert!(matches!(
-            verify_against_snow(&t, &k, &k),
-            Err(HandshakeError::Noise(_))
-        ));
+        assert!(c.is_finished() && s.is_finished());
+        (c, s)
+    }
+
+    /// Checks `keys` (one side's `into_keys` output) against snow's transport mode on the
+    /// peer: a frame sealed under `keys.send` with the sealed-frame nonce for counter 0
+    /// and empty AAD opens in the peer's snow transport, and vice versa for `keys.recv`.
+    fn assert_keys_match_peer_transport(keys: &Keys, peer: Handshake) {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+
+        const MSG: &[u8] = b"qme/1 key check";
+        let t = peer.state.into_stateless_transport_mode().unwrap();
+        let nonce = crate::seal::nonce_bytes(0);
+        let mut out = [0u8; 64];
+
+        let sealed = ChaCha20Poly1305::new(Key::from_slice(&keys.send[..]))
+            .encrypt(Nonce::from_slice(&nonce), MSG)
+            .unwrap();
+        let n = t.read_message(0, &sealed, &mut out).unwrap();
+        assert_eq!(&out[..n], MSG);
+
+        let n = t.write_message(0, MSG, &mut out).unwrap();
+        let opened = ChaCha20Poly1305::new(Key::from_slice(&keys.recv[..]))
+            .decrypt(Nonce::from_slice(&nonce), &out[..n])
+            .unwrap();
+        assert_eq!(opened, MSG);
+    }
+
+    #[test]
+    fn keys_are_snow_transport_keys() {
+        // Initiator's keys against the responder's snow transport...
+        let (c, s) = finished_pair();
+        let ck = c.into_keys().unwrap();
+        assert_keys_match_peer_transport(&ck, s);
+        // ...and the responder's keys against the initiator's.
+        let (c, s) = finished_pair();
+        let sk = s.into_keys().unwrap();
+        assert_keys_match_peer_transport(&sk, c);
+    }
+
+    #[test]
+    fn keys_differ_by_direction_and_session() {
+        let (c, s) = finished_pair();
+        let (ck, sk) = (c.into_keys().unwrap(), s.into_keys().unwrap());
+        assert_eq!(*ck.send, *sk.recv);
+        assert_eq!(*ck.recv, *sk.send);
+        assert_ne!(*ck.send, *ck.recv);
+        assert_ne!(*ck.send, [0u8; 32]);
+        assert_ne!(*ck.recv, [0u8; 32]);
+        // Fresh ephemeral keys every handshake: a second session gets different keys.
+        let (c2, _) = finished_pair();
+        let ck2 = c2.into_keys().unwrap();
+        assert_ne!(*ck2.send, *ck.send);
+        assert_ne!(*ck2.recv, *ck.recv);
     }
 
     #[test]

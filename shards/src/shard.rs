@@ -909,6 +909,10 @@ impl State {
                         self.stats().messages_in.fetch_sub(1, Ordering::Relaxed);
                         RouteOutcome::Blocked(Record::Message(m))
                     }
+                    RouteOutcome::Done if dst != self.self_id => {
+                        inc(&self.stats().relayed);
+                        RouteOutcome::Done
+                    }
                     o => o,
                 }
             }
@@ -946,9 +950,6 @@ impl State {
             if c.queue.bytes() + c.session.pending_bytes() >= cap {
                 return RouteOutcome::Blocked(r);
             }
-            if matches!(r, Record::Message(_)) && origin != Origin::Local {
-                inc(&self.cfg.stats.relayed);
-            }
             let size = r.encoded_len();
             c.queue.push(r, size, now);
             self.cfg
@@ -961,18 +962,12 @@ impl State {
             return RouteOutcome::Done;
         }
         if let Some(shard) = self.lookup_remote(&to) {
-            if matches!(r, Record::Message(_)) && origin != Origin::Local {
-                inc(&self.cfg.stats.relayed);
-            }
             if origin == Origin::Remote {
                 // Stale index on the sending shard: the peer is not here.
                 self.undeliverable(origin, r, ErrorCode::DestinationUnreachable, now);
                 return RouteOutcome::Done;
             }
             if self.hop_backlog.len() >= 1024 {
-                if let Record::Message(_) = &r {
-                    self.cfg.stats.relayed.fetch_sub(1, Ordering::Relaxed);
-                }
                 return RouteOutcome::Blocked(r);
             }
             self.hop_backlog.push_back((shard, Hop { to, record: r }));
