@@ -136,7 +136,10 @@ fn base_config(t: &TransportConfig) -> Result<quiche::Config, quiche::Error> {
     cfg.set_initial_max_streams_uni(0);
     cfg.set_max_connection_window(t.window);
     cfg.set_max_stream_window(t.window);
-    cfg.set_active_connection_id_limit(4);
+    // quiche keeps one path entry per peer address a connection has used and sizes that
+    // table by this limit; a NAT rebinding that needs a new entry when the table is full is
+    // dropped. 8 allows seven rebindings per connection (see docs/PROTOCOL.md, Limits).
+    cfg.set_active_connection_id_limit(8);
     cfg.set_disable_active_migration(false);
     Ok(cfg)
 }

@@ -18,11 +18,19 @@ pub fn client(e: &Engine) -> Client {
     client_with(e, ClientConfig::default())
 }
 
-/// A client with `cfg`.
+/// A client with `cfg`, returned once the engine has registered it in its peer index
+/// (the client finishes the handshake one flight before the engine does).
 pub fn client_with(e: &Engine, mut cfg: ClientConfig) -> Client {
     cfg.batch.timeout = cfg.batch.timeout.min(Duration::from_millis(1));
     let id = Identity::generate().unwrap();
-    Client::connect(e.local_addr(), &id, cfg).expect("client connects")
+    let mut c = Client::connect(e.local_addr(), &id, cfg).expect("client connects");
+    let me = c.peer_id();
+    let registered = wait_for(Duration::from_secs(5), || {
+        c.poll(Duration::from_millis(1)).unwrap();
+        e.peers().get(&me).is_some()
+    });
+    assert!(registered, "engine registered the client");
+    c
 }
 
 /// Receives messages until `n` arrived or `timeout` passed.

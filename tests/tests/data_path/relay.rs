@@ -1,0 +1,95 @@
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use shards::client::Client;
+use shards::shard::Delivery;
+use shards::wire::PeerId;
+
+use crate::common::*;
+
+const CLIENTS: usize = 100;
+const PER_CLIENT: u64 = 1_000;
+const THREADS: usize = 4;
+
+/// 100 clients spread over both shards exchange 100,000 messages through the engine: each
+/// sends to the next one in a ring, so most pairs cross shards. None is lost, order holds
+/// per sender-destination pair.
+#[test]
+fn relay_across_shards_100_clients_100k_messages() {
+    let e = engine(2);
+    let clients: Vec<Client> = (0..CLIENTS).map(|_| client(&e)).collect();
+    let ids: Vec<PeerId> = clients.iter().map(|c| c.peer_id()).collect();
+    // Both shards hold clients.
+    let shards: std::collections::HashSet<usize> =
+        ids.iter().filter_map(|p| e.peers().get(p)).map(|p| p.shard).collect();
+    assert_eq!(shards.len(), 2, "clients landed on both shards");
+
+    // Deal clients to threads; each thread drives its clients round-robin.
+    let mut groups: Vec<Vec<(usize, Client)>> = (0..THREADS).map(|_| Vec::new()).collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        groups[i % THREADS].push((i, c));
+    }
+    let ids = std::sync::Arc::new(ids);
+    let handles: Vec<_> = groups
+        .into_iter()
+        .map(|group| {
+            let ids = ids.clone();
+            std::thread::spawn(move || drive(group, &ids))
+        })
+        .collect();
+    let mut received = 0;
+    for h in handles {
+        received += h.join().unwrap();
+    }
+    assert_eq!(received, CLIENTS as u64 * PER_CLIENT);
+    let s = e.stats();
+    assert_eq!(s.dropped(), 0, "{s:?}");
+    assert_eq!(s.relayed, CLIENTS as u64 * PER_CLIENT);
+}
+
+/// Sends PER_CLIENT messages from each client to its ring successor and checks what each
+/// receives from its predecessor. Returns the number of messages received.
+fn drive(mut group: Vec<(usize, Client)>, ids: &[PeerId]) -> u64 {
+    let mut next_seq: HashMap<usize, u64> = group.iter().map(|(i, _)| (*i, 0)).collect();
+    let mut expect: HashMap<usize, u64> = group.iter().map(|(i, _)| (*i, 0)).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut received = 0;
+    loop {
+        let mut done = true;
+        for (i, c) in group.iter_mut() {
+            let dst = ids[(*i + 1) % CLIENTS];
+            let src = ids[(*i + CLIENTS - 1) % CLIENTS];
+            let seq = next_seq.get_mut(i).unwrap();
+            let burst = (*seq + 50).min(PER_CLIENT);
+            while *seq < burst {
+                let payload = format!("{i}:{}", *seq).into_bytes();
+                c.send_with_seq(dst, *seq, payload).unwrap();
+                *seq += 1;
+            }
+            c.flush().unwrap();
+            c.poll(Duration::ZERO).unwrap();
+            while let Some(d) = c.try_recv() {
+                match d {
+                    Delivery::Message { from, seq, payload } => {
+                        assert_eq!(from, src, "message from the ring predecessor");
+                        let exp = expect.get_mut(i).unwrap();
+                        assert_eq!(seq, *exp, "client {i}: order per pair");
+                        let pred = (*i + CLIENTS - 1) % CLIENTS;
+                        assert_eq!(payload, format!("{pred}:{seq}").as_bytes());
+                        *exp += 1;
+                        received += 1;
+                    }
+                    Delivery::Error(err) => panic!("client {i}: error record {err:?}"),
+                }
+            }
+            if *next_seq.get(i).unwrap() < PER_CLIENT || *expect.get(i).unwrap() < PER_CLIENT {
+                done = false;
+            }
+        }
+        if done {
+            return received;
+        }
+        assert!(Instant::now() < deadline, "relay did not finish in time: {received} received");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
