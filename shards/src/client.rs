@@ -242,13 +242,18 @@ impl Client {
     }
 
     /// Waits up to `timeout` for a delivery (a message, or an error about one we sent).
+    /// Fails with [`ClientError::Closed`] once the connection is closed and nothing is left.
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(d) = self.inbox.pop_front() {
                 return Ok(Some(d));
             }
-            self.check_open()?;
+            // A closing connection still needs its timers run until it is closed.
+            if self.session.is_closed() {
+                let why = self.session.close_info().map_or_else(|| "closed".into(), |i| describe(&i));
+                return Err(ClientError::Closed(why));
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);

@@ -589,6 +589,19 @@ impl Session {
             )
     }
 
+    /// A one-line account of where the graceful close stands, for logs.
+    pub fn close_progress(&mut self) -> String {
+        format!(
+            "fin_sent={} fin_received={} pending={} partial_frame={} stream={:?} closing={}",
+            self.fin_sent,
+            self.fin_received,
+            self.pending_bytes(),
+            self.rx.len(),
+            self.conn.stream_capacity(SESSION_STREAM),
+            self.is_closing()
+        )
+    }
+
     /// Closes the connection with an application close code.
     pub fn close(&mut self, code: u64, reason: &str) {
         let _ = self.conn.close(true, code, reason.as_bytes());

@@ -723,6 +723,15 @@ impl State {
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for k in keys {
             if let Some(c) = self.conns.get_mut(&k) {
+                tracing::warn!(
+                    shard = self.cfg.index,
+                    conn = k,
+                    client = c.session.is_client(),
+                    queued = c.queue.len(),
+                    stalled = c.stalled.len(),
+                    "drain deadline reached before the peer finished: {}",
+                    c.session.close_progress()
+                );
                 c.session.close(close_code::NO_ERROR, "shutting down");
             }
             self.drive(k);

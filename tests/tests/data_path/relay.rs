@@ -87,6 +87,9 @@ fn drive(mut group: Vec<(usize, Client)>, ids: &[PeerId]) -> u64 {
             }
         }
         if done {
+            for (_, c) in group {
+                c.close(Duration::from_secs(2)).unwrap();
+            }
             return received;
         }
         assert!(Instant::now() < deadline, "relay did not finish in time: {received} received");

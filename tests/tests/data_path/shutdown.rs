@@ -40,11 +40,15 @@ fn graceful_shutdown_delivers_queued_messages() {
     let stopper = std::thread::spawn(move || e.shutdown(Duration::from_secs(5)));
     let a_thread = std::thread::spawn(move || a.close(Duration::from_secs(5)));
     let mut got = Vec::new();
-    while !b.is_closed() && started.elapsed() < Duration::from_secs(10) {
-        if let Ok(Some(Delivery::Message { seq, .. })) = b.recv(Duration::from_millis(20)) {
-            got.push(seq);
+    while started.elapsed() < Duration::from_secs(10) {
+        match b.recv(Duration::from_millis(20)) {
+            Ok(Some(Delivery::Message { seq, .. })) => got.push(seq),
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) => {}
+            Err(_) => break, // closed
         }
     }
+    assert!(b.is_closed(), "the node finished the session and it closed");
     let stats = stopper.join().unwrap().expect("clean shutdown");
     a_thread.join().unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(6), "drain bounded");
