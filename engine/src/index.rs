@@ -57,7 +57,10 @@ impl PeerIndex {
 
     /// A copy of every entry.
     pub fn snapshot(&self) -> Vec<(PeerId, PeerEntry)> {
-        self.map.iter().map(|e| (*e.key(), e.value().clone())).collect()
+        self.map
+            .iter()
+            .map(|e| (*e.key(), e.value().clone()))
+            .collect()
     }
 }
 

@@ -32,6 +32,8 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod config;
 pub mod index;
 pub mod stats;
@@ -178,7 +180,9 @@ impl Engine {
         match rx.recv_timeout(timeout) {
             Ok(Ok(peer)) => Ok(peer),
             Ok(Err(e)) => Err(EngineError::Dial(e)),
-            Err(_) => Err(EngineError::Dial(format!("no answer from {addr} within {timeout:?}"))),
+            Err(_) => Err(EngineError::Dial(format!(
+                "no answer from {addr} within {timeout:?}"
+            ))),
         }
     }
 
@@ -192,7 +196,10 @@ impl Engine {
             });
         }
         let rt = self.runtime()?;
-        let entry = self.index.get(&dst).ok_or(EngineError::UnknownDestination(dst))?;
+        let entry = self
+            .index
+            .get(&dst)
+            .ok_or(EngineError::UnknownDestination(dst))?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         rt.shards()
             .get(entry.shard)

@@ -1,4 +1,5 @@
 //! The `engine` command: serve a node, make identities, ping a node.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -217,7 +218,10 @@ fn serve(a: ServeArgs) -> Result<i32> {
         }
     }
     let sig = wait_signal(&set);
-    eprintln!("signal {sig} received: draining (up to {:?})", a.drain_timeout);
+    eprintln!(
+        "signal {sig} received: draining (up to {:?})",
+        a.drain_timeout
+    );
     let stats = engine.shutdown(a.drain_timeout)?;
     eprintln!(
         "stopped: {} messages in, {} delivered locally, {} relayed, {} dropped",
@@ -288,7 +292,11 @@ fn ping(a: PingArgs) -> Result<i32> {
             }
             None => {
                 if last_progress.elapsed() > a.timeout {
-                    eprintln!("no reply for {:?}; {} outstanding", a.timeout, sent_at.len());
+                    eprintln!(
+                        "no reply for {:?}; {} outstanding",
+                        a.timeout,
+                        sent_at.len()
+                    );
                     break;
                 }
             }
@@ -316,7 +324,11 @@ fn ping(a: PingArgs) -> Result<i32> {
         );
     }
     if ok != a.count {
-        bail!("{} of {} replies did not come back intact", a.count - ok, a.count);
+        bail!(
+            "{} of {} replies did not come back intact",
+            a.count - ok,
+            a.count
+        );
     }
     Ok(0)
 }

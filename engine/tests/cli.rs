@@ -16,7 +16,11 @@ fn temp_path(name: &str) -> std::path::PathBuf {
 fn keygen_writes_private_file_and_prints_peer_id() {
     let path = temp_path("id.key");
     let _ = std::fs::remove_file(&path);
-    let out = Command::new(BIN).args(["keygen", "--out"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let id = String::from_utf8(out.stdout).unwrap();
     let id = id.trim();
@@ -25,7 +29,11 @@ fn keygen_writes_private_file_and_prints_peer_id() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     // A second keygen refuses to overwrite the key.
-    let again = Command::new(BIN).args(["keygen", "--out"]).arg(&path).output().unwrap();
+    let again = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("error"));
     std::fs::remove_file(&path).unwrap();
@@ -51,7 +59,14 @@ fn serve_ping_and_sigterm_drain() {
     let id = temp_path("serve.key");
     let _ = std::fs::remove_file(&id);
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--no-pin"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--no-pin",
+        ])
         .arg("--identity")
         .arg(&id)
         .stdout(Stdio::piped())
@@ -59,9 +74,15 @@ fn serve_ping_and_sigterm_drain() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     // "listening on 127.0.0.1:PORT with 2 shard(s); peer id HEX"
-    let addr = line.split_whitespace().nth(2).expect("address in banner").to_string();
+    let addr = line
+        .split_whitespace()
+        .nth(2)
+        .expect("address in banner")
+        .to_string();
     assert!(line.contains("2 shard(s)"), "{line}");
 
     // The identity file was created and names the same peer id.
@@ -81,7 +102,11 @@ fn serve_ping_and_sigterm_drain() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&ping.stdout);
-    assert!(ping.status.success(), "{text} {}", String::from_utf8_lossy(&ping.stderr));
+    assert!(
+        ping.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
     assert!(text.contains("200 intact"), "{text}");
     assert!(text.contains("p99"), "{text}");
 
@@ -101,7 +126,10 @@ fn serve_ping_and_sigterm_drain() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "engine did not stop");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "engine did not stop"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");

@@ -251,7 +251,10 @@ impl Client {
             }
             // A closing connection still needs its timers run until it is closed.
             if self.session.is_closed() {
-                let why = self.session.close_info().map_or_else(|| "closed".into(), |i| describe(&i));
+                let why = self
+                    .session
+                    .close_info()
+                    .map_or_else(|| "closed".into(), |i| describe(&i));
                 return Err(ClientError::Closed(why));
             }
             let now = Instant::now();

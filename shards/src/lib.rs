@@ -22,3 +22,6 @@ pub mod shard;
 pub mod steering;
 pub mod tls;
 pub mod wire;
+
+#[cfg(test)]
+mod protocol_doc;

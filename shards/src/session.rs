@@ -403,7 +403,12 @@ impl Session {
 
     /// Pushes buffered sealed bytes into the QUIC stream as far as flow control allows.
     fn flush_tx(&mut self) -> Result<(), SessionError> {
-        if self.tx_off < self.tx.len() {
+        // Only offer data when the stream can take some: every stream_send on a
+        // flow-control-blocked connection re-arms a DATA_BLOCKED frame, and the send loop
+        // would then emit a datagram per call.
+        // (A stream this side has not opened yet has no capacity to ask about.)
+        let writable = !matches!(self.conn.stream_capacity(SESSION_STREAM), Ok(0));
+        if self.tx_off < self.tx.len() && writable {
             let pending = self.tx.get(self.tx_off..).unwrap_or(&[]);
             match self.conn.stream_send(SESSION_STREAM, pending, false) {
                 Ok(n) => self.tx_off += n,

@@ -88,7 +88,10 @@ fn oversize_frame_length_is_rejected() {
     let mut c = client(&e);
     c.session_mut().send_raw(&u32::MAX.to_be_bytes()).unwrap();
     let info = wait_closed(&mut c);
-    assert_eq!((info.by_peer, info.code), (true, close_code::FRAME_TOO_LARGE));
+    assert_eq!(
+        (info.by_peer, info.code),
+        (true, close_code::FRAME_TOO_LARGE)
+    );
 }
 
 /// Unknown destination and oversized message each come back as the documented error
@@ -119,7 +122,9 @@ fn unknown_destination_and_oversized_message_errors() {
     assert_eq!((errors[0].seq, errors[0].dst), (41, nobody));
     assert_eq!(errors[1].code, ErrorCode::MessageTooLarge);
     assert_eq!((errors[1].seq, errors[1].dst), (42, c.node_id()));
-    assert!(got.iter().any(|d| matches!(d, Delivery::Message { seq: 43, .. })));
+    assert!(got
+        .iter()
+        .any(|d| matches!(d, Delivery::Message { seq: 43, .. })));
     let s = e.stats();
     assert_eq!(s.dropped_unknown_destination, 1);
     assert_eq!(s.dropped_too_large, 1);

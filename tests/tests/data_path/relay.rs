@@ -20,8 +20,11 @@ fn relay_across_shards_100_clients_100k_messages() {
     let clients: Vec<Client> = (0..CLIENTS).map(|_| client(&e)).collect();
     let ids: Vec<PeerId> = clients.iter().map(|c| c.peer_id()).collect();
     // Both shards hold clients.
-    let shards: std::collections::HashSet<usize> =
-        ids.iter().filter_map(|p| e.peers().get(p)).map(|p| p.shard).collect();
+    let shards: std::collections::HashSet<usize> = ids
+        .iter()
+        .filter_map(|p| e.peers().get(p))
+        .map(|p| p.shard)
+        .collect();
     assert_eq!(shards.len(), 2, "clients landed on both shards");
 
     // Deal clients to threads; each thread drives its clients round-robin.
@@ -92,7 +95,10 @@ fn drive(mut group: Vec<(usize, Client)>, ids: &[PeerId]) -> u64 {
             }
             return received;
         }
-        assert!(Instant::now() < deadline, "relay did not finish in time: {received} received");
+        assert!(
+            Instant::now() < deadline,
+            "relay did not finish in time: {received} received"
+        );
         std::thread::sleep(Duration::from_micros(200));
     }
 }

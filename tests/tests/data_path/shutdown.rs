@@ -52,7 +52,11 @@ fn graceful_shutdown_delivers_queued_messages() {
     let stats = stopper.join().unwrap().expect("clean shutdown");
     a_thread.join().unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(6), "drain bounded");
-    assert_eq!(got, (0..500).collect::<Vec<_>>(), "every queued message delivered in order");
+    assert_eq!(
+        got,
+        (0..500).collect::<Vec<_>>(),
+        "every queued message delivered in order"
+    );
     assert_eq!(stats.dropped(), 0, "{stats:?}");
     assert_eq!(stats.connections, 0);
 }

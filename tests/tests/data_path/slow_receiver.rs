@@ -50,7 +50,10 @@ fn slow_receiver_bounds_memory_and_loses_nothing() {
             break false;
         }
     };
-    assert!(blocked, "sender was never pushed back ({sent} messages accepted)");
+    assert!(
+        blocked,
+        "sender was never pushed back ({sent} messages accepted)"
+    );
     assert!(sent < limit);
     // Keep pushing for a while: nothing more gets in, the engine's queue stays bounded.
     for _ in 0..5 {
@@ -72,7 +75,9 @@ fn slow_receiver_bounds_memory_and_loses_nothing() {
         sender.poll(Duration::ZERO).unwrap();
         if let Some(d) = receiver.recv(Duration::from_millis(5)).unwrap() {
             match d {
-                Delivery::Message { seq, payload: p, .. } => {
+                Delivery::Message {
+                    seq, payload: p, ..
+                } => {
                     assert_eq!(seq, next, "in order");
                     assert_eq!(p.len(), 1024);
                     next += 1;

@@ -23,12 +23,17 @@ fn nat_rebinding_keeps_connection_and_shard() {
             ports.push(c.rebind().unwrap().port());
         }
         for _ in 0..50 {
-            c.send_with_seq(node, seq, seq.to_be_bytes().to_vec()).unwrap();
+            c.send_with_seq(node, seq, seq.to_be_bytes().to_vec())
+                .unwrap();
             seq += 1;
         }
         c.flush().unwrap();
         let got = recv_n(&mut c, 50, Duration::from_secs(10));
-        assert_eq!(got.len(), 50, "round {round}: all echoes arrive after rebinding");
+        assert_eq!(
+            got.len(),
+            50,
+            "round {round}: all echoes arrive after rebinding"
+        );
         for (k, d) in got.iter().enumerate() {
             let (_, s, payload) = msg(d);
             assert_eq!(s, seq - 50 + k as u64);

@@ -22,12 +22,15 @@ fn two_nodes_exchange_both_ways() {
 
     for i in 0..500u32 {
         a.send(b_id, format!("a->b {i}").into_bytes()).unwrap();
-        b.send(a.peer_id(), format!("b->a {i}").into_bytes()).unwrap();
+        b.send(a.peer_id(), format!("b->a {i}").into_bytes())
+            .unwrap();
     }
     for (node, from, tag) in [(&b, a.peer_id(), "a->b"), (&a, b_id, "b->a")] {
         for i in 0..500u32 {
             match node.recv_timeout(Duration::from_secs(10)) {
-                Some(Delivery::Message { from: f, payload, .. }) => {
+                Some(Delivery::Message {
+                    from: f, payload, ..
+                }) => {
                     assert_eq!(f, from);
                     assert_eq!(payload, format!("{tag} {i}").as_bytes());
                 }
