@@ -376,7 +376,9 @@ impl Session {
                         }
                     }
                     Err(quiche::Error::Done) => break,
-                    Err(quiche::Error::InvalidStreamState(_)) if self.is_client => break,
+                    // The client has not opened the session stream yet (or, on the
+                    // client, the stream is not readable yet): wait for it.
+                    Err(quiche::Error::InvalidStreamState(_)) => break,
                     Err(e) => return Err(e.into()),
                 }
             }

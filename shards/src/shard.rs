@@ -245,6 +245,10 @@ struct State {
     /// Records from the local app or other shards waiting for a full destination.
     waiting: VecDeque<(Origin, PeerId, Record)>,
     draining: Option<Instant>,
+    /// Earliest deadline of any connection processed since the timer last looked.
+    wake_hint: Option<Instant>,
+    /// Connections that still have readable data after their per-turn frame budget.
+    resume: Vec<ConnKey>,
     decode_buf: Vec<Record>,
     rng: rand::rngs::ThreadRng,
 }
@@ -307,12 +311,15 @@ pub async fn run(
             hop_backlog: VecDeque::new(),
             waiting: VecDeque::new(),
             draining: None,
+            wake_hint: None,
+            resume: Vec::new(),
             decode_buf: Vec::new(),
             rng: rand::thread_rng(),
         }),
         socket,
         senders,
         wake: flume::bounded(1),
+        timer_at: std::cell::Cell::new(None),
     });
 
     let mut tasks = Vec::new();
@@ -323,6 +330,7 @@ pub async fn run(
                 while let Some(hop) = rx.recv().await {
                     sh.on_hop(hop);
                     sh.flush_outbox().await;
+                    sh.poke();
                 }
             }));
         }
@@ -352,10 +360,24 @@ struct Shard {
     senders: Option<Senders<Hop>>,
     /// Wakes the timer task when a new, earlier deadline may exist.
     wake: (flume::Sender<()>, flume::Receiver<()>),
+    /// When the timer task is due to wake up (None while it is working).
+    timer_at: std::cell::Cell<Option<Instant>>,
 }
 
 impl Shard {
+    /// Wakes the timer task if work done since it last looked has an earlier deadline
+    /// than the one it sleeps towards (while it runs, it recomputes anyway).
     fn poke(&self) {
+        let hint = self.st.borrow_mut().wake_hint.take();
+        if let (Some(h), Some(t)) = (hint, self.timer_at.get()) {
+            if h < t {
+                let _ = self.wake.0.try_send(());
+            }
+        }
+    }
+
+    /// Wakes the timer task unconditionally (new commands, drain).
+    fn poke_now(&self) {
         let _ = self.wake.0.try_send(());
     }
 
@@ -381,15 +403,18 @@ impl Shard {
     async fn timer_loop(self: Rc<Self>) {
         loop {
             let next = self.st.borrow().next_deadline();
-            let wait = next
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(1));
+            let now = Instant::now();
+            let at = next.unwrap_or(now + Duration::from_secs(1));
+            let wait = at.saturating_duration_since(now);
             if !wait.is_zero() {
+                self.timer_at.set(Some(at));
+                self.st.borrow_mut().wake_hint = None;
                 futures_lite::future::or(glommio::timer::sleep(wait), async {
                     let _ = self.wake.1.recv_async().await;
                 })
                 .await;
             }
+            self.timer_at.set(None);
             self.tick();
             self.flush_outbox().await;
         }
@@ -476,7 +501,7 @@ impl Shard {
             }
             self.tick();
             self.flush_outbox().await;
-            self.poke();
+            self.poke_now();
         }
     }
 
@@ -518,6 +543,9 @@ impl State {
             consider(c.queue.deadline());
         }
         let now = Instant::now();
+        if !self.resume.is_empty() {
+            consider(Some(now));
+        }
         if !self.waiting.is_empty()
             || !self.hop_backlog.is_empty()
             || self.conns.values().any(|c| !c.stalled.is_empty())
@@ -540,10 +568,11 @@ impl State {
                 return;
             }
         };
-        let dcid = hdr.dcid.as_ref().to_vec();
-        let key = match self.by_cid.get(&dcid) {
-            Some(k) => *k,
+        let known = self.by_cid.get(hdr.dcid.as_ref()).copied();
+        let key = match known {
+            Some(k) => k,
             None => {
+                let dcid = hdr.dcid.as_ref().to_vec();
                 if hdr.ty != quiche::Type::Initial {
                     if cid::shard_of(&dcid, self.cfg.shards) != Some(self.cfg.index) {
                         inc(&self.stats().misrouted);
@@ -571,6 +600,9 @@ impl State {
             c.session.recv(pkt, from, local);
         }
         self.service(key, now);
+        // ACKs may have opened the window: seal what is due, then run the send loop.
+        self.flush_queue(key, now, false);
+        self.drive(key);
         self.end_turn(now);
     }
 
@@ -743,7 +775,16 @@ impl State {
     }
 
     fn on_tick(&mut self, now: Instant) {
-        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        let mut keys: Vec<ConnKey> = std::mem::take(&mut self.resume);
+        keys.extend(self.conns.iter().filter_map(|(k, c)| {
+            let due = c.session.timeout_at().is_some_and(|t| t <= now)
+                || c.queue.deadline().is_some_and(|t| t <= now)
+                || !c.stalled.is_empty()
+                || c.session.is_closed();
+            due.then_some(*k)
+        }));
+        keys.sort_unstable();
+        keys.dedup();
         for k in keys {
             if let Some(c) = self.conns.get_mut(&k) {
                 if c.session.timeout_at().is_some_and(|t| t <= now) {
@@ -794,6 +835,10 @@ impl State {
                 }
             }
             if frames >= FRAMES_PER_TURN {
+                // More may be readable with no datagram coming to prompt us: resume soon.
+                if !self.resume.contains(&key) {
+                    self.resume.push(key);
+                }
                 return;
             }
             let Some(c) = self.conns.get_mut(&key) else {
@@ -953,7 +998,12 @@ impl State {
                 return RouteOutcome::Done;
             };
             if c.finished || c.session.is_closing() {
-                self.undeliverable(origin, r, ErrorCode::DestinationUnreachable, now);
+                let code = if self.draining.is_some() {
+                    ErrorCode::ShuttingDown
+                } else {
+                    ErrorCode::DestinationUnreachable
+                };
+                self.undeliverable(origin, r, code, now);
                 return RouteOutcome::Done;
             }
             if c.queue.bytes() + c.session.pending_bytes() >= cap {
@@ -1186,11 +1236,22 @@ impl State {
         }
     }
 
-    /// Runs the session's send loop until quiche has nothing more to send.
+    /// Runs the session's send loop until quiche has nothing more to send, and notes the
+    /// connection's next deadline for the timer.
     fn drive(&mut self, key: ConnKey) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
+        let mut hint = c.session.timeout_at();
+        if let Some(q) = c.queue.deadline() {
+            hint = Some(hint.map_or(q, |h| h.min(q)));
+        }
+        if !c.stalled.is_empty() || self.resume.contains(&key) {
+            hint = Some(Instant::now());
+        }
+        if let Some(h) = hint {
+            self.wake_hint = Some(self.wake_hint.map_or(h, |w| w.min(h)));
+        }
         loop {
             let mut buf = self.spare.pop().unwrap_or_default();
             buf.resize(self.cfg.transport.max_udp_payload.max(1500), 0);
