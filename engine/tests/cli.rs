@@ -139,3 +139,19 @@ fn serve_ping_and_sigterm_drain() {
     assert!(err.contains("203 messages in"), "{err}");
     std::fs::remove_file(&id).unwrap();
 }
+
+#[test]
+fn low_locked_memory_limit_is_a_clear_error() {
+    // `ulimit -l` lowers both limits, so the engine cannot raise its soft limit.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -l 64 && exec {BIN} serve --listen 127.0.0.1:0 --shards 2 --no-pin"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locked-memory limit"), "{err}");
+    assert!(err.contains("ulimit -l"), "{err}");
+}

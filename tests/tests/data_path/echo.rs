@@ -30,3 +30,23 @@ fn echo_many_messages_two_shards() {
     assert_eq!(s.delivered_local, 4 * N);
     assert_eq!(s.dropped(), 0);
 }
+
+/// The sink application counts messages addressed to the node and sends nothing back.
+#[test]
+fn sink_counts_and_replies_nothing() {
+    let mut cfg = engine::EngineConfig::loopback(2);
+    cfg.app = engine::AppKind::Sink;
+    let e = engine::Engine::start(cfg).unwrap();
+    let mut c = client(&e);
+    let node = c.node_id();
+    for i in 0..100u64 {
+        c.send_with_seq(node, i, vec![1; 10]).unwrap();
+    }
+    c.flush().unwrap();
+    assert!(wait_for(Duration::from_secs(5), || {
+        c.poll(Duration::from_millis(1)).unwrap();
+        e.stats().delivered_local == 100
+    }));
+    assert!(c.recv(Duration::from_millis(200)).unwrap().is_none());
+    assert_eq!(e.stats().messages_out, 0);
+}

@@ -130,3 +130,16 @@ fn unknown_destination_and_oversized_message_errors() {
     assert_eq!(s.dropped_too_large, 1);
     assert_eq!(s.errors_out, 2);
 }
+
+/// A frame cut short by the end of the stream (truncation) fails authentication.
+#[test]
+fn truncated_frame_is_rejected() {
+    let e = engine(1);
+    let mut c = client(&e);
+    let node = c.node_id();
+    let frame = c.session_mut().seal_detached(&[record(node, 1)]).unwrap();
+    c.session_mut().send_raw(&frame[..frame.len() / 2]).unwrap();
+    c.session_mut().finish();
+    let info = wait_closed(&mut c);
+    assert_eq!((info.by_peer, info.code), (true, close_code::SEAL_FAILED));
+}
