@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
-use shards::shard::PeerDirectory;
+use shards::lifecycle::ConnState;
+use shards::shard::{PeerActivity, PeerDirectory};
 use shards::wire::PeerId;
 
 /// What the index knows about one connected peer.
@@ -25,6 +26,10 @@ pub struct PeerEntry {
     pub outbound: bool,
     /// When the handshake finished.
     pub since: SystemTime,
+    /// Lifecycle state.
+    pub state: ConnState,
+    /// Traffic as last published by the owning shard.
+    pub activity: PeerActivity,
 }
 
 /// Peer id -> owning shard and connection.
@@ -55,6 +60,14 @@ impl PeerIndex {
         self.map.is_empty()
     }
 
+    /// How many peers are in each lifecycle state.
+    pub fn state_counts(&self) -> Vec<(ConnState, usize)> {
+        ConnState::ALL
+            .iter()
+            .map(|s| (*s, self.map.iter().filter(|e| e.state == *s).count()))
+            .collect()
+    }
+
     /// A copy of every entry.
     pub fn snapshot(&self) -> Vec<(PeerId, PeerEntry)> {
         self.map
@@ -75,6 +88,11 @@ impl PeerDirectory for PeerIndex {
                 addr,
                 outbound,
                 since: SystemTime::now(),
+                state: ConnState::Connected,
+                activity: PeerActivity {
+                    addr: Some(addr),
+                    ..PeerActivity::default()
+                },
             },
         );
         self.generation.fetch_add(1, Ordering::Release);
@@ -84,6 +102,17 @@ impl PeerDirectory for PeerIndex {
         self.map
             .remove_if(&peer, |_, e| e.shard == shard && e.conn == conn);
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn activity(&self, peer: PeerId, shard: usize, conn: u64, activity: PeerActivity) {
+        if let Some(mut e) = self.map.get_mut(&peer) {
+            if e.shard == shard && e.conn == conn {
+                if let Some(a) = activity.addr {
+                    e.addr = a;
+                }
+                e.activity = activity;
+            }
+        }
     }
 
     fn shard_of(&self, peer: &PeerId) -> Option<usize> {

@@ -235,6 +235,18 @@ impl Engine {
         }
     }
 
+    /// Histograms merged across shards (as published by each shard, at most a publish
+    /// period old).
+    pub fn histograms(&self) -> shards::hist::Histograms {
+        let mut total = shards::hist::Histograms::new();
+        if let Some(rt) = &self.runtime {
+            for h in rt.shards() {
+                total.add(&h.histograms.lock());
+            }
+        }
+        total
+    }
+
     /// Drains: stops accepting, flushes every queue, finishes every session and waits for
     /// peers to finish theirs, up to `timeout`; then closes what is left.
     pub fn shutdown(mut self, timeout: Duration) -> Result<stats::EngineStats, EngineError> {

@@ -56,6 +56,8 @@ pub struct EngineStats {
     pub dropped_sender_gone: u64,
     /// Bytes queued in batch queues and session backlogs.
     pub queued_bytes: u64,
+    /// Connections refused (connection limit, draining).
+    pub refused: u64,
 }
 
 impl EngineStats {
@@ -88,6 +90,7 @@ impl EngineStats {
             t.dropped_shutting_down += r(&s.dropped_shutting_down);
             t.dropped_sender_gone += r(&s.dropped_sender_gone);
             t.queued_bytes += r(&s.queued_bytes);
+            t.refused += r(&s.refused);
         }
         t
     }

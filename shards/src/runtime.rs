@@ -9,6 +9,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::batch::BatchPolicy;
+use crate::hist::SharedHistograms;
 use crate::identity::Identity;
 use crate::session::TransportConfig;
 use crate::shard::{self, App, Command, Hop, PeerDirectory, ShardConfig, ShardHandle, ShardStats};
@@ -176,10 +177,12 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
     let mut threads = Vec::new();
     for (index, socket) in sockets.into_iter().enumerate() {
         let stats = Arc::new(ShardStats::default());
+        let histograms = SharedHistograms::default();
         let (cmd_tx, cmd_rx) = flume::bounded::<Command>(COMMAND_CAPACITY);
         handles.push(ShardHandle {
             commands: cmd_tx,
             stats: stats.clone(),
+            histograms: histograms.clone(),
         });
         let shard_cfg = ShardConfig {
             index,
@@ -195,6 +198,7 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
             accept: cfg.accept,
             directory: cfg.directory.clone(),
             stats,
+            histograms,
         };
         let placement = match cores.get(index % cores.len().max(1)) {
             Some(cpu) if cfg.pin => Placement::Fixed(*cpu),

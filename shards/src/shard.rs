@@ -21,6 +21,7 @@ use rand::RngCore;
 
 use crate::batch::{BatchPolicy, BatchQueue};
 use crate::cid::{self, CID_LEN};
+use crate::hist::{Histograms, SharedHistograms};
 use crate::identity::Identity;
 use crate::session::{self, Session, TransportConfig};
 use crate::wire::{close_code, ErrorCode, ErrorRecord, Message, PeerId, Record};
@@ -61,11 +62,32 @@ pub enum Delivery {
     Error(ErrorRecord),
 }
 
+/// Traffic of one connection since it was established, published by its shard now and
+/// then (never per message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerActivity {
+    /// Messages received from the peer.
+    pub messages_in: u64,
+    /// Messages sealed towards the peer.
+    pub messages_out: u64,
+    /// Sealed-frame bytes received from the peer.
+    pub bytes_in: u64,
+    /// Sealed-frame bytes queued towards the peer.
+    pub bytes_out: u64,
+    /// When the last message moved in either direction.
+    pub last_activity: Option<std::time::SystemTime>,
+    /// The peer's current address.
+    pub addr: Option<SocketAddr>,
+}
+
 /// The cluster-wide peer index as the shards see it. The engine implements it over a
-/// concurrent map; shards consult it on connect, disconnect and cache misses only.
+/// concurrent map; shards consult it on connect, disconnect, cache misses and a periodic
+/// publish, never per message.
 pub trait PeerDirectory: Send + Sync + 'static {
     /// A peer finished its handshake on `shard`; `conn` is unique within that shard.
     fn connected(&self, peer: PeerId, shard: usize, conn: u64, addr: SocketAddr, outbound: bool);
+    /// Periodic traffic report for a connected peer.
+    fn activity(&self, peer: PeerId, shard: usize, conn: u64, activity: PeerActivity);
     /// The connection `conn` on `shard` to `peer` ended.
     fn disconnected(&self, peer: PeerId, shard: usize, conn: u64);
     /// Which shard holds a connection to `peer`.
@@ -125,6 +147,8 @@ pub struct ShardStats {
     pub dropped_sender_gone: AtomicU64,
     /// Bytes held in batch queues and session backlogs (gauge).
     pub queued_bytes: AtomicU64,
+    /// Connections refused (connection limit, draining).
+    pub refused: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -165,6 +189,18 @@ pub struct Hop {
     pub to: PeerId,
     /// The record.
     pub record: Record,
+    /// When the record reached this node.
+    pub received: Instant,
+}
+
+/// A record in a destination's batch queue.
+#[derive(Debug)]
+struct Queued {
+    record: Record,
+    /// When it reached this node.
+    received: Instant,
+    /// Whether it is a message relayed for another peer (for the relay-delay histogram).
+    relayed: bool,
 }
 
 /// Everything a shard needs to run.
@@ -195,7 +231,12 @@ pub struct ShardConfig {
     pub directory: Arc<dyn PeerDirectory>,
     /// This shard's counters.
     pub stats: Arc<ShardStats>,
+    /// Where this shard publishes its histograms.
+    pub histograms: SharedHistograms,
 }
+
+/// How often a shard publishes histograms and peer activity.
+const PUBLISH_PERIOD: Duration = Duration::from_millis(250);
 
 type ConnKey = u64;
 
@@ -215,13 +256,18 @@ enum RouteOutcome {
 
 struct Conn {
     session: Session,
-    queue: BatchQueue<Record>,
-    /// Records decoded from this session but not yet routed (destination was full).
-    stalled: VecDeque<Record>,
+    queue: BatchQueue<Queued>,
+    /// Records decoded from this session but not yet routed (destination was full), with
+    /// when they arrived.
+    stalled: VecDeque<(Record, Instant)>,
     scids: Vec<Vec<u8>>,
     dial_reply: Option<flume::Sender<Result<PeerId, String>>>,
     peer: Option<PeerId>,
     finished: bool,
+    /// Traffic counters published to the peer index each period.
+    activity: PeerActivity,
+    last_activity: Instant,
+    published: PeerActivity,
 }
 
 struct State {
@@ -243,13 +289,17 @@ struct State {
     /// Records for other shards that did not fit in the channel yet.
     hop_backlog: VecDeque<(usize, Hop)>,
     /// Records from the local app or other shards waiting for a full destination.
-    waiting: VecDeque<(Origin, PeerId, Record)>,
+    waiting: VecDeque<(Origin, PeerId, Record, Instant)>,
     draining: Option<Instant>,
     /// Earliest deadline of any connection processed since the timer last looked.
     wake_hint: Option<Instant>,
     /// Connections that still have readable data after their per-turn frame budget.
     resume: Vec<ConnKey>,
     decode_buf: Vec<Record>,
+    batch_buf: Vec<(Queued, Instant)>,
+    /// Shard-local histograms, added into `cfg.histograms` every publish period.
+    hist: Histograms,
+    last_publish: Instant,
     rng: rand::rngs::ThreadRng,
 }
 
@@ -260,6 +310,8 @@ pub struct ShardHandle {
     pub commands: flume::Sender<Command>,
     /// The shard's counters.
     pub stats: Arc<ShardStats>,
+    /// The shard's published histograms.
+    pub histograms: SharedHistograms,
 }
 
 /// Runs one shard to completion inside the current glommio executor. `socket` is this
@@ -314,6 +366,9 @@ pub async fn run(
             wake_hint: None,
             resume: Vec::new(),
             decode_buf: Vec::new(),
+            batch_buf: Vec::new(),
+            hist: Histograms::new(),
+            last_publish: Instant::now(),
             rng: rand::thread_rng(),
         }),
         socket,
@@ -345,6 +400,7 @@ pub async fn run(
     }
     // The command loop is the shard's lifetime: it ends after a drain.
     let result = shard.command_loop(commands).await;
+    shard.st.borrow_mut().publish(Instant::now());
     for t in tasks {
         drop(t.cancel());
     }
@@ -447,11 +503,13 @@ impl Shard {
         let mut st = self.st.borrow_mut();
         let now = Instant::now();
         if !st.waiting.is_empty() {
-            st.waiting.push_back((Origin::Remote, hop.to, hop.record));
+            st.waiting
+                .push_back((Origin::Remote, hop.to, hop.record, hop.received));
         } else if let RouteOutcome::Blocked(r) =
-            st.route_to_peer(Origin::Remote, hop.to, hop.record, now)
+            st.route_to_peer(Origin::Remote, hop.to, hop.record, hop.received, now)
         {
-            st.waiting.push_back((Origin::Remote, hop.to, r));
+            st.waiting
+                .push_back((Origin::Remote, hop.to, r, hop.received));
         }
         st.end_turn(now);
     }
@@ -555,6 +613,13 @@ impl State {
         if self.draining.is_some() {
             consider(Some(now + Duration::from_millis(5)));
         }
+        let unpublished = |c: &Conn| {
+            (c.activity.messages_in, c.activity.messages_out)
+                != (c.published.messages_in, c.published.messages_out)
+        };
+        if !self.hist.is_empty() || self.conns.values().any(unpublished) {
+            consider(Some(self.last_publish + PUBLISH_PERIOD));
+        }
         next
     }
 
@@ -655,6 +720,9 @@ impl State {
                 dial_reply,
                 peer: None,
                 finished: false,
+                activity: PeerActivity::default(),
+                last_activity: Instant::now(),
+                published: PeerActivity::default(),
             },
         );
         key
@@ -698,8 +766,10 @@ impl State {
                     seq,
                     payload,
                 });
-                if let RouteOutcome::Blocked(r) = self.route_to_peer(Origin::Local, dst, r, now) {
-                    self.waiting.push_back((Origin::Local, dst, r));
+                if let RouteOutcome::Blocked(r) =
+                    self.route_to_peer(Origin::Local, dst, r, now, now)
+                {
+                    self.waiting.push_back((Origin::Local, dst, r, now));
                 }
             }
             Command::Shutdown { deadline } => self.begin_drain(deadline, now),
@@ -798,16 +868,46 @@ impl State {
         self.retry_waiting(now);
         self.end_turn(now);
         self.reap();
+        if now.saturating_duration_since(self.last_publish) >= PUBLISH_PERIOD {
+            self.publish(now);
+        }
+    }
+
+    /// Adds local histograms into the shared copy (one short lock per period) and reports
+    /// each connection's traffic to the peer index if it changed.
+    fn publish(&mut self, now: Instant) {
+        self.last_publish = now;
+        if !self.hist.is_empty() {
+            self.cfg.histograms.lock().add(&self.hist);
+            self.hist.clear();
+        }
+        let wall = std::time::SystemTime::now();
+        for (key, c) in self.conns.iter_mut() {
+            let Some(peer) = c.peer else { continue };
+            let mut a = c.activity;
+            a.addr = c.session.peer_addr();
+            a.last_activity = wall.checked_sub(now.saturating_duration_since(c.last_activity));
+            if (a.messages_in, a.messages_out, a.addr)
+                != (
+                    c.published.messages_in,
+                    c.published.messages_out,
+                    c.published.addr,
+                )
+            {
+                self.cfg.directory.activity(peer, self.cfg.index, *key, a);
+                c.published = a;
+            }
+        }
     }
 
     fn retry_waiting(&mut self, now: Instant) {
         let n = self.waiting.len();
         for _ in 0..n {
-            let Some((origin, to, r)) = self.waiting.pop_front() else {
+            let Some((origin, to, r, received)) = self.waiting.pop_front() else {
                 break;
             };
-            if let RouteOutcome::Blocked(r) = self.route_to_peer(origin, to, r, now) {
-                self.waiting.push_front((origin, to, r));
+            if let RouteOutcome::Blocked(r) = self.route_to_peer(origin, to, r, received, now) {
+                self.waiting.push_front((origin, to, r, received));
                 break;
             }
         }
@@ -826,10 +926,10 @@ impl State {
         let mut frames = 0;
         loop {
             // First route what this session already had decoded.
-            while let Some(r) = self.conns.get_mut(&key).and_then(|c| c.stalled.pop_front()) {
-                if let RouteOutcome::Blocked(r) = self.route(Origin::Conn(key), r, now) {
+            while let Some((r, t)) = self.conns.get_mut(&key).and_then(|c| c.stalled.pop_front()) {
+                if let RouteOutcome::Blocked(r) = self.route(Origin::Conn(key), r, t, now) {
                     if let Some(c) = self.conns.get_mut(&key) {
-                        c.stalled.push_front(r);
+                        c.stalled.push_front((r, t));
                     }
                     return;
                 }
@@ -873,7 +973,14 @@ impl State {
                 }
                 Ok(_) => {
                     frames += 1;
-                    c.stalled.extend(buf.drain(..));
+                    for r in &buf {
+                        if matches!(r, Record::Message(_)) {
+                            c.activity.messages_in += 1;
+                        }
+                        c.activity.bytes_in += r.encoded_len() as u64;
+                    }
+                    c.last_activity = now;
+                    c.stalled.extend(buf.drain(..).map(|r| (r, now)));
                     self.decode_buf = buf;
                 }
                 Err(e) => {
@@ -899,6 +1006,11 @@ impl State {
         c.peer = Some(peer);
         let addr = c.session.peer_addr().unwrap_or(self.local_addr);
         let outbound = c.session.is_client();
+        if let Some(d) = c.session.handshake_duration() {
+            self.hist
+                .handshake_ns
+                .saturating_record(d.as_nanos() as u64);
+        }
         if let Some(reply) = c.dial_reply.take() {
             let _ = reply.send(Ok(peer));
         }
@@ -928,7 +1040,13 @@ impl State {
     }
 
     /// Routes one record that arrived from `origin`.
-    fn route(&mut self, origin: Origin, r: Record, now: Instant) -> RouteOutcome {
+    fn route(
+        &mut self,
+        origin: Origin,
+        r: Record,
+        received: Instant,
+        now: Instant,
+    ) -> RouteOutcome {
         match r {
             Record::Message(mut m) => {
                 inc(&self.stats().messages_in);
@@ -957,7 +1075,7 @@ impl State {
                     return RouteOutcome::Done;
                 }
                 let dst = m.dst;
-                match self.route_to_peer(origin, dst, Record::Message(m), now) {
+                match self.route_to_peer(origin, dst, Record::Message(m), received, now) {
                     RouteOutcome::Blocked(Record::Message(m)) => {
                         // Undo the count; it will be counted again on retry.
                         self.stats().messages_in.fetch_sub(1, Ordering::Relaxed);
@@ -987,10 +1105,11 @@ impl State {
         origin: Origin,
         to: PeerId,
         r: Record,
+        received: Instant,
         now: Instant,
     ) -> RouteOutcome {
         if to == self.self_id {
-            return self.deliver_local(origin, r);
+            return self.deliver_local(origin, r, received);
         }
         if let Some(&key) = self.by_peer.get(&to) {
             let cap = self.cfg.queue_capacity;
@@ -1010,7 +1129,17 @@ impl State {
                 return RouteOutcome::Blocked(r);
             }
             let size = r.encoded_len();
-            c.queue.push(r, size, now);
+            let relayed = origin != Origin::Local
+                && matches!(&r, Record::Message(m) if m.src != self.self_id);
+            c.queue.push(
+                Queued {
+                    record: r,
+                    received,
+                    relayed,
+                },
+                size,
+                now,
+            );
             self.cfg
                 .stats
                 .queued_bytes
@@ -1029,7 +1158,14 @@ impl State {
             if self.hop_backlog.len() >= 1024 {
                 return RouteOutcome::Blocked(r);
             }
-            self.hop_backlog.push_back((shard, Hop { to, record: r }));
+            self.hop_backlog.push_back((
+                shard,
+                Hop {
+                    to,
+                    record: r,
+                    received,
+                },
+            ));
             return RouteOutcome::Done;
         }
         self.undeliverable(origin, r, ErrorCode::UnknownDestination, now);
@@ -1053,7 +1189,7 @@ impl State {
         Some(shard)
     }
 
-    fn deliver_local(&mut self, origin: Origin, r: Record) -> RouteOutcome {
+    fn deliver_local(&mut self, origin: Origin, r: Record, received: Instant) -> RouteOutcome {
         let Record::Message(m) = r else {
             if let Record::Error(e) = r {
                 if let App::Channel(tx) = &self.cfg.app {
@@ -1075,7 +1211,7 @@ impl State {
                     payload: m.payload,
                 });
                 let to = m.src;
-                match self.route_to_peer(origin, to, reply, Instant::now()) {
+                match self.route_to_peer(origin, to, reply, received, Instant::now()) {
                     RouteOutcome::Done => {
                         inc(&self.stats().delivered_local);
                         RouteOutcome::Done
@@ -1168,7 +1304,15 @@ impl State {
             if let Some(c) = self.conns.get_mut(&key) {
                 if !c.finished && !c.session.is_closing() {
                     let size = e.encoded_len();
-                    c.queue.push(e, size, now);
+                    c.queue.push(
+                        Queued {
+                            record: e,
+                            received: now,
+                            relayed: false,
+                        },
+                        size,
+                        now,
+                    );
                     self.cfg
                         .stats
                         .queued_bytes
@@ -1181,7 +1325,14 @@ impl State {
             return;
         }
         if let Some(shard) = self.lookup_remote(&to) {
-            self.hop_backlog.push_back((shard, Hop { to, record: e }));
+            self.hop_backlog.push_back((
+                shard,
+                Hop {
+                    to,
+                    record: e,
+                    received: now,
+                },
+            ));
         }
     }
 
@@ -1202,38 +1353,59 @@ impl State {
         if !c.session.is_open() {
             return;
         }
+        let mut batch = std::mem::take(&mut self.batch_buf);
         while !c.queue.is_empty()
             && (force || c.queue.is_due(now))
             && c.session.pending_bytes() < MAX_SESSION_BACKLOG
         {
-            let batch = c.queue.pop_batch();
-            let bytes: usize = batch.iter().map(|(r, _)| r.encoded_len()).sum();
+            batch.clear();
+            c.queue.pop_batch_into(&mut batch);
+            let mut bytes = 0usize;
+            let mut msgs = 0u64;
+            for (q, enqueued) in &batch {
+                bytes += q.record.encoded_len();
+                if matches!(q.record, Record::Message(_)) {
+                    msgs += 1;
+                    let waited = now.saturating_duration_since(*enqueued);
+                    self.hist
+                        .queue_delay_ns
+                        .saturating_record(waited.as_nanos() as u64);
+                    if q.relayed {
+                        let since = now.saturating_duration_since(q.received);
+                        self.hist
+                            .relay_delay_ns
+                            .saturating_record(since.as_nanos() as u64);
+                    }
+                }
+            }
             self.cfg
                 .stats
                 .queued_bytes
                 .fetch_sub(bytes as u64, Ordering::Relaxed);
-            let msgs = batch
-                .iter()
-                .filter(|(r, _)| matches!(r, Record::Message(_)))
-                .count();
-            match c.session.send_batch(batch.iter().map(|(r, _)| r)) {
+            match c.session.send_batch(batch.iter().map(|(q, _)| &q.record)) {
                 Ok(()) => {
+                    self.hist.batch_size.saturating_record(batch.len() as u64);
                     self.cfg.stats.batches_out.fetch_add(1, Ordering::Relaxed);
                     self.cfg
                         .stats
                         .messages_out
-                        .fetch_add(msgs as u64, Ordering::Relaxed);
+                        .fetch_add(msgs, Ordering::Relaxed);
+                    c.activity.messages_out += msgs;
+                    c.activity.bytes_out += bytes as u64;
+                    c.last_activity = now;
                 }
                 Err(e) => {
                     tracing::debug!(conn = key, "batch not sent: {e}");
                     self.cfg
                         .stats
                         .dropped_unreachable
-                        .fetch_add(msgs as u64, Ordering::Relaxed);
-                    return;
+                        .fetch_add(msgs, Ordering::Relaxed);
+                    break;
                 }
             }
         }
+        batch.clear();
+        self.batch_buf = batch;
     }
 
     /// Runs the session's send loop until quiche has nothing more to send, and notes the
@@ -1317,7 +1489,7 @@ impl State {
         // Undelivered records queued for this peer: count and tell their senders.
         let mut left = Vec::new();
         while !c.queue.is_empty() {
-            left.extend(c.queue.pop_batch().into_iter().map(|(r, _)| r));
+            left.extend(c.queue.pop_batch().into_iter().map(|(q, _)| q.record));
         }
         let bytes: usize = left.iter().map(Record::encoded_len).sum();
         self.cfg
@@ -1332,7 +1504,7 @@ impl State {
             self.undeliverable(origin, r, code, now);
         }
         // Records this peer sent that were never routed.
-        for r in c.stalled.drain(..) {
+        for (r, _) in c.stalled.drain(..) {
             if matches!(r, Record::Message(_)) {
                 inc(&self.stats().dropped_sender_gone);
             }
