@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shards::batch::BatchPolicy;
 use shards::session::TransportConfig;
+use shards::shard::PoolConfig;
 
 /// What the node does with messages addressed to itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,6 +47,8 @@ pub struct EngineConfig {
     pub transport: TransportConfig,
     /// Whether to accept incoming connections.
     pub accept: bool,
+    /// Connection pool: TTL, keep-alive, connection cap.
+    pub pool: PoolConfig,
 }
 
 /// Default largest payload: 64 KiB.
@@ -66,6 +69,7 @@ impl Default for EngineConfig {
             channel_capacity: 65_536,
             transport: TransportConfig::default(),
             accept: true,
+            pool: PoolConfig::default(),
         }
     }
 }

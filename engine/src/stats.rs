@@ -58,6 +58,8 @@ pub struct EngineStats {
     pub queued_bytes: u64,
     /// Connections refused (connection limit, draining).
     pub refused: u64,
+    /// Connections closed by the pool TTL.
+    pub ttl_closed: u64,
 }
 
 impl EngineStats {
@@ -91,6 +93,7 @@ impl EngineStats {
             t.dropped_sender_gone += r(&s.dropped_sender_gone);
             t.queued_bytes += r(&s.queued_bytes);
             t.refused += r(&s.refused);
+            t.ttl_closed += r(&s.ttl_closed);
         }
         t
     }

@@ -12,7 +12,10 @@ use crate::batch::BatchPolicy;
 use crate::hist::SharedHistograms;
 use crate::identity::Identity;
 use crate::session::TransportConfig;
-use crate::shard::{self, App, Command, Hop, PeerDirectory, ShardConfig, ShardHandle, ShardStats};
+use crate::shard::{
+    self, App, Command, ConnectionSlots, Hop, PeerDirectory, PoolConfig, ShardConfig,
+    ShardHandle, ShardStats,
+};
 use crate::steering::{self, SteeringError};
 use crate::tls::{TlsError, TlsFiles};
 
@@ -88,6 +91,8 @@ pub struct RuntimeConfig {
     pub accept: bool,
     /// The cluster-wide peer index.
     pub directory: Arc<dyn PeerDirectory>,
+    /// Connection pool policy.
+    pub pool: PoolConfig,
 }
 
 /// A running set of shards.
@@ -173,6 +178,7 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
         .collect();
     let mesh = (cfg.shards > 1).then(|| MeshBuilder::<Hop, _>::full(cfg.shards, MESH_CAPACITY));
     let (ready_tx, ready_rx) = flume::unbounded::<(usize, Result<(), String>)>();
+    let slots = Arc::new(ConnectionSlots::default());
     let mut handles = Vec::new();
     let mut threads = Vec::new();
     for (index, socket) in sockets.into_iter().enumerate() {
@@ -199,6 +205,8 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
             directory: cfg.directory.clone(),
             stats,
             histograms,
+            pool: cfg.pool.clone(),
+            slots: slots.clone(),
         };
         let placement = match cores.get(index % cores.len().max(1)) {
             Some(cpu) if cfg.pin => Placement::Fixed(*cpu),

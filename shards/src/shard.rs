@@ -149,6 +149,8 @@ pub struct ShardStats {
     pub queued_bytes: AtomicU64,
     /// Connections refused (connection limit, draining).
     pub refused: AtomicU64,
+    /// Connections closed by the pool TTL.
+    pub ttl_closed: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -233,6 +235,66 @@ pub struct ShardConfig {
     pub stats: Arc<ShardStats>,
     /// Where this shard publishes its histograms.
     pub histograms: SharedHistograms,
+    /// Connection pool policy: TTL, keep-alive, connection cap.
+    pub pool: PoolConfig,
+    /// Connection slots shared by every shard of the node (for the cap).
+    pub slots: Arc<ConnectionSlots>,
+}
+
+/// How connections are kept, expired and capped.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Close a connection gracefully after this long without messages in either direction.
+    pub ttl: Duration,
+    /// Send a QUIC PING after this long without sending anything, so an idle connection
+    /// stays alive and a vanished peer is detected by the idle timeout.
+    pub keepalive: Duration,
+    /// Cap on connections across all shards (accepted and dialed); `None` = no cap.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            ttl: Duration::from_secs(300),
+            keepalive: Duration::from_secs(10),
+            max_connections: None,
+        }
+    }
+}
+
+/// Connection slots shared by every shard; a connection holds one from accept or dial
+/// until it is dropped, so the cap is never exceeded, even under a burst on all shards.
+#[derive(Debug, Default)]
+pub struct ConnectionSlots {
+    used: AtomicU64,
+}
+
+impl ConnectionSlots {
+    /// Takes a slot if fewer than `max` are in use (always, when `max` is `None`).
+    pub fn try_acquire(&self, max: Option<usize>) -> bool {
+        let Some(max) = max else {
+            self.used.fetch_add(1, Ordering::AcqRel);
+            return true;
+        };
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max as u64).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns a slot.
+    pub fn release(&self) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Slots in use.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
 }
 
 /// How often a shard publishes histograms and peer activity.
@@ -264,10 +326,26 @@ struct Conn {
     dial_reply: Option<flume::Sender<Result<PeerId, String>>>,
     peer: Option<PeerId>,
     finished: bool,
+    /// Over the connection cap: close with CONNECTION_LIMIT once QUIC is established.
+    refused: bool,
+    /// Whether this connection holds a slot of the connection cap.
+    holds_slot: bool,
+    /// When a keep-alive PING was last sent.
+    last_ping: Instant,
     /// Traffic counters published to the peer index each period.
     activity: PeerActivity,
     last_activity: Instant,
     published: PeerActivity,
+}
+
+impl Conn {
+    /// When the pool next has work on this connection: a keep-alive PING or the TTL.
+    fn pool_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
+        if self.peer.is_none() || self.finished || self.session.is_closing() {
+            return None;
+        }
+        Some((self.last_ping + pool.keepalive).min(self.last_activity + pool.ttl))
+    }
 }
 
 struct State {
@@ -599,6 +677,7 @@ impl State {
         for c in self.conns.values() {
             consider(c.session.timeout_at());
             consider(c.queue.deadline());
+            consider(c.pool_deadline(&self.cfg.pool));
         }
         let now = Instant::now();
         if !self.resume.is_empty() {
@@ -692,7 +771,15 @@ impl State {
             }
         };
         inc(&self.stats().accepted);
+        let holds_slot = self.cfg.slots.try_acquire(self.cfg.pool.max_connections);
         let key = self.insert_conn(session, scid.to_vec(), None);
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.holds_slot = holds_slot;
+            c.refused = !holds_slot;
+        }
+        if !holds_slot {
+            inc(&self.stats().refused);
+        }
         self.by_cid.insert(odcid.to_vec(), key);
         if let Some(c) = self.conns.get_mut(&key) {
             c.scids.push(odcid.to_vec());
@@ -720,6 +807,9 @@ impl State {
                 dial_reply,
                 peer: None,
                 finished: false,
+                refused: false,
+                holds_slot: false,
+                last_ping: Instant::now(),
                 activity: PeerActivity::default(),
                 last_activity: Instant::now(),
                 published: PeerActivity::default(),
@@ -744,8 +834,19 @@ impl State {
             now,
         ) {
             Ok(s) => {
+                if !self.cfg.slots.try_acquire(self.cfg.pool.max_connections) {
+                    inc(&self.stats().refused);
+                    let _ = reply.send(Err(format!(
+                        "connection limit of {} reached",
+                        self.cfg.pool.max_connections.unwrap_or(0)
+                    )));
+                    return;
+                }
                 inc(&self.stats().dialed);
                 let key = self.insert_conn(s, scid.to_vec(), Some(reply));
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.holds_slot = true;
+                }
                 self.drive(key);
             }
             Err(e) => {
@@ -849,6 +950,7 @@ impl State {
         keys.extend(self.conns.iter().filter_map(|(k, c)| {
             let due = c.session.timeout_at().is_some_and(|t| t <= now)
                 || c.queue.deadline().is_some_and(|t| t <= now)
+                || c.pool_deadline(&self.cfg.pool).is_some_and(|t| t <= now)
                 || !c.stalled.is_empty()
                 || c.session.is_closed();
             due.then_some(*k)
@@ -861,6 +963,7 @@ impl State {
                     c.session.on_timeout();
                 }
             }
+            self.pool_work(k, now);
             self.service(k, now);
             self.flush_queue(k, now, false);
             self.drive(k);
@@ -870,6 +973,34 @@ impl State {
         self.reap();
         if now.saturating_duration_since(self.last_publish) >= PUBLISH_PERIOD {
             self.publish(now);
+        }
+    }
+
+    /// Keep-alive and TTL for one connection.
+    fn pool_work(&mut self, key: ConnKey, now: Instant) {
+        let pool = self.cfg.pool.clone();
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if c.pool_deadline(&pool).is_none_or(|t| t > now) {
+            return;
+        }
+        if now.saturating_duration_since(c.last_activity) >= pool.ttl {
+            // Idle past the TTL: close gracefully (flush, FIN, close when both finished).
+            tracing::debug!(shard = self.cfg.index, conn = key, "pool TTL expired");
+            inc(&self.cfg.stats.ttl_closed);
+            self.flush_queue(key, now, true);
+            if let Some(c) = self.conns.get_mut(&key) {
+                if c.queue.is_empty() && c.stalled.is_empty() {
+                    c.session.finish();
+                    c.finished = true;
+                }
+            }
+            return;
+        }
+        if now.saturating_duration_since(c.last_ping) >= pool.keepalive {
+            let _ = c.session.quic_mut().send_ack_eliciting();
+            c.last_ping = now;
         }
     }
 
@@ -915,6 +1046,16 @@ impl State {
 
     /// Reads and routes what a session has for us, as far as destinations have room.
     fn service(&mut self, key: ConnKey, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if c.refused && c.session.quic().is_established() && !c.session.is_closing() {
+                c.session
+                    .close(close_code::CONNECTION_LIMIT, "connection limit reached");
+                return;
+            }
+            if c.refused {
+                return;
+            }
+        }
         // Handshake completion.
         let ready = self
             .conns
@@ -1393,6 +1534,7 @@ impl State {
                     c.activity.messages_out += msgs;
                     c.activity.bytes_out += bytes as u64;
                     c.last_activity = now;
+                    c.last_ping = now;
                 }
                 Err(e) => {
                     tracing::debug!(conn = key, "batch not sent: {e}");
@@ -1463,6 +1605,9 @@ impl State {
         }
         self.cfg.stats.connections.fetch_sub(1, Ordering::Relaxed);
         inc(&self.stats().closed);
+        if c.holds_slot {
+            self.cfg.slots.release();
+        }
         if let Some(info) = c.session.close_info() {
             tracing::debug!(conn = key, ?info, "session closed");
         }

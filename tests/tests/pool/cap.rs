@@ -1,0 +1,62 @@
+use std::time::Duration;
+
+use engine::{Engine, EngineConfig};
+use shards::client::{Client, ClientConfig, ClientError};
+use shards::identity::Identity;
+use shards::wire::close_code;
+
+use crate::common::*;
+
+/// A burst of simultaneous handshakes over the cap, on both shards: exactly the cap gets
+/// in, the rest are closed with CONNECTION_LIMIT and counted, and the connections inside
+/// the cap keep working.
+#[test]
+fn max_connections_cap_holds_under_a_burst() {
+    const CAP: usize = 5;
+    const BURST: usize = 16;
+    let mut cfg = EngineConfig::loopback(2);
+    cfg.pool.max_connections = Some(CAP);
+    let e = Engine::start(cfg).unwrap();
+    let addr = e.local_addr();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(BURST));
+    let handles: Vec<_> = (0..BURST)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let id = Identity::generate().unwrap();
+                barrier.wait();
+                Client::connect(addr, &id, ClientConfig::default())
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for h in handles {
+        match h.join().unwrap() {
+            Ok(c) => admitted.push(c),
+            Err(ClientError::Closed(why)) => {
+                assert!(
+                    why.contains(&format!("application code {:#x}", close_code::CONNECTION_LIMIT)),
+                    "{why}"
+                );
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert_eq!(admitted.len(), CAP, "exactly the cap is admitted");
+    assert_eq!(refused, BURST - CAP);
+    assert!(wait_for(Duration::from_secs(5), || e.stats().refused == (BURST - CAP) as u64));
+    // The admitted connections still work.
+    for c in &mut admitted {
+        let node = c.node_id();
+        c.send_with_seq(node, 1, b"still here".to_vec()).unwrap();
+        c.flush().unwrap();
+        let got = recv_n(c, 1, Duration::from_secs(5));
+        assert_eq!(msg(&got[0]).2, b"still here");
+    }
+    // A slot freed by a graceful close is reusable.
+    admitted.pop().unwrap().close(Duration::from_secs(2)).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || e.stats().connections == (CAP - 1) as u64));
+    let _late = client(&e);
+}

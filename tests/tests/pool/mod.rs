@@ -1,0 +1,4 @@
+//! The connection manager: pool TTL, keep-alive, connection cap, reconnection.
+
+mod cap;
+mod keepalive;
