@@ -120,6 +120,7 @@ impl Engine {
             app,
             accept: cfg.accept,
             directory,
+            pool: cfg.pool.clone(),
         })?;
         tracing::info!(
             addr = %runtime.local_addr(),

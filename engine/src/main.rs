@@ -75,6 +75,20 @@ struct ServeArgs {
     /// How long a graceful drain may take on SIGINT/SIGTERM before connections are closed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Close a connection gracefully after this long without messages.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pool_ttl: Duration,
+    /// QUIC idle timeout: a peer silent this long (keep-alives unanswered) is gone.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Send a keep-alive PING after this long without sending; must be below
+    /// --idle-timeout. Default: a third of the idle timeout.
+    #[arg(long, value_parser = parse_duration)]
+    keepalive: Option<Duration>,
+    /// Refuse connections (accepted or dialed) beyond this many across all shards; refused
+    /// peers are closed with application code 0x5 (CONNECTION_LIMIT).
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -186,7 +200,26 @@ fn wait_signal(set: &libc::sigset_t) -> i32 {
 
 fn serve(a: ServeArgs) -> Result<i32> {
     let set = block_signals();
+    let keepalive = a.keepalive.unwrap_or(a.idle_timeout / 3);
+    if a.idle_timeout.is_zero() || keepalive.is_zero() || keepalive >= a.idle_timeout {
+        bail!(
+            "--keepalive ({keepalive:?}) must be above zero and below --idle-timeout ({:?})",
+            a.idle_timeout
+        );
+    }
+    if a.pool_ttl.is_zero() {
+        bail!("--pool-ttl must be above zero");
+    }
     let cfg = EngineConfig {
+        transport: shards::session::TransportConfig {
+            idle_timeout: a.idle_timeout,
+            ..Default::default()
+        },
+        pool: shards::shard::PoolConfig {
+            ttl: a.pool_ttl,
+            keepalive,
+            max_connections: a.max_connections,
+        },
         listen: a.listen,
         shards: a.shards,
         pin: !a.no_pin,
