@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shards::batch::BatchPolicy;
+use shards::lifecycle::BackoffPolicy;
 use shards::session::TransportConfig;
 use shards::shard::PoolConfig;
 
@@ -49,6 +50,8 @@ pub struct EngineConfig {
     pub accept: bool,
     /// Connection pool: TTL, keep-alive, connection cap.
     pub pool: PoolConfig,
+    /// Reconnection schedule for dialed peers (exponential backoff with jitter).
+    pub reconnect: BackoffPolicy,
 }
 
 /// Default largest payload: 64 KiB.
@@ -70,6 +73,7 @@ impl Default for EngineConfig {
             transport: TransportConfig::default(),
             accept: true,
             pool: PoolConfig::default(),
+            reconnect: BackoffPolicy::default(),
         }
     }
 }

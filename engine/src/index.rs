@@ -115,6 +115,15 @@ impl PeerDirectory for PeerIndex {
         }
     }
 
+    fn state(&self, peer: PeerId, shard: usize, state: ConnState) {
+        if let Some(mut e) = self.map.get_mut(&peer) {
+            if e.shard == shard {
+                e.state = state;
+            }
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
     fn shard_of(&self, peer: &PeerId) -> Option<usize> {
         self.map.get(peer).map(|e| e.shard)
     }

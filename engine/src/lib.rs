@@ -36,6 +36,7 @@
 
 pub mod config;
 pub mod index;
+pub mod metrics;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -73,6 +74,9 @@ pub enum EngineError {
     /// A dial failed.
     #[error("dial failed: {0}")]
     Dial(String),
+    /// The peer was given up on after the last reconnection attempt.
+    #[error("peer {0} failed: reconnection attempts exhausted")]
+    PeerFailed(PeerId),
     /// The engine is stopping or stopped.
     #[error("engine is shut down")]
     Stopped,
@@ -121,6 +125,7 @@ impl Engine {
             accept: cfg.accept,
             directory,
             pool: cfg.pool.clone(),
+            reconnect: cfg.reconnect,
         })?;
         tracing::info!(
             addr = %runtime.local_addr(),
@@ -201,6 +206,9 @@ impl Engine {
             .index
             .get(&dst)
             .ok_or(EngineError::UnknownDestination(dst))?;
+        if entry.state == shards::lifecycle::ConnState::Failed {
+            return Err(EngineError::PeerFailed(dst));
+        }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         rt.shards()
             .get(entry.shard)
@@ -246,6 +254,21 @@ impl Engine {
             }
         }
         total
+    }
+
+    /// Shared handles to every shard's counters and histograms and to the peer index, for a
+    /// metrics thread ([`metrics::MetricsServer`]); it does not borrow the engine. Empty
+    /// after shutdown.
+    pub fn metrics_source(&self) -> metrics::MetricsSource {
+        let (stats, histograms) = match &self.runtime {
+            Some(rt) => rt
+                .shards()
+                .iter()
+                .map(|h| (h.stats.clone(), h.histograms.clone()))
+                .unzip(),
+            None => (Vec::new(), Vec::new()),
+        };
+        metrics::MetricsSource::new(stats, histograms, self.index.clone())
     }
 
     /// Drains: stops accepting, flushes every queue, finishes every session and waits for

@@ -1,4 +1,4 @@
-//! The `engine` command: serve a node, make identities, ping a node.
+//! The `engine` command: serve a node, make identities, ping a node, show a node's metrics.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 use std::net::SocketAddr;
@@ -12,6 +12,8 @@ use shards::batch::BatchPolicy;
 use shards::client::{Client, ClientConfig};
 use shards::identity::Identity;
 use shards::shard::Delivery;
+
+mod status;
 
 /// Thread-per-core QUIC message engine.
 ///
@@ -33,6 +35,10 @@ enum Cmd {
     /// Connect as a client, send messages to the node's echo handler, report round trips.
     /// Exits 0 only if every reply came back intact.
     Ping(PingArgs),
+    /// Fetch a node's Prometheus metrics (from `serve --metrics`) and print a summary table:
+    /// per shard and total connections and message counters, connection states, queue
+    /// delay, message rate and memory.
+    Status(status::StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -72,6 +78,10 @@ struct ServeArgs {
     /// Do not pin shards to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (e.g. 127.0.0.1:9100),
+    /// from one unpinned thread. Off by default. Read them with `engine status`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// How long a graceful drain may take on SIGINT/SIGTERM before connections are closed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -89,6 +99,16 @@ struct ServeArgs {
     /// peers are closed with application code 0x5 (CONNECTION_LIMIT).
     #[arg(long)]
     max_connections: Option<usize>,
+    /// First delay before re-dialing a lost --peer (doubles per attempt, with ±20% jitter).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    reconnect_initial: Duration,
+    /// Longest delay between re-dial attempts.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    reconnect_max: Duration,
+    /// Re-dial attempts before the peer is marked failed and its messages refused
+    /// (0 = never give up).
+    #[arg(long, default_value_t = 10)]
+    reconnect_attempts: u32,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -162,6 +182,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Serve(a) => serve(a),
         Cmd::Keygen(a) => keygen(a),
         Cmd::Ping(a) => ping(a),
+        Cmd::Status(a) => status::run(a),
     }
 }
 
@@ -210,6 +231,15 @@ fn serve(a: ServeArgs) -> Result<i32> {
     if a.pool_ttl.is_zero() {
         bail!("--pool-ttl must be above zero");
     }
+    let reconnect = shards::lifecycle::BackoffPolicy {
+        initial: a.reconnect_initial,
+        max: a.reconnect_max,
+        attempts: a.reconnect_attempts,
+        ..Default::default()
+    };
+    reconnect
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--reconnect-initial/--reconnect-max: {e}"))?;
     let cfg = EngineConfig {
         transport: shards::session::TransportConfig {
             idle_timeout: a.idle_timeout,
@@ -220,6 +250,7 @@ fn serve(a: ServeArgs) -> Result<i32> {
             keepalive,
             max_connections: a.max_connections,
         },
+        reconnect,
         listen: a.listen,
         shards: a.shards,
         pin: !a.no_pin,
@@ -244,6 +275,15 @@ fn serve(a: ServeArgs) -> Result<i32> {
         engine.shard_count(),
         engine.peer_id()
     );
+    let metrics = match a.metrics {
+        Some(addr) => {
+            let server = engine::metrics::MetricsServer::start(addr, engine.metrics_source())
+                .with_context(|| format!("starting the metrics server on {addr}"))?;
+            println!("metrics on http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
     for p in &a.peers {
         match engine.dial(*p, Duration::from_secs(10)) {
             Ok(id) => println!("connected to {p}: peer id {id}"),
@@ -263,6 +303,7 @@ fn serve(a: ServeArgs) -> Result<i32> {
         stats.relayed,
         stats.dropped()
     );
+    drop(metrics);
     Ok(0)
 }
 

@@ -13,8 +13,8 @@ use crate::hist::SharedHistograms;
 use crate::identity::Identity;
 use crate::session::TransportConfig;
 use crate::shard::{
-    self, App, Command, ConnectionSlots, Hop, PeerDirectory, PoolConfig, ShardConfig,
-    ShardHandle, ShardStats,
+    self, App, Command, ConnectionSlots, Hop, PeerDirectory, PoolConfig, ShardConfig, ShardHandle,
+    ShardStats,
 };
 use crate::steering::{self, SteeringError};
 use crate::tls::{TlsError, TlsFiles};
@@ -93,6 +93,8 @@ pub struct RuntimeConfig {
     pub directory: Arc<dyn PeerDirectory>,
     /// Connection pool policy.
     pub pool: PoolConfig,
+    /// Reconnection schedule for dialed peers.
+    pub reconnect: crate::lifecycle::BackoffPolicy,
 }
 
 /// A running set of shards.
@@ -207,6 +209,7 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
             histograms,
             pool: cfg.pool.clone(),
             slots: slots.clone(),
+            reconnect: cfg.reconnect,
         };
         let placement = match cores.get(index % cores.len().max(1)) {
             Some(cpu) if cfg.pin => Placement::Fixed(*cpu),

@@ -23,6 +23,7 @@ use crate::batch::{BatchPolicy, BatchQueue};
 use crate::cid::{self, CID_LEN};
 use crate::hist::{Histograms, SharedHistograms};
 use crate::identity::Identity;
+use crate::lifecycle::{BackoffPolicy, ConnState, Event as LifeEvent, Lifecycle};
 use crate::session::{self, Session, TransportConfig};
 use crate::wire::{close_code, ErrorCode, ErrorRecord, Message, PeerId, Record};
 
@@ -88,6 +89,9 @@ pub trait PeerDirectory: Send + Sync + 'static {
     fn connected(&self, peer: PeerId, shard: usize, conn: u64, addr: SocketAddr, outbound: bool);
     /// Periodic traffic report for a connected peer.
     fn activity(&self, peer: PeerId, shard: usize, conn: u64, activity: PeerActivity);
+    /// A dialed peer's lifecycle state changed. Dialed peers stay in the index while
+    /// disconnected (so messages for them reach the shard that re-dials them).
+    fn state(&self, peer: PeerId, shard: usize, state: ConnState);
     /// The connection `conn` on `shard` to `peer` ended.
     fn disconnected(&self, peer: PeerId, shard: usize, conn: u64);
     /// Which shard holds a connection to `peer`.
@@ -151,6 +155,8 @@ pub struct ShardStats {
     pub refused: AtomicU64,
     /// Connections closed by the pool TTL.
     pub ttl_closed: AtomicU64,
+    /// Lifecycle transitions of dialed peers into each state, indexed like `ConnState::ALL`.
+    pub transitions: [AtomicU64; 5],
 }
 
 fn inc(c: &AtomicU64) {
@@ -239,6 +245,8 @@ pub struct ShardConfig {
     pub pool: PoolConfig,
     /// Connection slots shared by every shard of the node (for the cap).
     pub slots: Arc<ConnectionSlots>,
+    /// Reconnection schedule for dialed peers.
+    pub reconnect: BackoffPolicy,
 }
 
 /// How connections are kept, expired and capped.
@@ -323,11 +331,12 @@ struct Conn {
     /// when they arrived.
     stalled: VecDeque<(Record, Instant)>,
     scids: Vec<Vec<u8>>,
-    dial_reply: Option<flume::Sender<Result<PeerId, String>>>,
     peer: Option<PeerId>,
     finished: bool,
     /// Over the connection cap: close with CONNECTION_LIMIT once QUIC is established.
     refused: bool,
+    /// The pool entry (dialed address) this connection serves, for outbound connections.
+    outbound: Option<SocketAddr>,
     /// Whether this connection holds a slot of the connection cap.
     holds_slot: bool,
     /// When a keep-alive PING was last sent.
@@ -336,6 +345,16 @@ struct Conn {
     activity: PeerActivity,
     last_activity: Instant,
     published: PeerActivity,
+}
+
+/// A peer this shard dials: its lifecycle, and messages waiting for (re)connection.
+struct Outbound {
+    peer: Option<PeerId>,
+    conn: Option<ConnKey>,
+    life: Lifecycle,
+    pending: VecDeque<(Record, Instant)>,
+    pending_bytes: usize,
+    waiters: Vec<flume::Sender<Result<PeerId, String>>>,
 }
 
 impl Conn {
@@ -373,6 +392,9 @@ struct State {
     wake_hint: Option<Instant>,
     /// Connections that still have readable data after their per-turn frame budget.
     resume: Vec<ConnKey>,
+    /// Peers this shard dials, by address, and their ids once known.
+    outbound: HashMap<SocketAddr, Outbound>,
+    outbound_peer: HashMap<PeerId, SocketAddr>,
     decode_buf: Vec<Record>,
     batch_buf: Vec<(Queued, Instant)>,
     /// Shard-local histograms, added into `cfg.histograms` every publish period.
@@ -443,6 +465,8 @@ pub async fn run(
             draining: None,
             wake_hint: None,
             resume: Vec::new(),
+            outbound: HashMap::new(),
+            outbound_peer: HashMap::new(),
             decode_buf: Vec::new(),
             batch_buf: Vec::new(),
             hist: Histograms::new(),
@@ -679,6 +703,11 @@ impl State {
             consider(c.queue.deadline());
             consider(c.pool_deadline(&self.cfg.pool));
         }
+        for ob in self.outbound.values() {
+            if ob.conn.is_none() {
+                consider(ob.life.next_retry());
+            }
+        }
         let now = Instant::now();
         if !self.resume.is_empty() {
             consider(Some(now));
@@ -772,7 +801,7 @@ impl State {
         };
         inc(&self.stats().accepted);
         let holds_slot = self.cfg.slots.try_acquire(self.cfg.pool.max_connections);
-        let key = self.insert_conn(session, scid.to_vec(), None);
+        let key = self.insert_conn(session, scid.to_vec());
         if let Some(c) = self.conns.get_mut(&key) {
             c.holds_slot = holds_slot;
             c.refused = !holds_slot;
@@ -787,12 +816,7 @@ impl State {
         Some(key)
     }
 
-    fn insert_conn(
-        &mut self,
-        session: Session,
-        scid: Vec<u8>,
-        dial_reply: Option<flume::Sender<Result<PeerId, String>>>,
-    ) -> ConnKey {
+    fn insert_conn(&mut self, session: Session, scid: Vec<u8>) -> ConnKey {
         let key = self.next_key;
         self.next_key += 1;
         self.by_cid.insert(scid.clone(), key);
@@ -804,10 +828,10 @@ impl State {
                 queue: BatchQueue::new(self.cfg.batch),
                 stalled: VecDeque::new(),
                 scids: vec![scid],
-                dial_reply,
                 peer: None,
                 finished: false,
                 refused: false,
+                outbound: None,
                 holds_slot: false,
                 last_ping: Instant::now(),
                 activity: PeerActivity::default(),
@@ -818,40 +842,183 @@ impl State {
         key
     }
 
+    /// Dials `addr`, or reuses the connection this shard already has (or is making) to it.
     fn dial(&mut self, addr: SocketAddr, reply: flume::Sender<Result<PeerId, String>>) {
         if self.draining.is_some() {
             let _ = reply.send(Err("node is shutting down".into()));
             return;
         }
-        let scid = cid::new_cid(self.cfg.index as u8, &mut self.rng);
         let now = Instant::now();
-        match Session::connect(
+        let ob = self.outbound.entry(addr).or_insert_with(|| Outbound {
+            peer: None,
+            conn: None,
+            life: Lifecycle::new(self.cfg.reconnect, true),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            waiters: Vec::new(),
+        });
+        match ob.life.state() {
+            ConnState::Connected => {
+                if let Some(peer) = ob.peer {
+                    let _ = reply.send(Ok(peer));
+                    return;
+                }
+            }
+            ConnState::Connecting => {
+                ob.waiters.push(reply);
+                return;
+            }
+            _ => {}
+        }
+        ob.waiters.push(reply);
+        self.transition(addr, LifeEvent::Dial, now);
+        self.start_dial(addr, now);
+    }
+
+    /// Opens a new outbound connection for the pool entry of `addr`.
+    fn start_dial(&mut self, addr: SocketAddr, now: Instant) {
+        let scid = cid::new_cid(self.cfg.index as u8, &mut self.rng);
+        let session = Session::connect(
             &mut self.client_cfg,
             &self.cfg.identity,
             &scid,
             self.local_addr,
             addr,
             now,
-        ) {
-            Ok(s) => {
-                if !self.cfg.slots.try_acquire(self.cfg.pool.max_connections) {
-                    inc(&self.stats().refused);
-                    let _ = reply.send(Err(format!(
-                        "connection limit of {} reached",
-                        self.cfg.pool.max_connections.unwrap_or(0)
-                    )));
-                    return;
-                }
+        );
+        let failure = match session {
+            Ok(s) if self.cfg.slots.try_acquire(self.cfg.pool.max_connections) => {
                 inc(&self.stats().dialed);
-                let key = self.insert_conn(s, scid.to_vec(), Some(reply));
+                let key = self.insert_conn(s, scid.to_vec());
                 if let Some(c) = self.conns.get_mut(&key) {
                     c.holds_slot = true;
+                    c.outbound = Some(addr);
+                }
+                if let Some(ob) = self.outbound.get_mut(&addr) {
+                    ob.conn = Some(key);
                 }
                 self.drive(key);
+                return;
             }
-            Err(e) => {
-                let _ = reply.send(Err(format!("dial {addr}: {e}")));
+            Ok(_) => {
+                inc(&self.stats().refused);
+                format!(
+                    "connection limit of {} reached",
+                    self.cfg.pool.max_connections.unwrap_or(0)
+                )
             }
+            Err(e) => format!("dial {addr}: {e}"),
+        };
+        self.outbound_lost(addr, false, &failure, now);
+    }
+
+    /// An outbound connection ended or could not start: schedule a retry or give up.
+    fn outbound_lost(&mut self, addr: SocketAddr, graceful: bool, why: &str, now: Instant) {
+        let Some(ob) = self.outbound.get_mut(&addr) else {
+            return;
+        };
+        ob.conn = None;
+        for w in ob.waiters.drain(..) {
+            let _ = w.send(Err(why.to_string()));
+        }
+        self.transition(addr, LifeEvent::Closed { graceful }, now);
+        let Some(ob) = self.outbound.get(&addr) else {
+            return;
+        };
+        if ob.life.state() == ConnState::Failed {
+            tracing::warn!(shard = self.cfg.index, %addr, "giving up on peer: {why}");
+            self.fail_pending(addr, now);
+        } else if let Some(t) = ob.life.next_retry() {
+            tracing::info!(shard = self.cfg.index, %addr, attempt = ob.life.attempt(),
+                "connection lost ({why}); retrying in {:?}", t.saturating_duration_since(now));
+        }
+    }
+
+    /// Refuses every message waiting for the pool entry of `addr`.
+    fn fail_pending(&mut self, addr: SocketAddr, now: Instant) {
+        let Some(ob) = self.outbound.get_mut(&addr) else {
+            return;
+        };
+        let pending: Vec<_> = ob.pending.drain(..).collect();
+        ob.pending_bytes = 0;
+        for (r, _) in pending {
+            let origin = match &r {
+                Record::Message(m) if m.src == self.self_id => Origin::Local,
+                _ => Origin::Remote,
+            };
+            self.undeliverable(origin, r, ErrorCode::DestinationUnreachable, now);
+        }
+    }
+
+    /// Applies a lifecycle event to the pool entry of `addr`, records and counts it.
+    fn transition(&mut self, addr: SocketAddr, ev: LifeEvent, now: Instant) {
+        let unit: f64 = rand::Rng::gen(&mut self.rng);
+        let Some(ob) = self.outbound.get_mut(&addr) else {
+            return;
+        };
+        match ob.life.on(ev, now, unit) {
+            Ok(state) => {
+                if let Some(c) = self.cfg.stats.transitions.get(state as usize) {
+                    inc(c);
+                }
+                if let Some(peer) = ob.peer {
+                    self.cfg.directory.state(peer, self.cfg.index, state);
+                }
+            }
+            Err(e) => tracing::debug!(%addr, "lifecycle: {e}"),
+        }
+    }
+
+    /// A dialed connection finished its handshake: answer the dialers and hand it the
+    /// messages that waited for it, in order.
+    fn outbound_ready(&mut self, addr: SocketAddr, key: ConnKey, peer: PeerId) {
+        let now = Instant::now();
+        let Some(ob) = self.outbound.get_mut(&addr) else {
+            return;
+        };
+        ob.peer = Some(peer);
+        ob.conn = Some(key);
+        for w in ob.waiters.drain(..) {
+            let _ = w.send(Ok(peer));
+        }
+        let pending: Vec<_> = ob.pending.drain(..).collect();
+        ob.pending_bytes = 0;
+        self.outbound_peer.insert(peer, addr);
+        self.transition(addr, LifeEvent::Established, now);
+        if let Some(c) = self.conns.get_mut(&key) {
+            for (r, received) in pending {
+                let size = r.encoded_len();
+                let relayed = matches!(&r, Record::Message(m) if m.src != self.self_id);
+                c.queue.push(
+                    Queued {
+                        record: r,
+                        received,
+                        relayed,
+                    },
+                    size,
+                    now,
+                );
+            }
+            if !self.dirty.contains(&key) {
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Re-dials pool entries whose backoff expired.
+    fn retry_due(&mut self, now: Instant) {
+        let due: Vec<SocketAddr> = self
+            .outbound
+            .iter()
+            .filter(|(_, ob)| ob.conn.is_none() && ob.life.retry_due(now))
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in due {
+            if self.draining.is_some() {
+                break;
+            }
+            self.transition(addr, LifeEvent::RetryDue, now);
+            self.start_dial(addr, now);
         }
     }
 
@@ -969,6 +1136,7 @@ impl State {
             self.drive(k);
         }
         self.retry_waiting(now);
+        self.retry_due(now);
         self.end_turn(now);
         self.reap();
         if now.saturating_duration_since(self.last_publish) >= PUBLISH_PERIOD {
@@ -1147,13 +1315,11 @@ impl State {
         c.peer = Some(peer);
         let addr = c.session.peer_addr().unwrap_or(self.local_addr);
         let outbound = c.session.is_client();
+        let pool_addr = c.outbound;
         if let Some(d) = c.session.handshake_duration() {
             self.hist
                 .handshake_ns
                 .saturating_record(d.as_nanos() as u64);
-        }
-        if let Some(reply) = c.dial_reply.take() {
-            let _ = reply.send(Ok(peer));
         }
         // Give the peer spare connection IDs (all naming this shard) for migration.
         let mut issued = Vec::new();
@@ -1177,6 +1343,9 @@ impl State {
         self.cfg
             .directory
             .connected(peer, self.cfg.index, key, addr, outbound);
+        if let Some(pool_addr) = pool_addr {
+            self.outbound_ready(pool_addr, key, peer);
+        }
         tracing::debug!(shard = self.cfg.index, %peer, %addr, "peer connected");
     }
 
@@ -1290,6 +1459,9 @@ impl State {
             }
             return RouteOutcome::Done;
         }
+        if let Some(addr) = self.outbound_peer.get(&to).copied() {
+            return self.route_to_pool(addr, r, received, now);
+        }
         if let Some(shard) = self.lookup_remote(&to) {
             if origin == Origin::Remote {
                 // Stale index on the sending shard: the peer is not here.
@@ -1310,6 +1482,46 @@ impl State {
             return RouteOutcome::Done;
         }
         self.undeliverable(origin, r, ErrorCode::UnknownDestination, now);
+        RouteOutcome::Done
+    }
+
+    /// Queues `r` for a dialed peer that is not connected right now: it goes out when the
+    /// connection is back, or is refused once the peer is given up on.
+    fn route_to_pool(
+        &mut self,
+        addr: SocketAddr,
+        r: Record,
+        received: Instant,
+        now: Instant,
+    ) -> RouteOutcome {
+        let cap = self.cfg.queue_capacity;
+        let Some(ob) = self.outbound.get_mut(&addr) else {
+            return RouteOutcome::Done;
+        };
+        if ob.life.state() == ConnState::Failed || self.draining.is_some() {
+            let origin = match &r {
+                Record::Message(m) if m.src == self.self_id => Origin::Local,
+                _ => Origin::Remote,
+            };
+            let code = if self.draining.is_some() {
+                ErrorCode::ShuttingDown
+            } else {
+                ErrorCode::DestinationUnreachable
+            };
+            self.undeliverable(origin, r, code, now);
+            return RouteOutcome::Done;
+        }
+        if ob.pending_bytes >= cap {
+            return RouteOutcome::Blocked(r);
+        }
+        ob.pending_bytes += r.encoded_len();
+        ob.pending.push_back((r, received));
+        // Closed gracefully (TTL, or the peer drained): dial again now that there is
+        // something to send.
+        if ob.conn.is_none() && ob.life.next_retry().is_none() {
+            self.transition(addr, LifeEvent::Dial, now);
+            self.start_dial(addr, now);
+        }
         RouteOutcome::Done
     }
 
@@ -1611,19 +1823,54 @@ impl State {
         if let Some(info) = c.session.close_info() {
             tracing::debug!(conn = key, ?info, "session closed");
         }
-        if let Some(reply) = c.dial_reply.take() {
+        if let Some(peer) = c.peer {
+            if self.by_peer.get(&peer) == Some(&key) {
+                self.by_peer.remove(&peer);
+            }
+            // Dialed peers stay in the index (as Disconnected) while the pool re-dials.
+            if c.outbound.is_none() || self.draining.is_some() {
+                self.cfg.directory.disconnected(peer, self.cfg.index, key);
+            }
+        }
+        let pool_addr = c.outbound.filter(|a| {
+            self.draining.is_none() && self.outbound.get(a).is_some_and(|ob| ob.conn == Some(key))
+        });
+        if let Some(addr) = pool_addr {
+            // Messages still queued for a dialed peer wait for the re-established
+            // connection, as far as the queue bound allows.
+            let cap = self.cfg.queue_capacity;
+            let mut rest = Vec::new();
+            if let Some(ob) = self.outbound.get_mut(&addr) {
+                while !c.queue.is_empty() {
+                    for (q, _) in c.queue.pop_batch() {
+                        let size = q.record.encoded_len();
+                        self.cfg
+                            .stats
+                            .queued_bytes
+                            .fetch_sub(size as u64, Ordering::Relaxed);
+                        if ob.pending_bytes + size <= cap {
+                            ob.pending_bytes += size;
+                            ob.pending.push_back((q.record, q.received));
+                        } else {
+                            rest.push(q.record);
+                        }
+                    }
+                }
+            }
+            let graceful = c.finished
+                || c.session
+                    .close_info()
+                    .is_some_and(|i| i.is_app && i.code == close_code::NO_ERROR);
             let why = c
                 .session
                 .close_info()
                 .map(|i| format!("connection closed (code {:#x}: {})", i.code, i.reason))
                 .unwrap_or_else(|| "connection closed".into());
-            let _ = reply.send(Err(why));
-        }
-        if let Some(peer) = c.peer {
-            if self.by_peer.get(&peer) == Some(&key) {
-                self.by_peer.remove(&peer);
+            let now = Instant::now();
+            for r in rest {
+                self.undeliverable(Origin::Remote, r, ErrorCode::DestinationUnreachable, now);
             }
-            self.cfg.directory.disconnected(peer, self.cfg.index, key);
+            self.outbound_lost(addr, graceful, &why, now);
         }
         let now = Instant::now();
         let code = if self.draining.is_some() {

@@ -36,7 +36,10 @@ fn max_connections_cap_holds_under_a_burst() {
             Ok(c) => admitted.push(c),
             Err(ClientError::Closed(why)) => {
                 assert!(
-                    why.contains(&format!("application code {:#x}", close_code::CONNECTION_LIMIT)),
+                    why.contains(&format!(
+                        "application code {:#x}",
+                        close_code::CONNECTION_LIMIT
+                    )),
                     "{why}"
                 );
                 refused += 1;
@@ -46,7 +49,8 @@ fn max_connections_cap_holds_under_a_burst() {
     }
     assert_eq!(admitted.len(), CAP, "exactly the cap is admitted");
     assert_eq!(refused, BURST - CAP);
-    assert!(wait_for(Duration::from_secs(5), || e.stats().refused == (BURST - CAP) as u64));
+    assert!(wait_for(Duration::from_secs(5), || e.stats().refused
+        == (BURST - CAP) as u64));
     // The admitted connections still work.
     for c in &mut admitted {
         let node = c.node_id();
@@ -56,7 +60,12 @@ fn max_connections_cap_holds_under_a_burst() {
         assert_eq!(msg(&got[0]).2, b"still here");
     }
     // A slot freed by a graceful close is reusable.
-    admitted.pop().unwrap().close(Duration::from_secs(2)).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || e.stats().connections == (CAP - 1) as u64));
+    admitted
+        .pop()
+        .unwrap()
+        .close(Duration::from_secs(2))
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(5), || e.stats().connections
+        == (CAP - 1) as u64));
     let _late = client(&e);
 }

@@ -22,7 +22,10 @@ fn keepalive_holds_an_idle_connection() {
     while Instant::now() < until {
         c.poll(Duration::from_millis(20)).unwrap();
     }
-    assert!(e.peers().get(&me).is_some(), "still connected after 3x the idle timeout");
+    assert!(
+        e.peers().get(&me).is_some(),
+        "still connected after 3x the idle timeout"
+    );
     assert!(!c.is_closed());
 }
 
@@ -43,6 +46,9 @@ fn keepalive_detects_a_vanished_peer() {
     );
     let took = gone_at.elapsed();
     // The bound plus a second of scheduling slack on a shared machine.
-    assert!(took <= Duration::from_millis(2 * 1_000 + 250 + 1_000), "took {took:?}");
+    assert!(
+        took <= Duration::from_millis(2 * 1_000 + 250 + 1_000),
+        "took {took:?}"
+    );
     assert_eq!(e.stats().connections, 0);
 }

@@ -1,0 +1,285 @@
+//! Metrics export end to end: real traffic through an in-process engine, `/metrics` fetched
+//! over TCP and checked with an independent parser (`prometheus-parse`), and the
+//! `engine status` command run against the same server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use engine::metrics::MetricsServer;
+use engine::{Engine, EngineConfig};
+use prometheus_parse::{Sample, Scrape, Value};
+use shards::client::{Client, ClientConfig};
+use shards::identity::Identity;
+use shards::shard::Delivery;
+
+const BIN: &str = env!("CARGO_BIN_EXE_engine");
+const MESSAGES: usize = 100;
+
+/// A plain HTTP/1.0 GET; returns the status line, the header block and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_string(), body.to_string())
+}
+
+/// The one sample named `name` carrying every label of `labels`.
+fn one<'a>(scrape: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> &'a Sample {
+    let hits: Vec<&Sample> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect();
+    assert_eq!(hits.len(), 1, "{name} {labels:?}: {hits:?}");
+    hits[0]
+}
+
+/// The value of a counter, gauge or untyped sample (`_sum` / `_count` lines are untyped).
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    match &one(scrape, name, labels).value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        other => panic!("{name} is not a single value: {other:?}"),
+    }
+}
+
+fn counter(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    match &one(scrape, name, labels).value {
+        Value::Counter(v) => *v,
+        other => panic!("{name} {labels:?} is not a counter: {other:?}"),
+    }
+}
+
+fn gauge(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    match &one(scrape, name, labels).value {
+        Value::Gauge(v) => *v,
+        other => panic!("{name} {labels:?} is not a gauge: {other:?}"),
+    }
+}
+
+fn sum_of(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => panic!("{name} is not a single value"),
+        })
+        .sum()
+}
+
+#[test]
+fn metrics_count_exactly_the_traffic_sent() {
+    let engine = Engine::start(EngineConfig::loopback(2)).expect("engine starts");
+    let me = Identity::generate().unwrap();
+    let mut cfg = ClientConfig::default();
+    cfg.batch.timeout = Duration::from_millis(1);
+    let mut client = Client::connect(engine.local_addr(), &me, cfg).expect("client connects");
+    // The client finishes its handshake one flight before the engine registers it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.peers().get(&me.peer_id()).is_none() {
+        assert!(Instant::now() < deadline, "engine registered the client");
+        client.poll(Duration::from_millis(5)).unwrap();
+    }
+
+    let node = engine.peer_id();
+    for i in 0..MESSAGES {
+        client
+            .send(node, format!("echo {i}").into_bytes())
+            .unwrap();
+    }
+    client.flush().unwrap();
+    let mut replies = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replies < MESSAGES {
+        assert!(Instant::now() < deadline, "only {replies} replies");
+        match client.recv(Duration::from_millis(50)).unwrap() {
+            Some(Delivery::Message { from, payload, .. }) => {
+                assert_eq!(from, node);
+                assert!(payload.starts_with(b"echo "));
+                replies += 1;
+            }
+            Some(Delivery::Error(e)) => panic!("error record: {e:?}"),
+            None => {}
+        }
+    }
+    // Shards publish their histograms every 250 ms.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(client.recv(Duration::from_millis(10)).unwrap().is_none());
+
+    let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), engine.metrics_source())
+        .expect("metrics server starts");
+    let addr = server.local_addr();
+    let (status, headers, body) = http_get(addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        headers
+            .lines()
+            .any(|h| h.to_ascii_lowercase().starts_with("content-type: text/plain; version=0.0.4")),
+        "{headers}"
+    );
+    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses");
+
+    // Messages: exactly what was sent, and nothing lost.
+    let n = MESSAGES as f64;
+    let msgs = |d, o| counter(&scrape, "engine_messages_total", &[("direction", d), ("outcome", o)]);
+    assert_eq!(msgs("in", "received"), n);
+    assert_eq!(msgs("in", "delivered"), n);
+    assert_eq!(msgs("in", "relayed"), 0.0);
+    assert_eq!(msgs("out", "sealed"), n);
+    for reason in engine::metrics::DROP_REASONS {
+        assert_eq!(
+            counter(&scrape, "engine_messages_total", &[("outcome", "dropped"), ("reason", reason)]),
+            0.0,
+            "{reason}"
+        );
+    }
+    let batches = counter(&scrape, "engine_batches_total", &[]);
+    assert!(batches >= 1.0);
+    assert_eq!(sum_of(&scrape, "engine_shard_messages_total", &[("outcome", "received")]), n);
+    assert_eq!(sum_of(&scrape, "engine_shard_messages_total", &[("outcome", "sealed")]), n);
+    assert_eq!(sum_of(&scrape, "engine_shard_batches_total", &[]), batches);
+
+    // Connections.
+    assert_eq!(gauge(&scrape, "engine_connections", &[("state", "connected")]), 1.0);
+    for state in ["new", "connecting", "disconnected", "failed"] {
+        assert_eq!(gauge(&scrape, "engine_connections", &[("state", state)]), 0.0);
+    }
+    assert_eq!(sum_of(&scrape, "engine_shard_connections", &[]), 1.0);
+    assert_eq!(gauge(&scrape, "engine_shards", &[]), 2.0);
+    assert_eq!(counter(&scrape, "engine_connections_opened_total", &[("origin", "accepted")]), 1.0);
+    assert_eq!(counter(&scrape, "engine_connection_refusals_total", &[]), 0.0);
+    assert_eq!(counter(&scrape, "engine_handshake_failures_total", &[]), 0.0);
+    assert_eq!(counter(&scrape, "engine_seal_failures_total", &[]), 0.0);
+    assert_eq!(counter(&scrape, "engine_misrouted_datagrams_total", &[]), 0.0);
+    assert!(counter(&scrape, "engine_datagrams_total", &[("direction", "in")]) >= 1.0);
+    assert!(counter(&scrape, "engine_datagrams_total", &[("direction", "out")]) >= 1.0);
+
+    // Summaries: four quantiles, and counts that match the counters.
+    for name in [
+        "engine_batch_size",
+        "engine_queue_delay_seconds",
+        "engine_relay_delay_seconds",
+        "engine_handshake_seconds",
+    ] {
+        let Value::Summary(qs) = &one(&scrape, name, &[]).value else {
+            panic!("{name} is not a summary");
+        };
+        let got: Vec<f64> = qs.iter().map(|q| q.quantile).collect();
+        assert_eq!(got, [0.5, 0.9, 0.99, 0.999], "{name}");
+        assert!(scrape.docs.contains_key(name), "HELP for {name}");
+    }
+    assert_eq!(value(&scrape, "engine_batch_size_count", &[]), batches);
+    assert_eq!(value(&scrape, "engine_batch_size_sum", &[]), n);
+    assert_eq!(value(&scrape, "engine_queue_delay_seconds_count", &[]), n);
+    assert_eq!(value(&scrape, "engine_relay_delay_seconds_count", &[]), 0.0);
+    assert_eq!(value(&scrape, "engine_handshake_seconds_count", &[]), 1.0);
+    let Value::Summary(qs) = &one(&scrape, "engine_queue_delay_seconds", &[]).value else {
+        unreachable!()
+    };
+    for q in qs {
+        // Batches flush after 1 ms here; nothing should wait anywhere near a second.
+        assert!(q.count > 0.0 && q.count < 1.0, "{q:?}");
+    }
+
+    // Process-level gauges.
+    assert!(gauge(&scrape, "engine_resident_memory_bytes", &[]) > 1024.0 * 1024.0);
+    assert_eq!(gauge(&scrape, "engine_queued_bytes", &[]), 0.0);
+    assert!(gauge(&scrape, "engine_messages_per_second", &[]) >= 0.0);
+    for name in [
+        "engine_messages_total",
+        "engine_connections",
+        "engine_resident_memory_bytes",
+    ] {
+        assert!(scrape.docs.contains_key(name), "HELP for {name}");
+    }
+
+    // Other paths are not found.
+    let (status, _, _) = http_get(addr, "/");
+    assert!(status.starts_with("HTTP/1.1 404 "), "{status}");
+    let (status, _, _) = http_get(addr, "/metrics/extra");
+    assert!(status.starts_with("HTTP/1.1 404 "), "{status}");
+
+    // `engine status` shows the same totals.
+    let out = Command::new(BIN)
+        .args(["status", "--metrics", &addr.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let header: Vec<&str> = stdout.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[0], "shard");
+    let shard_rows = stdout
+        .lines()
+        .filter(|l| l.split_whitespace().next().is_some_and(|c| c.parse::<u32>().is_ok()))
+        .count();
+    assert_eq!(shard_rows, 2, "{stdout}");
+    let total: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("total"))
+        .unwrap_or_else(|| panic!("no total row:\n{stdout}"))
+        .split_whitespace()
+        .collect();
+    let batches = format!("{batches}");
+    // total, connections, msgs in, msgs out, relayed, delivered, dropped, batches
+    assert_eq!(
+        total,
+        ["total", "1", "100", "100", "0", "100", "0", batches.as_str()],
+        "{stdout}"
+    );
+    assert!(stdout.contains("connected 1"), "{stdout}");
+    assert!(stdout.contains("queue delay:"), "{stdout}");
+    assert!(stdout.contains("resident memory:"), "{stdout}");
+
+    // Once the server is gone, `engine status` says so clearly.
+    drop(server);
+    let out = Command::new(BIN)
+        .args(["status", "--metrics", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach metrics at"), "{stderr}");
+
+    let _ = client.close(Duration::from_secs(2));
+    engine.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn serve_prints_and_serves_the_metrics_address() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    // Reserve a free port for the metrics server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--no-pin"])
+        .args(["--metrics", &metrics])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("listening on "), "{first}");
+    let second = lines.next().unwrap().unwrap();
+    assert_eq!(second, format!("metrics on http://{metrics}/metrics"));
+    let (status, _, body) = http_get(metrics.parse().unwrap(), "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("engine_shards 1\n"));
+    // SAFETY: sending SIGTERM to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
