@@ -94,6 +94,8 @@ pub struct Engine {
     deliveries: Option<flume::Receiver<Delivery>>,
     max_message_size: usize,
     seq: AtomicU64,
+    /// Which shard owns the pool entry of each dialed address.
+    dialed: dashmap::DashMap<SocketAddr, usize>,
 }
 
 impl Engine {
@@ -140,6 +142,7 @@ impl Engine {
             deliveries,
             max_message_size: cfg.max_message_size,
             seq: AtomicU64::new(0),
+            dialed: dashmap::DashMap::new(),
         })
     }
 
@@ -173,9 +176,13 @@ impl Engine {
     /// Dials another node and waits for its authenticated peer id.
     pub fn dial(&self, addr: SocketAddr, timeout: Duration) -> Result<PeerId, EngineError> {
         let rt = self.runtime()?;
-        // Spread outbound connections over the shards.
+        // Spread outbound connections over the shards; an address always goes to the same
+        // shard, whose pool then reuses (or re-dials) its connection.
         let n = rt.shards().len().max(1);
-        let shard = (self.seq.fetch_add(1, Ordering::Relaxed) as usize) % n;
+        let shard = *self
+            .dialed
+            .entry(addr)
+            .or_insert_with(|| (self.seq.fetch_add(1, Ordering::Relaxed) as usize) % n);
         let (tx, rx) = flume::bounded(1);
         rt.shards()
             .get(shard)

@@ -2,3 +2,4 @@
 
 mod cap;
 mod keepalive;
+mod ttl;
