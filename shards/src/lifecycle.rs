@@ -516,7 +516,8 @@ mod tests {
         assert_eq!(full.delay(1, -3.0), Some(Duration::ZERO));
         assert_eq!(full.delay(1, f64::NAN), Some(Duration::ZERO));
         assert!(full.delay(1, 7.0).unwrap() <= ms(200));
-        assert_eq!(full.delay(20, 0.99), Some(p.max));
+        assert_eq!(full.delay(10, 0.99), Some(p.max));
+        assert_eq!(full.delay(11, 0.99), None);
     }
 
     #[test]
