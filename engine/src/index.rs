@@ -117,11 +117,19 @@ impl PeerDirectory for PeerIndex {
 
     fn state(&self, peer: PeerId, shard: usize, state: ConnState) {
         if let Some(mut e) = self.map.get_mut(&peer) {
-            if e.shard == shard {
+            // Only the dialing side's pool owns the state of an outbound entry.
+            if e.shard == shard && e.outbound {
                 e.state = state;
             }
         }
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn owner(&self, peer: &PeerId) -> Option<(usize, u64)> {
+        self.map
+            .get(peer)
+            .filter(|e| e.state == ConnState::Connected)
+            .map(|e| (e.shard, e.conn))
     }
 
     fn shard_of(&self, peer: &PeerId) -> Option<usize> {

@@ -26,6 +26,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once at start, so the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a node until SIGINT or SIGTERM, then drain gracefully.
@@ -35,9 +37,11 @@ enum Cmd {
     /// Connect as a client, send messages to the node's echo handler, report round trips.
     /// Exits 0 only if every reply came back intact.
     Ping(PingArgs),
-    /// Fetch a node's Prometheus metrics (from `serve --metrics`) and print a summary table:
-    /// per shard and total connections and message counters, connection states, queue
-    /// delay, message rate and memory.
+    /// Show a running node's metrics as a table (needs `serve --metrics ADDR`).
+    ///
+    /// Fetches http://ADDR/metrics and prints, per shard and in total, connections, messages
+    /// in and out, relayed, delivered, dropped and batches; then connection states, queue
+    /// delay p50/p99, messages per second and resident memory.
     Status(status::StatusArgs),
 }
 

@@ -1149,6 +1149,12 @@ mod tests {
     }
 
     #[test]
+    fn source_can_move_to_a_metrics_thread() {
+        fn send_sync<T: Send + Sync + Clone + 'static>() {}
+        send_sync::<MetricsSource>();
+    }
+
+    #[test]
     fn rate_meter_constant_rate_is_exact() {
         let t0 = start();
         let mut m = RateMeter::default();
@@ -1164,8 +1170,9 @@ mod tests {
         let t0 = start();
         let mut m = RateMeter::new(Duration::from_secs(10));
         m.sample(0, t0);
-        m.sample(1000, t0 + Duration::from_secs(1)); // primed at 1000/s
-                                                     // Traffic stops: after one window the rate has decayed by 1/e.
+        // The first interval primes the rate at 1000/s.
+        m.sample(1000, t0 + Duration::from_secs(1));
+        // Traffic stops: after one window the rate has decayed by 1/e.
         let mut at = 1;
         let mut r = 0.0;
         for _ in 0..10 {

@@ -91,9 +91,7 @@ fn metrics_count_exactly_the_traffic_sent() {
 
     let node = engine.peer_id();
     for i in 0..MESSAGES {
-        client
-            .send(node, format!("echo {i}").into_bytes())
-            .unwrap();
+        client.send(node, format!("echo {i}").into_bytes()).unwrap();
     }
     client.flush().unwrap();
     let mut replies = 0;
@@ -120,45 +118,91 @@ fn metrics_count_exactly_the_traffic_sent() {
     let (status, headers, body) = http_get(addr, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(
-        headers
-            .lines()
-            .any(|h| h.to_ascii_lowercase().starts_with("content-type: text/plain; version=0.0.4")),
+        headers.lines().any(|h| h
+            .to_ascii_lowercase()
+            .starts_with("content-type: text/plain; version=0.0.4")),
         "{headers}"
     );
     let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses");
 
     // Messages: exactly what was sent, and nothing lost.
     let n = MESSAGES as f64;
-    let msgs = |d, o| counter(&scrape, "engine_messages_total", &[("direction", d), ("outcome", o)]);
+    let msgs = |d, o| {
+        counter(
+            &scrape,
+            "engine_messages_total",
+            &[("direction", d), ("outcome", o)],
+        )
+    };
     assert_eq!(msgs("in", "received"), n);
     assert_eq!(msgs("in", "delivered"), n);
     assert_eq!(msgs("in", "relayed"), 0.0);
     assert_eq!(msgs("out", "sealed"), n);
     for reason in engine::metrics::DROP_REASONS {
         assert_eq!(
-            counter(&scrape, "engine_messages_total", &[("outcome", "dropped"), ("reason", reason)]),
+            counter(
+                &scrape,
+                "engine_messages_total",
+                &[("outcome", "dropped"), ("reason", reason)]
+            ),
             0.0,
             "{reason}"
         );
     }
     let batches = counter(&scrape, "engine_batches_total", &[]);
     assert!(batches >= 1.0);
-    assert_eq!(sum_of(&scrape, "engine_shard_messages_total", &[("outcome", "received")]), n);
-    assert_eq!(sum_of(&scrape, "engine_shard_messages_total", &[("outcome", "sealed")]), n);
+    assert_eq!(
+        sum_of(
+            &scrape,
+            "engine_shard_messages_total",
+            &[("outcome", "received")]
+        ),
+        n
+    );
+    assert_eq!(
+        sum_of(
+            &scrape,
+            "engine_shard_messages_total",
+            &[("outcome", "sealed")]
+        ),
+        n
+    );
     assert_eq!(sum_of(&scrape, "engine_shard_batches_total", &[]), batches);
 
     // Connections.
-    assert_eq!(gauge(&scrape, "engine_connections", &[("state", "connected")]), 1.0);
+    assert_eq!(
+        gauge(&scrape, "engine_connections", &[("state", "connected")]),
+        1.0
+    );
     for state in ["new", "connecting", "disconnected", "failed"] {
-        assert_eq!(gauge(&scrape, "engine_connections", &[("state", state)]), 0.0);
+        assert_eq!(
+            gauge(&scrape, "engine_connections", &[("state", state)]),
+            0.0
+        );
     }
     assert_eq!(sum_of(&scrape, "engine_shard_connections", &[]), 1.0);
     assert_eq!(gauge(&scrape, "engine_shards", &[]), 2.0);
-    assert_eq!(counter(&scrape, "engine_connections_opened_total", &[("origin", "accepted")]), 1.0);
-    assert_eq!(counter(&scrape, "engine_connection_refusals_total", &[]), 0.0);
-    assert_eq!(counter(&scrape, "engine_handshake_failures_total", &[]), 0.0);
+    assert_eq!(
+        counter(
+            &scrape,
+            "engine_connections_opened_total",
+            &[("origin", "accepted")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(&scrape, "engine_connection_refusals_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        counter(&scrape, "engine_handshake_failures_total", &[]),
+        0.0
+    );
     assert_eq!(counter(&scrape, "engine_seal_failures_total", &[]), 0.0);
-    assert_eq!(counter(&scrape, "engine_misrouted_datagrams_total", &[]), 0.0);
+    assert_eq!(
+        counter(&scrape, "engine_misrouted_datagrams_total", &[]),
+        0.0
+    );
     assert!(counter(&scrape, "engine_datagrams_total", &[("direction", "in")]) >= 1.0);
     assert!(counter(&scrape, "engine_datagrams_total", &[("direction", "out")]) >= 1.0);
 
@@ -218,7 +262,11 @@ fn metrics_count_exactly_the_traffic_sent() {
     assert_eq!(header[0], "shard");
     let shard_rows = stdout
         .lines()
-        .filter(|l| l.split_whitespace().next().is_some_and(|c| c.parse::<u32>().is_ok()))
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|c| c.parse::<u32>().is_ok())
+        })
         .count();
     assert_eq!(shard_rows, 2, "{stdout}");
     let total: Vec<&str> = stdout
@@ -231,7 +279,16 @@ fn metrics_count_exactly_the_traffic_sent() {
     // total, connections, msgs in, msgs out, relayed, delivered, dropped, batches
     assert_eq!(
         total,
-        ["total", "1", "100", "100", "0", "100", "0", batches.as_str()],
+        [
+            "total",
+            "1",
+            "100",
+            "100",
+            "0",
+            "100",
+            "0",
+            batches.as_str()
+        ],
         "{stdout}"
     );
     assert!(stdout.contains("connected 1"), "{stdout}");
@@ -264,7 +321,14 @@ fn serve_prints_and_serves_the_metrics_address() {
         .port();
     let metrics = format!("127.0.0.1:{port}");
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--no-pin"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+        ])
         .args(["--metrics", &metrics])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

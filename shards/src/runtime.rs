@@ -13,8 +13,8 @@ use crate::hist::SharedHistograms;
 use crate::identity::Identity;
 use crate::session::TransportConfig;
 use crate::shard::{
-    self, App, Command, ConnectionSlots, Hop, PeerDirectory, PoolConfig, ShardConfig, ShardHandle,
-    ShardStats,
+    self, App, Command, ConnectionSlots, PeerDirectory, PoolConfig, ShardConfig, ShardHandle,
+    ShardMsg, ShardStats,
 };
 use crate::steering::{self, SteeringError};
 use crate::tls::{TlsError, TlsFiles};
@@ -178,7 +178,8 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
         .into_iter()
         .map(|c| c.id)
         .collect();
-    let mesh = (cfg.shards > 1).then(|| MeshBuilder::<Hop, _>::full(cfg.shards, MESH_CAPACITY));
+    let mesh =
+        (cfg.shards > 1).then(|| MeshBuilder::<ShardMsg, _>::full(cfg.shards, MESH_CAPACITY));
     let (ready_tx, ready_rx) = flume::unbounded::<(usize, Result<(), String>)>();
     let slots = Arc::new(ConnectionSlots::default());
     let mut handles = Vec::new();

@@ -96,6 +96,8 @@ pub trait PeerDirectory: Send + Sync + 'static {
     fn disconnected(&self, peer: PeerId, shard: usize, conn: u64);
     /// Which shard holds a connection to `peer`.
     fn shard_of(&self, peer: &PeerId) -> Option<usize>;
+    /// The shard and connection key currently registered for `peer`, if connected.
+    fn owner(&self, peer: &PeerId) -> Option<(usize, u64)>;
     /// Bumped on every disconnect so shard-local caches know when to re-check.
     fn generation(&self) -> u64;
 }
@@ -199,6 +201,16 @@ pub struct Hop {
     pub record: Record,
     /// When the record reached this node.
     pub received: Instant,
+}
+
+/// What one shard sends another over the mesh.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A record for a peer held by the receiving shard.
+    Deliver(Hop),
+    /// Finish (gracefully close) the receiving shard's connection with this key: it lost
+    /// to another connection with the same peer (simultaneous dials).
+    Finish(u64),
 }
 
 /// A record in a destination's batch queue.
@@ -384,7 +396,7 @@ struct State {
     /// Conns with queued records that may be due at the end of this turn.
     dirty: Vec<ConnKey>,
     /// Records for other shards that did not fit in the channel yet.
-    hop_backlog: VecDeque<(usize, Hop)>,
+    hop_backlog: VecDeque<(usize, ShardMsg)>,
     /// Records from the local app or other shards waiting for a full destination.
     waiting: VecDeque<(Origin, PeerId, Record, Instant)>,
     draining: Option<Instant>,
@@ -421,7 +433,10 @@ pub async fn run(
     socket: std::net::UdpSocket,
     commands: flume::Receiver<Command>,
     mesh: Option<
-        glommio::channels::channel_mesh::MeshBuilder<Hop, glommio::channels::channel_mesh::Full>,
+        glommio::channels::channel_mesh::MeshBuilder<
+            ShardMsg,
+            glommio::channels::channel_mesh::Full,
+        >,
     >,
 ) -> Result<(), String> {
     let local_addr = socket.local_addr().map_err(|e| e.to_string())?;
@@ -484,8 +499,11 @@ pub async fn run(
         for (_, rx) in receivers.streams() {
             let sh = shard.clone();
             tasks.push(glommio::spawn_local(async move {
-                while let Some(hop) = rx.recv().await {
-                    sh.on_hop(hop);
+                while let Some(msg) = rx.recv().await {
+                    match msg {
+                        ShardMsg::Deliver(hop) => sh.on_hop(hop),
+                        ShardMsg::Finish(conn) => sh.st.borrow_mut().finish_conn(conn),
+                    }
                     sh.flush_outbox().await;
                     sh.poke();
                 }
@@ -515,7 +533,7 @@ pub async fn run(
 struct Shard {
     st: RefCell<State>,
     socket: UdpSocket,
-    senders: Option<Senders<Hop>>,
+    senders: Option<Senders<ShardMsg>>,
     /// Wakes the timer task when a new, earlier deadline may exist.
     wake: (flume::Sender<()>, flume::Receiver<()>),
     /// When the timer task is due to wake up (None while it is working).
@@ -1005,6 +1023,57 @@ impl State {
         }
     }
 
+    /// A dialed connection lost to an existing connection with the same peer: answer the
+    /// dialers with the peer id and let the pool entry rest (messages route over the
+    /// existing connection; nothing is re-dialed when this one closes).
+    fn outbound_superseded(&mut self, addr: SocketAddr, peer: PeerId) {
+        let now = Instant::now();
+        let Some(ob) = self.outbound.get_mut(&addr) else {
+            return;
+        };
+        ob.peer = Some(peer);
+        ob.conn = None;
+        for w in ob.waiters.drain(..) {
+            let _ = w.send(Ok(peer));
+        }
+        self.transition(addr, LifeEvent::Established, now);
+        self.transition(addr, LifeEvent::Closed { graceful: true }, now);
+        // Anything that waited for this dial goes over the existing connection.
+        let pending: Vec<_> = self
+            .outbound
+            .get_mut(&addr)
+            .map(|ob| {
+                ob.pending_bytes = 0;
+                ob.pending.drain(..).collect()
+            })
+            .unwrap_or_default();
+        for (r, received) in pending {
+            let origin = match &r {
+                Record::Message(m) if m.src == self.self_id => Origin::Local,
+                _ => Origin::Remote,
+            };
+            if let RouteOutcome::Blocked(r) = self.route_to_peer(origin, peer, r, received, now) {
+                self.waiting.push_back((origin, peer, r, received));
+            }
+        }
+    }
+
+    /// Finishes connection `key` gracefully: flush its queue, then FIN.
+    fn finish_conn(&mut self, key: ConnKey) {
+        let now = Instant::now();
+        self.flush_queue(key, now, true);
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.session.finish();
+            c.finished = true;
+            if let Some(peer) = c.peer {
+                if self.by_peer.get(&peer) == Some(&key) {
+                    self.by_peer.remove(&peer);
+                }
+            }
+        }
+        self.drive(key);
+    }
+
     /// Re-dials pool entries whose backoff expired.
     fn retry_due(&mut self, now: Instant) {
         let due: Vec<SocketAddr> = self
@@ -1338,6 +1407,31 @@ impl State {
                 c.scids.push(s);
             }
         }
+        // Two connections with one peer (both sides dialed at once): both nodes keep the
+        // one initiated by the smaller peer id and finish the other.
+        let existing = self
+            .cfg
+            .directory
+            .owner(&peer)
+            .filter(|&(shard, conn)| (shard, conn) != (self.cfg.index, key));
+        if let Some((shard, conn)) = existing {
+            let initiator = if outbound { self.self_id } else { peer };
+            let keep_new = initiator == self.self_id.min(peer);
+            if !keep_new {
+                tracing::debug!(%peer, "duplicate connection: keeping the existing one");
+                if let Some(pool_addr) = pool_addr {
+                    self.outbound_superseded(pool_addr, peer);
+                }
+                self.finish_conn(key);
+                return;
+            }
+            tracing::debug!(%peer, "duplicate connection: replacing the existing one");
+            if shard == self.cfg.index {
+                self.finish_conn(conn);
+            } else {
+                self.hop_backlog.push_back((shard, ShardMsg::Finish(conn)));
+            }
+        }
         self.by_peer.insert(peer, key);
         self.remote_cache.remove(&peer);
         self.cfg
@@ -1459,9 +1553,6 @@ impl State {
             }
             return RouteOutcome::Done;
         }
-        if let Some(addr) = self.outbound_peer.get(&to).copied() {
-            return self.route_to_pool(addr, r, received, now);
-        }
         if let Some(shard) = self.lookup_remote(&to) {
             if origin == Origin::Remote {
                 // Stale index on the sending shard: the peer is not here.
@@ -1473,13 +1564,17 @@ impl State {
             }
             self.hop_backlog.push_back((
                 shard,
-                Hop {
+                ShardMsg::Deliver(Hop {
                     to,
                     record: r,
                     received,
-                },
+                }),
             ));
             return RouteOutcome::Done;
+        }
+        // A dialed peer whose connection is down (or being re-dialed) on this shard.
+        if let Some(addr) = self.outbound_peer.get(&to).copied() {
+            return self.route_to_pool(addr, r, received, now);
         }
         self.undeliverable(origin, r, ErrorCode::UnknownDestination, now);
         RouteOutcome::Done
@@ -1680,11 +1775,11 @@ impl State {
         if let Some(shard) = self.lookup_remote(&to) {
             self.hop_backlog.push_back((
                 shard,
-                Hop {
+                ShardMsg::Deliver(Hop {
                     to,
                     record: e,
                     received: now,
-                },
+                }),
             ));
         }
     }

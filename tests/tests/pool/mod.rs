@@ -2,4 +2,5 @@
 
 mod cap;
 mod keepalive;
+mod simultaneous;
 mod ttl;
