@@ -476,9 +476,27 @@ pub fn render_prometheus(src: &MetricsSource, rate: &mut RateMeter) -> String {
     out.single(
         "engine_connection_refusals_total",
         "counter",
-        "Incoming connections refused (connection limit reached, or draining).",
+        "Connections refused because the connection limit was reached.",
         Num::Int(t.refused),
     );
+    out.single(
+        "engine_connections_ttl_closed_total",
+        "counter",
+        "Connections closed gracefully by the pool TTL (no messages for --pool-ttl).",
+        Num::Int(t.ttl_closed),
+    );
+    out.family(
+        "engine_connection_transitions_total",
+        "counter",
+        "Lifecycle transitions of dialed peers, by the state entered.",
+    );
+    for (state, n) in shards::lifecycle::ConnState::ALL.iter().zip(t.transitions) {
+        out.sample(
+            "engine_connection_transitions_total",
+            &[("state", state.as_str())],
+            Num::Int(n),
+        );
+    }
     out.single(
         "engine_handshake_failures_total",
         "counter",

@@ -60,6 +60,9 @@ pub struct EngineStats {
     pub refused: u64,
     /// Connections closed by the pool TTL.
     pub ttl_closed: u64,
+    /// Lifecycle transitions of dialed peers into each state, indexed like
+    /// `shards::lifecycle::ConnState::ALL`.
+    pub transitions: [u64; 5],
 }
 
 impl EngineStats {
@@ -94,6 +97,9 @@ impl EngineStats {
             t.queued_bytes += r(&s.queued_bytes);
             t.refused += r(&s.refused);
             t.ttl_closed += r(&s.ttl_closed);
+            for (sum, c) in t.transitions.iter_mut().zip(&s.transitions) {
+                *sum += r(c);
+            }
         }
         t
     }

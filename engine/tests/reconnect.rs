@@ -106,6 +106,11 @@ fn reconnects_to_a_restarted_peer_and_delivers_what_waited() {
     a.send(b_id, b"three".to_vec()).unwrap();
     assert_eq!(echo_of(&a, Duration::from_secs(5)), b"three");
     assert_eq!(a.stats().dropped(), 0);
+    // Every transition was counted: two connects, at least one loss.
+    let t = a.stats().transitions;
+    assert_eq!(t[ConnState::Connected as usize], 2);
+    assert!(t[ConnState::Disconnected as usize] >= 1);
+    assert!(t[ConnState::Connecting as usize] >= 2);
     kill(&mut b);
     std::fs::remove_file(&id).unwrap();
 }
