@@ -347,6 +347,8 @@ struct Conn {
     finished: bool,
     /// Over the connection cap: close with CONNECTION_LIMIT once QUIC is established.
     refused: bool,
+    /// Listed in `State::dirty` this turn.
+    dirty: bool,
     /// The pool entry (dialed address) this connection serves, for outbound connections.
     outbound: Option<SocketAddr>,
     /// Whether this connection holds a slot of the connection cap.
@@ -849,6 +851,7 @@ impl State {
                 peer: None,
                 finished: false,
                 refused: false,
+                dirty: false,
                 outbound: None,
                 holds_slot: false,
                 last_ping: Instant::now(),
@@ -1017,9 +1020,7 @@ impl State {
                     now,
                 );
             }
-            if !self.dirty.contains(&key) {
-                self.dirty.push(key);
-            }
+            self.mark_dirty(key);
         }
     }
 
@@ -1548,9 +1549,7 @@ impl State {
                 .stats
                 .queued_bytes
                 .fetch_add(size as u64, Ordering::Relaxed);
-            if !self.dirty.contains(&key) {
-                self.dirty.push(key);
-            }
+            self.mark_dirty(key);
             return RouteOutcome::Done;
         }
         if let Some(shard) = self.lookup_remote(&to) {
@@ -1765,9 +1764,7 @@ impl State {
                         .stats
                         .queued_bytes
                         .fetch_add(size as u64, Ordering::Relaxed);
-                    if !self.dirty.contains(&key) {
-                        self.dirty.push(key);
-                    }
+                    self.mark_dirty(key);
                 }
             }
             return;
@@ -1784,10 +1781,23 @@ impl State {
         }
     }
 
+    /// Notes that `key`'s queue got records this turn (once per connection per turn).
+    fn mark_dirty(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
     /// Flushes queues that became due during this turn (batch timeout 0, or full).
     fn end_turn(&mut self, now: Instant) {
         let dirty = std::mem::take(&mut self.dirty);
         for k in dirty {
+            if let Some(c) = self.conns.get_mut(&k) {
+                c.dirty = false;
+            }
             self.flush_queue(k, now, false);
             self.drive(k);
         }
