@@ -1006,22 +1006,39 @@ impl State {
         ob.pending_bytes = 0;
         self.outbound_peer.insert(peer, addr);
         self.transition(addr, LifeEvent::Established, now);
-        if let Some(c) = self.conns.get_mut(&key) {
-            for (r, received) in pending {
-                let size = r.encoded_len();
-                let relayed = matches!(&r, Record::Message(m) if m.src != self.self_id);
-                c.queue.push(
-                    Queued {
-                        record: r,
-                        received,
-                        relayed,
-                    },
-                    size,
-                    now,
-                );
-            }
-            self.mark_dirty(key);
+        for (r, received) in pending {
+            let relayed = matches!(&r, Record::Message(m) if m.src != self.self_id);
+            self.enqueue(key, r, received, relayed, now);
         }
+    }
+
+    /// Appends `record` to connection `key`'s batch queue and accounts for its bytes.
+    fn enqueue(
+        &mut self,
+        key: ConnKey,
+        record: Record,
+        received: Instant,
+        relayed: bool,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let size = record.encoded_len();
+        c.queue.push(
+            Queued {
+                record,
+                received,
+                relayed,
+            },
+            size,
+            now,
+        );
+        self.cfg
+            .stats
+            .queued_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
+        self.mark_dirty(key);
     }
 
     /// A dialed connection lost to an existing connection with the same peer: answer the
@@ -1533,23 +1550,9 @@ impl State {
             if c.queue.bytes() + c.session.pending_bytes() >= cap {
                 return RouteOutcome::Blocked(r);
             }
-            let size = r.encoded_len();
             let relayed = origin != Origin::Local
                 && matches!(&r, Record::Message(m) if m.src != self.self_id);
-            c.queue.push(
-                Queued {
-                    record: r,
-                    received,
-                    relayed,
-                },
-                size,
-                now,
-            );
-            self.cfg
-                .stats
-                .queued_bytes
-                .fetch_add(size as u64, Ordering::Relaxed);
-            self.mark_dirty(key);
+            self.enqueue(key, r, received, relayed, now);
             return RouteOutcome::Done;
         }
         if let Some(shard) = self.lookup_remote(&to) {
@@ -1748,24 +1751,12 @@ impl State {
         // Error records may exceed the queue bound by their own (small) size: they are
         // caused by messages already consumed, and dropping them would hide a loss.
         if let Some(&key) = self.by_peer.get(&to) {
-            if let Some(c) = self.conns.get_mut(&key) {
-                if !c.finished && !c.session.is_closing() {
-                    let size = e.encoded_len();
-                    c.queue.push(
-                        Queued {
-                            record: e,
-                            received: now,
-                            relayed: false,
-                        },
-                        size,
-                        now,
-                    );
-                    self.cfg
-                        .stats
-                        .queued_bytes
-                        .fetch_add(size as u64, Ordering::Relaxed);
-                    self.mark_dirty(key);
-                }
+            if self
+                .conns
+                .get(&key)
+                .is_some_and(|c| !c.finished && !c.session.is_closing())
+            {
+                self.enqueue(key, e, now, false, now);
             }
             return;
         }
