@@ -1,0 +1,16 @@
+//! Output side of the engine's load-generator harness: HdrHistogram `.hgrm` and `.hlog`
+//! files, the per-run `summary.json`, comparison tables, plots, and `compare`.
+//!
+//! Convention: the harness records latency in **nanoseconds** in `Histogram<u64>`s; people see
+//! **milliseconds** (`.hgrm` files, summaries, tables, plots).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod compare;
+pub mod hgrm;
+pub mod hlog;
+pub mod load;
+pub mod output;
+pub mod plot;
+pub mod report;
+pub mod summary;
+pub mod sweep;

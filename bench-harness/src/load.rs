@@ -1,0 +1,438 @@
+//! The open-loop load driver.
+//!
+//! Every message has an intended send time on a fixed-rate schedule (per connection:
+//! `start + k / rate`), and its latency is measured from that intended time, not from when
+//! the harness got around to sending it. A stall anywhere (engine, network, harness) then
+//! shows in the histogram instead of silently lowering the offered load (no coordinated
+//! omission). How far the harness itself fell behind its schedule is measured separately
+//! (`lag`), so a saturated load generator is never mistaken for a slow engine.
+//!
+//! Connections are spread over `cores` threads, each pinned to its own core and driving its
+//! connections with the same blocking client the engine's tools use
+//! ([`shards::client::Client`]).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use shards::batch::BatchPolicy;
+use shards::client::{Client, ClientConfig, ClientError};
+use shards::identity::Identity;
+use shards::shard::Delivery;
+use shards::wire::PeerId;
+
+/// Bytes at the start of every payload: sequence number and intended send time.
+pub const PAYLOAD_HEADER: usize = 16;
+/// Highest latency tracked: one minute, in nanoseconds.
+const MAX_NANOS: u64 = 60_000_000_000;
+
+/// Echo (round trip through the node's echo handler) or relay (one harness peer to
+/// another through the engine, one-way latency on the shared clock).
+pub use crate::summary::Mode;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The engine to drive.
+    pub target: SocketAddr,
+    /// Harness threads, each pinned to its own core.
+    pub cores: usize,
+    /// Client connections (peers).
+    pub connections: usize,
+    /// Messages per second in total, spread evenly over connections.
+    pub rate: f64,
+    /// Measured duration (after warm-up).
+    pub duration: Duration,
+    /// Warm-up: load is offered but not recorded.
+    pub warmup: Duration,
+    /// Payload size in bytes (at least [`PAYLOAD_HEADER`]).
+    pub message_size: usize,
+    /// Echo or relay.
+    pub mode: Mode,
+    /// How long to wait for outstanding messages after the schedule ends.
+    pub drain: Duration,
+    /// Pin harness threads to cores.
+    pub pin: bool,
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Bad configuration.
+    #[error("invalid load configuration: {0}")]
+    Config(String),
+    /// A client could not connect.
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, ClientError),
+}
+
+/// Everything a run measured.
+#[derive(Debug)]
+pub struct LoadResult {
+    /// Latency from intended send time to receipt, nanoseconds, measured phase only.
+    pub latency: Histogram<u64>,
+    /// The same, one histogram per second of the measured phase (for the interval log).
+    pub intervals: Vec<Histogram<u64>>,
+    /// How late the harness sent each message against its schedule, nanoseconds.
+    pub lag: Histogram<u64>,
+    /// Messages sent in the measured phase.
+    pub sent: u64,
+    /// Of those, received back intact.
+    pub received: u64,
+    /// Received with a payload that did not match what was sent.
+    pub corrupted: u64,
+    /// Error records by kind (for example `UnknownDestination`).
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// Wall time of the measured phase.
+    pub elapsed: Duration,
+    /// When the measured phase started (for the interval log's start time).
+    pub started_at: std::time::SystemTime,
+}
+
+impl LoadResult {
+    /// Measured-phase messages that never came back.
+    pub fn lost(&self) -> u64 {
+        self.sent
+            .saturating_sub(self.received + self.corrupted + self.errors.values().sum::<u64>())
+    }
+
+    /// Messages per second offered to the engine, as measured.
+    pub fn achieved_rate(&self) -> f64 {
+        self.received as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Messages sent so far (all phases).
+    pub sent: AtomicU64,
+    /// Messages received so far (all phases).
+    pub received: AtomicU64,
+    /// Measured-phase messages sent, over all threads.
+    pub measured_sent: AtomicU64,
+    /// Measured-phase messages accounted for (received, corrupted or refused), over all
+    /// threads: in relay mode a message sent by one thread is received by another.
+    pub measured_done: AtomicU64,
+}
+
+/// The payload of message `seq` intended at `intended_ns` after the run's origin.
+pub fn payload(seq: u64, intended_ns: u64, size: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(size.max(PAYLOAD_HEADER));
+    p.extend_from_slice(&seq.to_le_bytes());
+    p.extend_from_slice(&intended_ns.to_le_bytes());
+    let fill = (seq as u8).wrapping_mul(31);
+    p.extend((PAYLOAD_HEADER..size).map(|i| fill ^ (i as u8)));
+    p
+}
+
+/// Reads (seq, intended_ns) back from a payload and checks the filler; `None` if corrupted.
+pub fn parse_payload(p: &[u8], size: usize) -> Option<(u64, u64)> {
+    let seq = u64::from_le_bytes(p.get(0..8)?.try_into().ok()?);
+    let intended = u64::from_le_bytes(p.get(8..16)?.try_into().ok()?);
+    if p.len() != size.max(PAYLOAD_HEADER) {
+        return None;
+    }
+    let fill = (seq as u8).wrapping_mul(31);
+    let ok = p
+        .iter()
+        .enumerate()
+        .skip(PAYLOAD_HEADER)
+        .all(|(i, b)| *b == fill ^ (i as u8));
+    ok.then_some((seq, intended))
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_NANOS, 3).unwrap_or_else(|_| {
+        let mut h = Histogram::new(3).unwrap_or_else(|_| unreachable!("3 digits is valid"));
+        h.auto(true);
+        h
+    })
+}
+
+struct Peer {
+    client: Client,
+    /// Where this peer sends: the node (echo) or the next peer (relay).
+    dst: PeerId,
+    rate: f64,
+    next_seq: u64,
+}
+
+struct ThreadResult {
+    latency: Histogram<u64>,
+    intervals: Vec<Histogram<u64>>,
+    lag: Histogram<u64>,
+    sent: u64,
+    received: u64,
+    corrupted: u64,
+    errors: std::collections::BTreeMap<String, u64>,
+}
+
+/// Runs the load and returns what it measured. `progress` is updated as it goes.
+pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, LoadError> {
+    if cfg.connections == 0 || cfg.cores == 0 {
+        return Err(LoadError::Config(
+            "connections and cores must be at least 1".into(),
+        ));
+    }
+    if cfg.rate.is_nan() || cfg.rate <= 0.0 {
+        return Err(LoadError::Config("rate must be above zero".into()));
+    }
+    if cfg.message_size < PAYLOAD_HEADER {
+        return Err(LoadError::Config(format!(
+            "message size must be at least {PAYLOAD_HEADER} bytes (sequence and send time)"
+        )));
+    }
+    if cfg.duration.is_zero() {
+        return Err(LoadError::Config("duration must be above zero".into()));
+    }
+    let client_cfg = ClientConfig {
+        // Each message leaves as soon as it is due: the harness measures the engine's
+        // batching, not its own.
+        batch: BatchPolicy {
+            timeout: Duration::ZERO,
+            ..BatchPolicy::default()
+        },
+        ..ClientConfig::default()
+    };
+    // Connect everyone first, on this thread.
+    let mut clients = Vec::with_capacity(cfg.connections);
+    for _ in 0..cfg.connections {
+        let id = Identity::generate().map_err(|e| LoadError::Config(e.to_string()))?;
+        let c = Client::connect(cfg.target, &id, client_cfg.clone())
+            .map_err(|e| LoadError::Connect(cfg.target, e))?;
+        clients.push(c);
+    }
+    if cfg.mode == Mode::Relay {
+        // Give the node a moment to register the last peers (they finished the handshake
+        // one flight before it did).
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            for c in &mut clients {
+                let _ = c.poll(Duration::ZERO);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let ids: Vec<PeerId> = clients.iter().map(Client::peer_id).collect();
+    let per_conn = cfg.rate / cfg.connections as f64;
+    let mut groups: Vec<Vec<Peer>> = (0..cfg.cores).map(|_| Vec::new()).collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let dst = match cfg.mode {
+            Mode::Echo => client.node_id(),
+            Mode::Relay => ids[(i + 1) % ids.len()],
+        };
+        groups[i % cfg.cores].push(Peer {
+            client,
+            dst,
+            rate: per_conn,
+            next_seq: 0,
+        });
+    }
+    let cores: Vec<core_affinity::CoreId> = core_affinity::get_core_ids().unwrap_or_default();
+    let origin = Instant::now() + Duration::from_millis(50);
+    let started_at = std::time::SystemTime::now() + Duration::from_millis(50) + cfg.warmup;
+    let stop_sending = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(t, group)| {
+            // Harness threads take cores from the end of the list, so an engine pinned from
+            // core 0 upwards on the same machine does not share its cores when there are
+            // enough.
+            let core = cores
+                .len()
+                .checked_sub(1 + t % cores.len().max(1))
+                .and_then(|i| cores.get(i))
+                .copied();
+            let cfg = cfg.clone();
+            let progress = progress.clone();
+            let stop = stop_sending.clone();
+            std::thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || {
+                    if let (true, Some(core)) = (cfg.pin, core) {
+                        core_affinity::set_for_current(core);
+                    }
+                    drive(group, &cfg, origin, &progress, &stop)
+                })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| LoadError::Config(format!("spawning load threads: {e}")))?;
+    let mut total = ThreadResult {
+        latency: new_hist(),
+        intervals: Vec::new(),
+        lag: new_hist(),
+        sent: 0,
+        received: 0,
+        corrupted: 0,
+        errors: Default::default(),
+    };
+    for h in handles {
+        let r = h
+            .join()
+            .map_err(|_| LoadError::Config("a load thread panicked".into()))?;
+        let _ = total.latency.add(&r.latency);
+        let _ = total.lag.add(&r.lag);
+        for (i, iv) in r.intervals.iter().enumerate() {
+            if total.intervals.len() <= i {
+                total.intervals.push(new_hist());
+            }
+            if let Some(t) = total.intervals.get_mut(i) {
+                let _ = t.add(iv);
+            }
+        }
+        total.sent += r.sent;
+        total.received += r.received;
+        total.corrupted += r.corrupted;
+        for (k, v) in r.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+    }
+    Ok(LoadResult {
+        latency: total.latency,
+        intervals: total.intervals,
+        lag: total.lag,
+        sent: total.sent,
+        received: total.received,
+        corrupted: total.corrupted,
+        errors: total.errors,
+        elapsed: cfg.duration,
+        started_at,
+    })
+}
+
+/// One harness thread: keeps each peer's schedule, sends what is due, records what
+/// arrives, then waits for stragglers.
+fn drive(
+    mut peers: Vec<Peer>,
+    cfg: &LoadConfig,
+    origin: Instant,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> ThreadResult {
+    let warm_end = cfg.warmup;
+    let measure_end = cfg.warmup + cfg.duration;
+    let mut r = ThreadResult {
+        latency: new_hist(),
+        intervals: Vec::new(),
+        lag: new_hist(),
+        sent: 0,
+        received: 0,
+        corrupted: 0,
+        errors: Default::default(),
+    };
+    // Seqs of measured messages, per sender, to tell measured receipts from warm-up ones.
+    let intended_of =
+        |p: &Peer, seq: u64| -> Duration { Duration::from_secs_f64(seq as f64 / p.rate) };
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(origin);
+        let sending = elapsed < measure_end && !stop.load(Ordering::Relaxed);
+        let mut next_due = now + Duration::from_millis(1);
+        for p in peers.iter_mut() {
+            if sending {
+                // Send everything that is due by now (catching up after a stall).
+                loop {
+                    let due = intended_of(p, p.next_seq);
+                    if due > elapsed || due >= measure_end {
+                        if due < measure_end {
+                            next_due = next_due.min(origin + due);
+                        }
+                        break;
+                    }
+                    let lag = elapsed.saturating_sub(due);
+                    let body = payload(p.next_seq, due.as_nanos() as u64, cfg.message_size);
+                    if p.client.send_with_seq(p.dst, p.next_seq, body).is_err() {
+                        break;
+                    }
+                    if due >= warm_end {
+                        r.sent += 1;
+                        progress.measured_sent.fetch_add(1, Ordering::Relaxed);
+                        r.lag.saturating_record(lag.as_nanos() as u64);
+                    }
+                    progress.sent.fetch_add(1, Ordering::Relaxed);
+                    p.next_seq += 1;
+                }
+                let _ = p.client.flush();
+            }
+            let _ = p.client.poll(Duration::ZERO);
+            let at = origin.elapsed();
+            while let Some(d) = p.client.try_recv() {
+                progress.received.fetch_add(1, Ordering::Relaxed);
+                match d {
+                    Delivery::Message { payload: body, .. } => {
+                        match parse_payload(&body, cfg.message_size) {
+                            Some((_, intended_ns)) => {
+                                let intended = Duration::from_nanos(intended_ns);
+                                if intended >= warm_end && intended < measure_end {
+                                    r.received += 1;
+                                    progress.measured_done.fetch_add(1, Ordering::Relaxed);
+                                    let lat = at.saturating_sub(intended).as_nanos() as u64;
+                                    r.latency.saturating_record(lat);
+                                    let sec = (intended - warm_end).as_secs() as usize;
+                                    while r.intervals.len() <= sec {
+                                        r.intervals.push(new_hist());
+                                    }
+                                    if let Some(h) = r.intervals.get_mut(sec) {
+                                        h.saturating_record(lat);
+                                    }
+                                }
+                            }
+                            None => {
+                                r.corrupted += 1;
+                                progress.measured_done.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Delivery::Error(e) => {
+                        *r.errors.entry(format!("{:?}", e.code)).or_default() += 1;
+                        progress.measured_done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if !sending {
+            let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + cfg.drain);
+            // Every thread has stopped sending shortly after the schedule ends; from then
+            // on, stop once everything measured is accounted for, over all threads.
+            let all_stopped = elapsed >= measure_end + Duration::from_millis(20);
+            let outstanding = progress.measured_sent.load(Ordering::Relaxed)
+                > progress.measured_done.load(Ordering::Relaxed);
+            if (all_stopped && !outstanding) || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        // Sleep until the next message is due, but not past a short poll interval.
+        let wait = next_due.saturating_duration_since(Instant::now());
+        if wait > Duration::from_micros(50) {
+            std::thread::sleep(wait.min(Duration::from_micros(500)));
+        }
+    }
+    for p in peers {
+        let _ = p.client.close(Duration::from_millis(500));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trip_and_corruption() {
+        let p = payload(42, 1_000, 64);
+        assert_eq!(p.len(), 64);
+        assert_eq!(parse_payload(&p, 64), Some((42, 1_000)));
+        let mut bad = p.clone();
+        bad[40] ^= 1;
+        assert_eq!(parse_payload(&bad, 64), None);
+        assert_eq!(parse_payload(&p[..30], 64), None);
+    }
+}

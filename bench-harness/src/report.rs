@@ -1,0 +1,248 @@
+//! The comparison table: one row per configuration, as Markdown (for people and PR comments)
+//! and CSV (for spreadsheets), with the same columns.
+//!
+//! Latency columns are milliseconds with 3 decimals; rate columns are messages per second.
+//! Cells that an input cannot provide (rates and loss for a bare `.hgrm`) are left empty.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use hdrhistogram::Histogram;
+
+use crate::hgrm::Hgrm;
+use crate::summary::{Summary, NS_PER_MS};
+
+/// Markdown table file written by [`write_comparison`].
+pub const MARKDOWN_FILE: &str = "comparison.md";
+/// CSV table file written by [`write_comparison`].
+pub const CSV_FILE: &str = "comparison.csv";
+
+const HEADERS: [&str; 9] = [
+    "config", "rate", "achieved", "p50", "p90", "p99", "p99.9", "max", "lost",
+];
+
+/// Errors from writing the comparison files.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File involved.
+        path: PathBuf,
+        /// Underlying error.
+        source: io::Error,
+    },
+}
+
+/// One table row. Latencies in milliseconds; `None` prints as an empty cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Configuration label.
+    pub label: String,
+    /// Target offered rate (msg/s).
+    pub rate: Option<f64>,
+    /// Achieved rate (msg/s).
+    pub achieved: Option<f64>,
+    /// Median latency.
+    pub p50: Option<f64>,
+    /// 90th percentile latency.
+    pub p90: Option<f64>,
+    /// 99th percentile latency.
+    pub p99: Option<f64>,
+    /// 99.9th percentile latency.
+    pub p999: Option<f64>,
+    /// Largest latency.
+    pub max: Option<f64>,
+    /// Lost messages.
+    pub lost: Option<u64>,
+}
+
+impl Row {
+    /// A row with every column from a run summary.
+    pub fn from_summary(label: impl Into<String>, s: &Summary) -> Self {
+        Row {
+            label: label.into(),
+            rate: Some(s.config.rate),
+            achieved: Some(s.achieved_rate),
+            p50: Some(s.latency_ms.p50),
+            p90: Some(s.latency_ms.p90),
+            p99: Some(s.latency_ms.p99),
+            p999: Some(s.latency_ms.p999),
+            max: Some(s.latency_ms.max),
+            lost: Some(s.lost),
+        }
+    }
+
+    /// Latency columns from a histogram recorded in nanoseconds; rates and loss unknown.
+    pub fn from_histogram_ns(label: impl Into<String>, h: &Histogram<u64>) -> Self {
+        let q = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / NS_PER_MS);
+        Row {
+            label: label.into(),
+            rate: None,
+            achieved: None,
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: (!h.is_empty()).then(|| h.max() as f64 / NS_PER_MS),
+            lost: None,
+        }
+    }
+
+    /// Latency columns from a parsed `.hgrm` (values already in milliseconds).
+    pub fn from_hgrm(label: impl Into<String>, h: &Hgrm) -> Self {
+        Row {
+            label: label.into(),
+            rate: None,
+            achieved: None,
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max_value(),
+            lost: None,
+        }
+    }
+
+    fn cells(&self) -> [String; 9] {
+        let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
+        let rate = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_default();
+        [
+            self.label.clone(),
+            rate(self.rate),
+            rate(self.achieved),
+            ms(self.p50),
+            ms(self.p90),
+            ms(self.p99),
+            ms(self.p999),
+            ms(self.max),
+            self.lost.map(|v| v.to_string()).unwrap_or_default(),
+        ]
+    }
+}
+
+/// Renders the rows as a Markdown table, columns padded so it also reads well in a terminal.
+///
+/// ```
+/// use bench_harness::report::{markdown, Row};
+/// let row = Row { label: "bs=1 @1000/s".into(), rate: Some(1000.0), achieved: Some(999.5),
+///     p50: Some(0.25), p90: Some(0.5), p99: Some(1.0), p999: Some(2.0), max: Some(3.5),
+///     lost: Some(0) };
+/// let md = markdown(&[row]);
+/// assert!(md.starts_with("| config       | rate   | achieved | p50   |"));
+/// assert!(md.contains("| bs=1 @1000/s | 1000.0 | 999.5    | 0.250 |"));
+/// ```
+pub fn markdown(rows: &[Row]) -> String {
+    let cells: Vec<[String; 9]> = rows
+        .iter()
+        .map(|r| {
+            let mut c = r.cells();
+            c[0] = c[0].replace('|', "\\|");
+            c
+        })
+        .collect();
+    let widths: Vec<usize> = (0..HEADERS.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .chain([HEADERS[i].len(), 3])
+                .max()
+                .unwrap_or(3)
+        })
+        .collect();
+    let line = |items: &[String]| {
+        let padded: Vec<String> = items
+            .iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<w$}"))
+            .collect();
+        format!("| {} |\n", padded.join(" | "))
+    };
+    let header: Vec<String> = HEADERS.iter().map(|s| (*s).to_owned()).collect();
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    let mut out = line(&header);
+    out.push_str(&line(&rule));
+    for c in &cells {
+        out.push_str(&line(c));
+    }
+    out
+}
+
+/// Renders the rows as CSV with the Markdown table's columns (RFC 4180 quoting).
+///
+/// ```
+/// use bench_harness::report::{csv, Row};
+/// let row = Row { label: "a.hgrm".into(), rate: None, achieved: None, p50: Some(0.1),
+///     p90: Some(0.2), p99: Some(0.3), p999: Some(0.4), max: Some(0.5), lost: None };
+/// assert_eq!(csv(&[row]), "config,rate,achieved,p50,p90,p99,p99.9,max,lost\n\
+///                          a.hgrm,,,0.100,0.200,0.300,0.400,0.500,\n");
+/// ```
+pub fn csv(rows: &[Row]) -> String {
+    let mut out = HEADERS.join(",");
+    out.push('\n');
+    for r in rows {
+        let cells: Vec<String> = r.cells().iter().map(|c| csv_field(c)).collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Writes `comparison.md` and `comparison.csv` into `dir` (created if missing) and returns the
+/// Markdown.
+pub fn write_comparison(dir: &Path, rows: &[Row]) -> Result<String, ReportError> {
+    let io_err = |path: PathBuf| move |source| ReportError::Io { path, source };
+    fs::create_dir_all(dir).map_err(io_err(dir.to_owned()))?;
+    let md = markdown(rows);
+    let md_path = dir.join(MARKDOWN_FILE);
+    fs::write(&md_path, &md).map_err(io_err(md_path.clone()))?;
+    let csv_path = dir.join(CSV_FILE);
+    fs::write(&csv_path, csv(rows)).map_err(io_err(csv_path.clone()))?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_and_markdown_escapes() {
+        let row = Row {
+            label: "a,b|\"c\"".into(),
+            rate: None,
+            achieved: None,
+            p50: None,
+            p90: None,
+            p99: None,
+            p999: None,
+            max: None,
+            lost: Some(7),
+        };
+        assert!(csv(std::slice::from_ref(&row)).ends_with("\"a,b|\"\"c\"\"\",,,,,,,,7\n"));
+        assert!(markdown(&[row]).contains("| a,b\\|\"c\" |"));
+    }
+
+    #[test]
+    fn row_from_histogram() {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for v in 1..=100u64 {
+            h.record(v * 10_000).unwrap(); // 0.01 .. 1 ms
+        }
+        let r = Row::from_histogram_ns("x", &h);
+        assert!((r.p50.unwrap() - 0.5).abs() < 0.001);
+        assert!((r.p99.unwrap() - 0.99).abs() < 0.001);
+        assert_eq!(r.rate, None);
+        let empty = Row::from_histogram_ns("e", &Histogram::<u64>::new(3).unwrap());
+        assert_eq!(empty.p50, None);
+    }
+}

@@ -1,0 +1,322 @@
+//! `summary.json`: the machine-readable result of one run (configuration, counts, latency
+//! percentiles), so sweeps can be compared and re-plotted without re-running.
+//!
+//! Histograms come in nanoseconds (the harness's recording unit); the summary stores
+//! milliseconds, the unit people read and the one the comparison table uses.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// File name of the summary inside a run directory.
+pub const SUMMARY_FILE: &str = "summary.json";
+/// File name of the latency interval log inside a run directory.
+pub const LATENCY_HLOG_FILE: &str = "latency.hlog";
+/// Nanoseconds per millisecond: histograms record ns, summaries report ms.
+pub const NS_PER_MS: f64 = 1_000_000.0;
+
+/// Errors from reading or writing summaries.
+#[derive(Debug, thiserror::Error)]
+pub enum SummaryError {
+    /// File access failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File involved.
+        path: PathBuf,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// The JSON is malformed or does not match [`Summary`].
+    #[error("{path}: {source}")]
+    Json {
+        /// File involved.
+        path: PathBuf,
+        /// Underlying error.
+        source: serde_json::Error,
+    },
+}
+
+/// What the engine under test does with each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The server sends each message back to its sender.
+    Echo,
+    /// The server forwards each message to another connection.
+    Relay,
+}
+
+/// The load that was asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Server address, e.g. `127.0.0.1:4433`.
+    pub target: String,
+    /// Echo or relay.
+    pub mode: Mode,
+    /// Number of client connections.
+    pub connections: u32,
+    /// Target offered rate, messages per second over all connections.
+    pub rate: f64,
+    /// Measured duration in seconds (after warm-up).
+    pub duration_s: f64,
+    /// Warm-up in seconds, not measured.
+    pub warmup_s: f64,
+    /// Payload size in bytes.
+    pub message_size: usize,
+    /// Engine batch size under test, if batching is configured.
+    pub batch_size: Option<u32>,
+    /// Engine batch timeout in milliseconds, if batching is configured.
+    pub batch_timeout_ms: Option<f64>,
+    /// Harness worker cores (one load thread per core).
+    pub cores: u32,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// 99.99th percentile.
+    pub p9999: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Percentiles {
+    /// Percentiles of a histogram recorded in nanoseconds, converted to milliseconds
+    /// (all zero for an empty histogram).
+    ///
+    /// ```
+    /// use hdrhistogram::Histogram;
+    /// let mut h = Histogram::<u64>::new(3).unwrap();
+    /// for v in 1..=1000u64 { h.record(v * 1_000).unwrap(); } // 1 µs .. 1 ms
+    /// let p = bench_harness::summary::Percentiles::from_histogram_ns(&h);
+    /// assert_eq!(p.p50, 0.5);
+    /// assert!((p.max - 1.0).abs() < 0.001);
+    /// ```
+    pub fn from_histogram_ns(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let q = |q: f64| h.value_at_quantile(q) as f64 / NS_PER_MS;
+        Percentiles {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            p9999: q(0.9999),
+            max: h.max() as f64 / NS_PER_MS,
+            mean: h.mean() / NS_PER_MS,
+        }
+    }
+}
+
+/// Harness scheduling lag (how late the open-loop sender was against its schedule), in ms.
+/// Large lag means the harness, not the server, limited the offered load.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct LagPercentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl LagPercentiles {
+    /// From a lag histogram recorded in nanoseconds.
+    pub fn from_histogram_ns(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        LagPercentiles {
+            p50: h.value_at_quantile(0.5) as f64 / NS_PER_MS,
+            p99: h.value_at_quantile(0.99) as f64 / NS_PER_MS,
+            max: h.max() as f64 / NS_PER_MS,
+        }
+    }
+}
+
+/// Message counts from the measured part of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages received back intact.
+    pub received: u64,
+    /// Messages never received.
+    pub lost: u64,
+    /// Messages received with a wrong payload.
+    pub corrupted: u64,
+    /// Errors by kind.
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// The result of one run, as stored in `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// What was asked for.
+    pub config: RunConfig,
+    /// Rate actually offered: messages sent per second of measured time (below
+    /// `config.rate` when the harness could not keep up).
+    pub offered_rate: f64,
+    /// Messages received per second of measured time.
+    pub achieved_rate: f64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages received intact.
+    pub received: u64,
+    /// Messages never received.
+    pub lost: u64,
+    /// Messages received with a wrong payload.
+    pub corrupted: u64,
+    /// Errors by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Round-trip latency (from scheduled send time, so coordinated omission is included).
+    pub latency_ms: Percentiles,
+    /// Harness scheduling lag.
+    pub harness_lag_ms: LagPercentiles,
+}
+
+impl Summary {
+    /// Builds a summary from the run's nanosecond histograms, counts, and measured duration.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hdrhistogram::Histogram;
+    /// use bench_harness::summary::{Counts, Mode, RunConfig, Summary};
+    /// let config = RunConfig {
+    ///     target: "127.0.0.1:4433".into(), mode: Mode::Echo, connections: 4, rate: 1000.0,
+    ///     duration_s: 10.0, warmup_s: 2.0, message_size: 64, batch_size: Some(16),
+    ///     batch_timeout_ms: Some(0.5), cores: 1,
+    /// };
+    /// let mut lat = Histogram::<u64>::new(3).unwrap();
+    /// lat.record(2_000_000).unwrap();
+    /// let lag = Histogram::<u64>::new(3).unwrap();
+    /// let counts = Counts { sent: 10_000, received: 9_990, lost: 10, ..Counts::default() };
+    /// let s = Summary::from_histograms(config, &lat, &lag, counts, Duration::from_secs(10));
+    /// assert_eq!((s.offered_rate, s.achieved_rate), (1000.0, 999.0));
+    /// assert_eq!(s.label(), "bs=16 bt=0.5ms @1000/s");
+    /// ```
+    pub fn from_histograms(
+        config: RunConfig,
+        latency_ns: &Histogram<u64>,
+        harness_lag_ns: &Histogram<u64>,
+        counts: Counts,
+        measured: Duration,
+    ) -> Self {
+        let secs = measured.as_secs_f64();
+        let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        Summary {
+            offered_rate: per_sec(counts.sent),
+            achieved_rate: per_sec(counts.received),
+            sent: counts.sent,
+            received: counts.received,
+            lost: counts.lost,
+            corrupted: counts.corrupted,
+            errors: counts.errors,
+            latency_ms: Percentiles::from_histogram_ns(latency_ns),
+            harness_lag_ms: LagPercentiles::from_histogram_ns(harness_lag_ns),
+            config,
+        }
+    }
+
+    /// Short label for tables and plot legends: `bs={batch_size} bt={timeout}ms @{rate}/s`
+    /// (`nobatch @{rate}/s` without batching). Plots group series by the part before `@`.
+    pub fn label(&self) -> String {
+        let c = &self.config;
+        let mut parts = Vec::new();
+        if let Some(bs) = c.batch_size {
+            parts.push(format!("bs={bs}"));
+        }
+        if let Some(bt) = c.batch_timeout_ms {
+            parts.push(format!("bt={bt}ms"));
+        }
+        if parts.is_empty() {
+            parts.push("nobatch".to_owned());
+        }
+        format!("{} @{}/s", parts.join(" "), c.rate)
+    }
+
+    /// Writes `dir/summary.json` (pretty-printed) and returns its path.
+    pub fn write_json(&self, dir: &Path) -> Result<PathBuf, SummaryError> {
+        let path = dir.join(SUMMARY_FILE);
+        let json = serde_json::to_string_pretty(self).map_err(|source| SummaryError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        fs::write(&path, json + "\n").map_err(|source| SummaryError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+
+    /// Reads a summary written by [`Summary::write_json`].
+    pub fn read_json(path: &Path) -> Result<Self, SummaryError> {
+        let text = fs::read_to_string(path).map_err(|source| SummaryError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| SummaryError::Json {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Summary {
+        Summary {
+            config: RunConfig {
+                target: "127.0.0.1:4433".into(),
+                mode: Mode::Relay,
+                connections: 2,
+                rate: 5000.0,
+                duration_s: 5.0,
+                warmup_s: 1.0,
+                message_size: 128,
+                batch_size: None,
+                batch_timeout_ms: None,
+                cores: 2,
+            },
+            offered_rate: 4999.0,
+            achieved_rate: 4990.5,
+            sent: 24995,
+            received: 24952,
+            lost: 43,
+            corrupted: 0,
+            errors: BTreeMap::from([("timeout".to_owned(), 3)]),
+            latency_ms: Percentiles::default(),
+            harness_lag_ms: LagPercentiles::default(),
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sample();
+        let path = s.write_json(dir.path()).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"mode\": \"relay\""));
+        assert!(text.contains("\"batch_size\": null"));
+        assert_eq!(Summary::read_json(&path).unwrap(), s);
+        assert_eq!(s.label(), "nobatch @5000/s");
+    }
+}

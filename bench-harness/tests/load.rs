@@ -1,0 +1,188 @@
+//! The load driver against real engines on loopback: open-loop latency includes stalls
+//! (no coordinated omission), and a tiny sweep produces every file it promises.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bench_harness::load::{self, LoadConfig, Mode, Progress};
+use bench_harness::sweep::{self, SweepConfig};
+use engine::{AppKind, Engine, EngineConfig};
+use shards::client::{Client, ClientConfig};
+use shards::identity::Identity;
+use shards::shard::Delivery;
+
+const STALL: Duration = Duration::from_millis(500);
+
+/// An engine whose application is this test: it echoes every message back, except during
+/// one known stall, when it answers nothing.
+fn stalling_echo() -> (Arc<Engine>, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let mut cfg = EngineConfig::loopback(1);
+    cfg.app = AppKind::Channel;
+    let e = Arc::new(Engine::start(cfg).unwrap());
+    let stalled = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let (e2, s2) = (e.clone(), stalled.clone());
+    let app = std::thread::spawn(move || {
+        let _keep = done;
+        let mut idle = Instant::now();
+        loop {
+            while s2.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            match e2.recv_timeout(Duration::from_millis(50)) {
+                Some(Delivery::Message { from, payload, .. }) => {
+                    idle = Instant::now();
+                    if e2.send(from, payload).is_err() {
+                        return;
+                    }
+                }
+                _ if idle.elapsed() > Duration::from_secs(3) => return,
+                _ => {}
+            }
+        }
+    });
+    (e, stalled, app)
+}
+
+fn stall_after(stalled: &Arc<AtomicBool>, after: Duration) -> std::thread::JoinHandle<()> {
+    let s = stalled.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        s.store(true, Ordering::Relaxed);
+        std::thread::sleep(STALL);
+        s.store(false, Ordering::Relaxed);
+    })
+}
+
+/// Against a server that stalls for 500 ms in the middle of a 2 s run, the open-loop
+/// harness's high percentiles show the stall (every message scheduled during it waited),
+/// while a closed-loop measurement of the same stall reports it for one message only.
+#[test]
+fn open_loop_latency_shows_a_stall_that_closed_loop_hides() {
+    // Open loop, through the harness.
+    let (e, stalled, app) = stalling_echo();
+    let cfg = LoadConfig {
+        target: e.local_addr(),
+        cores: 1,
+        connections: 2,
+        rate: 1_000.0,
+        duration: Duration::from_secs(2),
+        warmup: Duration::from_millis(200),
+        message_size: 32,
+        mode: Mode::Echo,
+        drain: Duration::from_secs(3),
+        pin: false,
+    };
+    let staller = stall_after(&stalled, Duration::from_millis(50 + 200 + 700));
+    let r = load::run(&cfg, Arc::new(Progress::default())).unwrap();
+    staller.join().unwrap();
+    app.join().unwrap();
+    assert_eq!(r.lost(), 0, "{r:?}");
+    assert_eq!(r.corrupted, 0);
+    let p90_ms = r.latency.value_at_quantile(0.90) as f64 / 1e6;
+    let p99_ms = r.latency.value_at_quantile(0.99) as f64 / 1e6;
+    assert!(r.latency.max() as f64 / 1e6 >= 400.0, "max shows the stall");
+    assert!(p99_ms >= 300.0, "open-loop p99 {p99_ms} ms shows the stall");
+    assert!(p90_ms >= 50.0, "open-loop p90 {p90_ms} ms shows the stall");
+
+    // Closed loop: one message in flight, latency from the actual send.
+    let (e, stalled, app) = stalling_echo();
+    let id = Identity::generate().unwrap();
+    let mut cfg = ClientConfig::default();
+    cfg.batch.timeout = Duration::ZERO;
+    let mut c = Client::connect(e.local_addr(), &id, cfg).unwrap();
+    let node = c.node_id();
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let staller = stall_after(&stalled, Duration::from_millis(700));
+    let start = Instant::now();
+    let mut seq = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        let sent = Instant::now();
+        // The embedding app answers with its own sequence numbers: match the payload.
+        c.send_with_seq(node, seq, seq.to_le_bytes().to_vec())
+            .unwrap();
+        c.flush().unwrap();
+        let got = c.recv(Duration::from_secs(5)).unwrap();
+        assert!(
+            matches!(&got, Some(Delivery::Message { payload, .. }) if *payload == seq.to_le_bytes()),
+            "reply to {seq}: {got:?}"
+        );
+        h.record(sent.elapsed().as_nanos() as u64).unwrap();
+        seq += 1;
+        // Pace like the open-loop run (one message per millisecond at most).
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    staller.join().unwrap();
+    drop(c);
+    app.join().unwrap();
+    let closed_p99_ms = h.value_at_quantile(0.99) as f64 / 1e6;
+    assert!(
+        h.max() as f64 / 1e6 >= 400.0,
+        "the one stalled message saw it"
+    );
+    assert!(
+        closed_p99_ms < 100.0,
+        "closed loop hides the stall: p99 {closed_p99_ms} ms over {} messages",
+        h.len()
+    );
+}
+
+/// Two configurations of about a second each: every run directory and every comparison
+/// file is written, and nothing is lost.
+#[test]
+fn tiny_sweep_writes_every_file() {
+    let out = std::env::temp_dir().join(format!("tiny-sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let cfg = SweepConfig {
+        batch_sizes: vec![1, 64],
+        batch_timeouts: vec![Duration::ZERO],
+        rates: vec![500.0],
+        engine_shards: 1,
+        load: LoadConfig {
+            target: "127.0.0.1:1".parse().unwrap(),
+            cores: 1,
+            connections: 2,
+            rate: 0.0,
+            duration: Duration::from_secs(1),
+            warmup: Duration::from_millis(200),
+            message_size: 64,
+            mode: Mode::Echo,
+            drain: Duration::from_secs(2),
+            pin: false,
+        },
+        out: out.clone(),
+    };
+    let runs = sweep::sweep(&cfg, |_| {}).unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        for f in ["latency.hgrm", "latency.hlog", "summary.json"] {
+            let p = r.dir.join(f);
+            assert!(std::fs::metadata(&p).unwrap().len() > 0, "{}", p.display());
+        }
+        assert_eq!(r.summary.lost, 0, "{}", r.label);
+        assert!(
+            r.summary.received > 300,
+            "{}: {}",
+            r.label,
+            r.summary.received
+        );
+    }
+    let table = bench_harness::compare::compare(&sweep::dirs(&runs), &out).unwrap();
+    for r in &runs {
+        assert!(table.contains(&r.summary.label()), "{table}");
+    }
+    for f in [
+        "comparison.md",
+        "comparison.csv",
+        "percentiles.svg",
+        "percentiles.png",
+        "latency_vs_throughput.svg",
+        "latency_vs_throughput.png",
+    ] {
+        let p = out.join(f);
+        assert!(std::fs::metadata(&p).unwrap().len() > 0, "{}", p.display());
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
