@@ -138,10 +138,26 @@ fn next_level(level: f64, ticks: u64) -> f64 {
 /// for v in 1..=4 { h.record(v * 1_000_000).unwrap(); } // 1..4 ms in nanoseconds
 /// let mut out = Vec::new();
 /// bench_harness::hgrm::write_percentile_distribution(&h, 1_000_000.0, 5, &mut out).unwrap();
-/// let text = String::from_utf8(out).unwrap();
-/// assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"));
-/// assert!(text.contains("       4.001 1.000000000000          4\n"));
-/// assert!(text.ends_with("#[Buckets =           11, SubBuckets     =         2048]\n"));
+/// // What Java HdrHistogram 2.1.11 prints for the same histogram:
+/// assert_eq!(String::from_utf8(out).unwrap(), "       Value     Percentile TotalCount 1/(1-Percentile)
+///
+///        1.000 0.000000000000          1           1.00
+///        1.000 0.100000000000          1           1.11
+///        1.000 0.200000000000          1           1.25
+///        2.001 0.300000000000          2           1.43
+///        2.001 0.400000000000          2           1.67
+///        2.001 0.500000000000          2           2.00
+///        3.000 0.550000000000          3           2.22
+///        3.000 0.600000000000          3           2.50
+///        3.000 0.650000000000          3           2.86
+///        3.000 0.700000000000          3           3.33
+///        3.000 0.750000000000          3           4.00
+///        4.002 0.775000000000          4           4.44
+///        4.002 1.000000000000          4
+/// #[Mean    =        2.500, StdDeviation   =        1.118]
+/// #[Max     =        4.002, Total count    =            4]
+/// #[Buckets =           12, SubBuckets     =         2048]
+/// ");
 /// ```
 pub fn write_percentile_distribution(
     h: &Histogram<u64>,

@@ -329,6 +329,7 @@ fn drive(
     let intended_of =
         |p: &Peer, seq: u64| -> Duration { Duration::from_secs_f64(seq as f64 / p.rate) };
     let mut drain_deadline: Option<Instant> = None;
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(peers.len());
     loop {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(origin);
@@ -406,19 +407,49 @@ fn drive(
             if (all_stopped && !outstanding) || Instant::now() >= deadline {
                 break;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            let soon = Instant::now() + Duration::from_millis(1);
+            wait_readable(&mut fds, &peers, soon);
             continue;
         }
-        // Sleep until the next message is due, but not past a short poll interval.
-        let wait = next_due.saturating_duration_since(Instant::now());
-        if wait > Duration::from_micros(50) {
-            std::thread::sleep(wait.min(Duration::from_micros(500)));
-        }
+        // Wait for the next message to be due, a reply, or a client timer, whichever is
+        // first: replies are timestamped as soon as they arrive, not after a fixed sleep.
+        let deadline = peers
+            .iter()
+            .filter_map(|p| p.client.next_deadline())
+            .fold(next_due, Instant::min);
+        wait_readable(&mut fds, &peers, deadline);
     }
     for p in peers {
         let _ = p.client.close(Duration::from_millis(500));
     }
     r
+}
+
+/// Blocks until one of the peers' sockets is readable or `deadline` passes.
+fn wait_readable(fds: &mut Vec<libc::pollfd>, peers: &[Peer], deadline: Instant) {
+    let wait = deadline.saturating_duration_since(Instant::now());
+    if wait.is_zero() {
+        return;
+    }
+    fds.clear();
+    fds.extend(peers.iter().map(|p| libc::pollfd {
+        fd: p.client.raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }));
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `fds` is a valid array of pollfd of the given length; no signal mask.
+    unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! `bench-harness`: open-loop load generator for the engine (`run`, `sweep`: not built yet)
-//! and comparison of finished runs (`compare`).
+//! `bench-harness`: open-loop load generator for the engine (`run`), batch-configuration
+//! sweeps (`sweep`) and comparison of finished runs (`compare`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,18 +15,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one load configuration (not built yet).
-    Run {
-        /// Arguments for the future load driver.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Run a sweep of load configurations (not built yet).
-    Sweep {
-        /// Arguments for the future load driver.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Drive a running engine at a fixed offered rate (open loop) and record latency from
+    /// each message's intended send time. Exits non-zero if any message was lost or
+    /// corrupted.
+    Run(bench_harness::cli::RunArgs),
+    /// Start an engine per batch configuration (in-process), run the same load against
+    /// each, and write per-run directories, a comparison table and plots.
+    Sweep(bench_harness::cli::SweepArgs),
     /// Compare runs: writes comparison.md/.csv and percentile and throughput plots.
     Compare {
         /// Run directories (summary.json + latency.hlog), .hlog files (ns) or .hgrm files (ms).
@@ -40,13 +35,8 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::Run { .. } | Command::Sweep { .. } => {
-            eprintln!(
-                "bench-harness: `run` and `sweep` are not built yet; use `engine ping` to measure \
-                 round trips"
-            );
-            Ok(ExitCode::from(2))
-        }
+        Command::Run(a) => Ok(code(bench_harness::cli::run_cmd(&a)?)),
+        Command::Sweep(a) => Ok(code(bench_harness::cli::sweep_cmd(&a)?)),
         Command::Compare { inputs, out } => {
             let output = bench_harness::compare::compare_outputs(&inputs, &out)
                 .with_context(|| format!("comparing {} input(s)", inputs.len()))?;
@@ -58,4 +48,8 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
 }

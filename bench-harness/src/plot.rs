@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use hdrhistogram::Histogram;
+use plotters::chart::{ChartContext, SeriesAnno};
+use plotters::coord::cartesian::Cartesian2d;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -97,15 +100,16 @@ impl Curve {
 
 /// Latency-by-percentile plot of nanosecond histograms, one curve each.
 ///
-/// ```no_run
+/// ```
 /// use hdrhistogram::Histogram;
+/// let dir = tempfile::tempdir().unwrap();
 /// let mut h = Histogram::<u64>::new(3).unwrap();
-/// for v in 1..=10_000u64 { h.record(v * 100).unwrap(); }
-/// bench_harness::plot::percentile_plot(
-///     &[("bs=16 @1000/s".to_string(), h)],
-///     std::path::Path::new("percentiles.svg"),
-///     std::path::Path::new("percentiles.png"),
-/// ).unwrap();
+/// for v in 1..=10_000u64 { h.record(v * 100).unwrap(); } // 0.1 µs .. 1 ms
+/// let (svg, png) = (dir.path().join("p.svg"), dir.path().join("p.png"));
+/// bench_harness::plot::percentile_plot(&[("bs=16 @1000/s".to_string(), h)], &svg, &png)
+///     .unwrap();
+/// assert!(std::fs::read_to_string(&svg).unwrap().contains("99.99%"));
+/// assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
 /// ```
 pub fn percentile_plot(
     series: &[(String, Histogram<u64>)],
@@ -165,17 +169,18 @@ pub fn percentile_plot_curves(
 /// p99 latency against achieved rate. `points` are `(label, achieved msg/s, p99 ms)`; labels
 /// with the same text before `@` (e.g. `bs=16 bt=1ms @5000/s`) form one line, in rate order.
 ///
-/// ```no_run
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
 /// let pts = vec![
 ///     ("bs=1 @1000/s".to_string(), 1000.0, 0.4),
 ///     ("bs=1 @2000/s".to_string(), 1990.0, 0.9),
 ///     ("bs=16 @1000/s".to_string(), 1000.0, 0.6),
 /// ];
-/// bench_harness::plot::latency_vs_throughput_plot(
-///     &pts,
-///     std::path::Path::new("latency_vs_throughput.svg"),
-///     std::path::Path::new("latency_vs_throughput.png"),
-/// ).unwrap();
+/// let (svg, png) = (dir.path().join("t.svg"), dir.path().join("t.png"));
+/// bench_harness::plot::latency_vs_throughput_plot(&pts, &svg, &png).unwrap();
+/// let svg = std::fs::read_to_string(&svg).unwrap();
+/// // one legend entry per family (plotters puts each text on its own line)
+/// assert!(svg.lines().any(|l| l == "bs=1") && svg.lines().any(|l| l == "bs=16"));
 /// ```
 pub fn latency_vs_throughput_plot(
     points: &[(String, f64, f64)],
@@ -290,7 +295,37 @@ fn ensure_font() -> Result<(), PlotError> {
 
 /// A figure that can be drawn on any plotters backend.
 trait Figure {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
+    /// `raster`: the backend is a bitmap (see [`thick_line`]).
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        raster: bool,
+    ) -> Result<(), String>;
+}
+
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws a 3-pixel line through `pts` and returns its series for the legend.
+///
+/// Why not always `LineSeries`: on bitmaps plotters turns a thick polyline into one polygon
+/// whose joins use truncated integer offsets, which shows as dips and wiggles that are not in
+/// the data. Separate segments with round joins (small discs) draw cleanly; SVG keeps one
+/// `<polyline>`.
+fn thick_line<'c, 'a, DB: DrawingBackend>(
+    chart: &'c mut Chart<'a, DB>,
+    pts: &[(f64, f64)],
+    colour: RGBColor,
+    raster: bool,
+) -> Result<&'c mut SeriesAnno<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let style = colour.stroke_width(3);
+    if !raster {
+        return chart.draw_series(LineSeries::new(pts.iter().copied(), style));
+    }
+    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 1, colour.filled())))?;
+    chart.draw_series(
+        pts.windows(2)
+            .map(|w| PathElement::new(vec![w[0], w[1]], style)),
+    )
 }
 
 /// Draws the same figure to an SVG and a PNG file.
@@ -300,11 +335,11 @@ fn render(path_svg: &Path, path_png: &Path, figure: &impl Figure) -> Result<(), 
         move |message: String| PlotError::Draw { path, message }
     };
     let root = SVGBackend::new(path_svg, SIZE).into_drawing_area();
-    figure.draw(&root).map_err(err(path_svg))?;
+    figure.draw(&root, false).map_err(err(path_svg))?;
     root.present().map_err(|e| err(path_svg)(e.to_string()))?;
     drop(root);
     let root = BitMapBackend::new(path_png, SIZE).into_drawing_area();
-    figure.draw(&root).map_err(err(path_png))?;
+    figure.draw(&root, true).map_err(err(path_png))?;
     root.present().map_err(|e| err(path_png)(e.to_string()))?;
     Ok(())
 }
@@ -316,13 +351,18 @@ struct PercentileFigure<'a> {
 }
 
 impl Figure for PercentileFigure<'_> {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        raster: bool,
+    ) -> Result<(), String> {
         let (curves, x_max, y_max) = (self.curves, self.x_max, self.y_max);
         let s = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         root.fill(&WHITE).map_err(s)?;
         let mut chart = ChartBuilder::on(root)
             .caption("Latency by percentile", (FONT, 30))
             .margin(24)
+            .margin_right(64)
             .x_label_area_size(60)
             .y_label_area_size(90)
             .build_cartesian_2d(0.0..x_max, 0.0..y_max)
@@ -350,8 +390,7 @@ impl Figure for PercentileFigure<'_> {
             .map_err(s)?;
         for (i, (label, pts)) in curves.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), colour.stroke_width(3)))
+            thick_line(&mut chart, pts, colour, raster)
                 .map_err(s)?
                 .label(label.as_str())
                 .legend(move |(x, y)| {
@@ -378,13 +417,18 @@ struct ThroughputFigure<'a> {
 }
 
 impl Figure for ThroughputFigure<'_> {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        raster: bool,
+    ) -> Result<(), String> {
         let (series, x_max, y_max) = (self.series, self.x_max, self.y_max);
         let s = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         root.fill(&WHITE).map_err(s)?;
         let mut chart = ChartBuilder::on(root)
             .caption("p99 latency vs achieved throughput", (FONT, 30))
             .margin(24)
+            .margin_right(64)
             .x_label_area_size(60)
             .y_label_area_size(90)
             .build_cartesian_2d(0.0..x_max, 0.0..y_max)
@@ -405,8 +449,7 @@ impl Figure for ThroughputFigure<'_> {
             .map_err(s)?;
         for (i, (label, pts)) in series.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), colour.stroke_width(3)))
+            thick_line(&mut chart, pts, colour, raster)
                 .map_err(s)?
                 .label(label.as_str())
                 .legend(move |(x, y)| {
@@ -442,7 +485,8 @@ mod tests {
         assert_eq!(nines_label(3), "99.9%");
         assert_eq!(nines_label(5), "99.999%");
         assert!((nines(0.999) - 3.0).abs() < 1e-9);
-        assert_eq!(nice_max(0.93), 1.0);
+        assert_eq!(nice_max(0.9), 1.0);
+        assert_eq!(nice_max(0.93), 2.0); // 8% head room pushes past 1
         assert_eq!(nice_max(1.9), 2.5);
         assert_eq!(nice_max(4100.0), 5000.0);
         assert_eq!(family_of("bs=16 bt=1ms @5000/s"), "bs=16 bt=1ms");

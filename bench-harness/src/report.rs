@@ -130,8 +130,9 @@ impl Row {
 ///     p50: Some(0.25), p90: Some(0.5), p99: Some(1.0), p999: Some(2.0), max: Some(3.5),
 ///     lost: Some(0) };
 /// let md = markdown(&[row]);
-/// assert!(md.starts_with("| config       | rate   | achieved | p50   |"));
-/// assert!(md.contains("| bs=1 @1000/s | 1000.0 | 999.5    | 0.250 |"));
+/// assert!(md.starts_with("| config       |   rate | achieved |   p50 |"));
+/// assert!(md.contains("\n| ------------ | -----: | -------: | ----: |"));
+/// assert!(md.contains("\n| bs=1 @1000/s | 1000.0 |    999.5 | 0.250 |"));
 /// ```
 pub fn markdown(rows: &[Row]) -> String {
     let cells: Vec<[String; 9]> = rows
@@ -152,16 +153,34 @@ pub fn markdown(rows: &[Row]) -> String {
                 .unwrap_or(3)
         })
         .collect();
+    // The label column is left-aligned, numbers right-aligned (also in rendered Markdown).
     let line = |items: &[String]| {
         let padded: Vec<String> = items
             .iter()
             .zip(&widths)
-            .map(|(s, w)| format!("{s:<w$}"))
+            .enumerate()
+            .map(|(i, (s, w))| {
+                if i == 0 {
+                    format!("{s:<w$}")
+                } else {
+                    format!("{s:>w$}")
+                }
+            })
             .collect();
         format!("| {} |\n", padded.join(" | "))
     };
     let header: Vec<String> = HEADERS.iter().map(|s| (*s).to_owned()).collect();
-    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == 0 {
+                "-".repeat(*w)
+            } else {
+                format!("{}:", "-".repeat(w - 1))
+            }
+        })
+        .collect();
     let mut out = line(&header);
     out.push_str(&line(&rule));
     for c in &cells {

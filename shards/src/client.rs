@@ -173,6 +173,21 @@ impl Client {
         self.me
     }
 
+    /// The client's UDP socket, for callers that wait on many clients at once (poll(2));
+    /// after it is readable, call [`Client::poll`] with a zero timeout.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// When the client next needs [`Client::poll`] even without incoming data (QUIC timers,
+    /// batch deadline).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (self.session.timeout_at(), self.queue.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The UDP address this client currently sends from.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()

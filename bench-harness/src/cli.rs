@@ -1,0 +1,267 @@
+//! The `run` and `sweep` subcommands: argument parsing, progress display, tables.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::load::{self, LoadConfig, LoadResult, Mode, Progress};
+use crate::output::{self, RunMeta};
+use crate::summary::Summary;
+use crate::sweep::{self, SweepConfig};
+
+/// Parses `0`, `500us`, `50ms`, `2s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 0, 500us, 50ms, 2s)"))
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s.trim().parse().map_err(|_| format!("not a number: {s}"))?;
+    if r.is_finite() && r > 0.0 {
+        Ok(r)
+    } else {
+        Err(format!("rate must be above zero: {s}"))
+    }
+}
+
+/// Echo or relay, for the command line.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum ModeArg {
+    /// Round trip through the node's echo handler.
+    Echo,
+    /// One harness peer to another through the engine (one-way latency).
+    Relay,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Echo => Mode::Echo,
+            ModeArg::Relay => Mode::Relay,
+        }
+    }
+}
+
+/// The load shape shared by `run` and `sweep`.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Harness threads, each pinned to its own core (taken from the last core down).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub cores: u32,
+    /// Client connections (peers), spread over the harness threads.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
+    /// Measured duration, after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Warm-up: load is offered but not recorded.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Payload bytes per message (at least 16: sequence number and intended send time).
+    #[arg(long, default_value_t = 64)]
+    pub message_size: usize,
+    /// echo: round trip through the node's echo handler; relay: one harness peer to
+    /// another through the engine, one-way latency on the shared clock.
+    #[arg(long, value_enum, default_value_t = ModeArg::Echo)]
+    pub mode: ModeArg,
+    /// How long to wait for outstanding messages after the schedule ends; what has not
+    /// arrived by then counts as lost.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Do not pin harness threads.
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+impl LoadArgs {
+    fn to_config(&self, target: SocketAddr, rate: f64) -> LoadConfig {
+        LoadConfig {
+            target,
+            cores: self.cores as usize,
+            connections: self.connections as usize,
+            rate,
+            duration: self.duration,
+            warmup: self.warmup,
+            message_size: self.message_size,
+            mode: self.mode.into(),
+            drain: self.drain,
+            pin: !self.no_pin,
+        }
+    }
+}
+
+/// `bench-harness run`: drive one engine at a fixed offered rate.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The engine to drive (for example one started with `engine serve`).
+    #[arg(long)]
+    pub target: SocketAddr,
+    /// Messages per second offered in total (open loop: the schedule does not wait for
+    /// replies).
+    #[arg(long, default_value = "1000", value_parser = parse_rate)]
+    pub rate: f64,
+    /// Where to write latency.hgrm, latency.hlog and summary.json.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// `bench-harness sweep`: one engine per batch configuration, the same load against each.
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// Engine batch sizes to compare (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,32,128")]
+    pub batch_sizes: Vec<u32>,
+    /// Engine batch timeouts to compare (comma separated; 0 = end of processing turn).
+    #[arg(long, value_delimiter = ',', default_value = "0,1ms", value_parser = parse_duration)]
+    pub batch_timeouts: Vec<Duration>,
+    /// Offered rates to compare, messages per second (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "2000,10000", value_parser = parse_rate)]
+    pub rates: Vec<f64>,
+    /// Shards of each engine the sweep starts (pinned from core 0).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub engine_shards: u32,
+    /// Where run directories, the comparison table and the plots go.
+    #[arg(long, default_value = "sweep-out")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// A progress bar on a terminal; nothing otherwise.
+fn progress_bar(total: Duration, progress: Arc<Progress>) -> Option<std::thread::JoinHandle<()>> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < total {
+            bar.set_position(start.elapsed().as_millis() as u64);
+            bar.set_message(format!(
+                "sent {} received {}",
+                progress.sent.load(Ordering::Relaxed),
+                progress.received.load(Ordering::Relaxed)
+            ));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bar.finish_and_clear();
+    }))
+}
+
+/// Prints one run's summary as a table.
+pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
+    let l = &s.latency_ms;
+    println!(
+        "offered {:.0}/s (asked {:.0}/s), achieved {:.0}/s; sent {}, received {}, lost {}, corrupted {}, errors {}",
+        s.offered_rate,
+        s.config.rate,
+        s.achieved_rate,
+        s.sent,
+        s.received,
+        s.lost,
+        s.corrupted,
+        s.errors.values().sum::<u64>()
+    );
+    println!("latency from intended send time (ms):");
+    println!(
+        "  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}  mean {:.3}",
+        l.p50, l.p90, l.p99, l.p999, l.p9999, l.max, l.mean
+    );
+    let lag = &s.harness_lag_ms;
+    println!(
+        "harness lag behind its schedule (ms): p50 {:.3}  p99 {:.3}  max {:.3}",
+        lag.p50, lag.p99, lag.max
+    );
+    if lag.p99 > 1.0 || s.offered_rate < 0.95 * s.config.rate {
+        println!(
+            "warning: the harness could not keep its schedule (p99 lag {:.3} ms, offered {:.0}/s of {:.0}/s): \
+             latencies include its own delay; use more --cores or a lower --rate",
+            lag.p99, s.offered_rate, s.config.rate
+        );
+    }
+    if let Some(r) = r {
+        for (k, v) in &r.errors {
+            println!("  error {k}: {v}");
+        }
+    }
+}
+
+/// Runs `bench-harness run`; returns the process exit code (non-zero when anything was
+/// lost or corrupted).
+pub fn run_cmd(a: &RunArgs) -> anyhow::Result<i32> {
+    let cfg = a.load.to_config(a.target, a.rate);
+    let progress = Arc::new(Progress::default());
+    let bar = progress_bar(cfg.warmup + cfg.duration, progress.clone());
+    let result = load::run(&cfg, progress)?;
+    if let Some(b) = bar {
+        let _ = b.join();
+    }
+    let meta = RunMeta {
+        load: cfg,
+        batch_size: None,
+        batch_timeout: None,
+    };
+    let summary = output::write_run(&a.out, &meta, &result)?;
+    print_summary(&summary, Some(&result));
+    println!(
+        "wrote {}/latency.hgrm, latency.hlog, summary.json",
+        a.out.display()
+    );
+    Ok(exit_code(&summary))
+}
+
+fn exit_code(s: &Summary) -> i32 {
+    if s.lost > 0 || s.corrupted > 0 {
+        eprintln!("{} lost, {} corrupted", s.lost, s.corrupted);
+        1
+    } else {
+        0
+    }
+}
+
+/// Runs `bench-harness sweep`; prints the comparison table and names the plot files.
+pub fn sweep_cmd(a: &SweepArgs) -> anyhow::Result<i32> {
+    let placeholder: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let cfg = SweepConfig {
+        batch_sizes: a.batch_sizes.clone(),
+        batch_timeouts: a.batch_timeouts.clone(),
+        rates: a.rates.clone(),
+        engine_shards: a.engine_shards as usize,
+        load: a.load.to_config(placeholder, 1.0),
+        out: a.out.clone(),
+    };
+    let total = a.batch_sizes.len() * a.batch_timeouts.len() * a.rates.len();
+    let mut n = 0;
+    let mut bad = 0;
+    let runs = sweep::sweep(&cfg, |r| {
+        n += 1;
+        let l = &r.summary.latency_ms;
+        println!(
+            "[{n}/{total}] {}: achieved {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms, lost {}",
+            r.label, r.summary.achieved_rate, l.p50, l.p99, l.max, r.summary.lost
+        );
+        if r.summary.lost > 0 || r.summary.corrupted > 0 {
+            bad += 1;
+        }
+    })?;
+    let out = crate::compare::compare_outputs(&sweep::dirs(&runs), &a.out)?;
+    println!();
+    println!("{}", out.markdown);
+    for f in &out.files {
+        println!("wrote {}", f.display());
+    }
+    Ok(if bad > 0 { 1 } else { 0 })
+}
