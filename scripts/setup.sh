@@ -10,6 +10,7 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' \
    && ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
   need+=(libclang-dev)
 fi
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core) # bench-harness PNG plot text
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   sudo=""

@@ -38,8 +38,11 @@ pub enum CompareError {
     /// A run directory has neither `summary.json` nor `latency.hlog`.
     #[error("{0}: run directory has neither {SUMMARY_FILE} nor {LATENCY_HLOG_FILE}")]
     EmptyRunDir(PathBuf),
+    /// An input does not exist.
+    #[error("{0}: no such file or directory")]
+    Missing(PathBuf),
     /// Reading an input failed.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Io {
         /// Input file.
         path: PathBuf,
@@ -47,7 +50,7 @@ pub enum CompareError {
         source: io::Error,
     },
     /// A `.hgrm` input did not parse.
-    #[error("{path}: {source}")]
+    #[error("parsing percentile distribution {path}")]
     Hgrm {
         /// Input file.
         path: PathBuf,
@@ -55,7 +58,7 @@ pub enum CompareError {
         source: HgrmError,
     },
     /// A `.hlog` input did not parse.
-    #[error("{path}: {source}")]
+    #[error("reading interval log {path}")]
     Hlog {
         /// Input file.
         path: PathBuf,
@@ -137,20 +140,23 @@ pub fn compare_outputs(inputs: &[PathBuf], out_dir: &Path) -> Result<CompareOutp
         out_dir.join(report::CSV_FILE),
     ];
 
+    // Empty histograms have no points: plot what there is, and skip a plot with nothing in it.
     let curves: Vec<Curve> = loaded.iter().filter_map(|i| i.curve.clone()).collect();
-    if !curves.is_empty() {
-        let (svg, png) = (out_dir.join(PERCENTILES_SVG), out_dir.join(PERCENTILES_PNG));
-        plot::percentile_plot_curves(&curves, &svg, &png)?;
-        files.extend([svg, png]);
+    let (svg, png) = (out_dir.join(PERCENTILES_SVG), out_dir.join(PERCENTILES_PNG));
+    match plot::percentile_plot_curves(&curves, &svg, &png) {
+        Ok(()) => files.extend([svg, png]),
+        Err(PlotError::NoData(_)) => {}
+        Err(e) => return Err(e.into()),
     }
     let points: Vec<(String, f64, f64)> = loaded
         .iter()
         .filter_map(|i| i.throughput.map(|(rate, p99)| (i.label.clone(), rate, p99)))
         .collect();
-    if !points.is_empty() {
-        let (svg, png) = (out_dir.join(THROUGHPUT_SVG), out_dir.join(THROUGHPUT_PNG));
-        plot::latency_vs_throughput_plot(&points, &svg, &png)?;
-        files.extend([svg, png]);
+    let (svg, png) = (out_dir.join(THROUGHPUT_SVG), out_dir.join(THROUGHPUT_PNG));
+    match plot::latency_vs_throughput_plot(&points, &svg, &png) {
+        Ok(()) => files.extend([svg, png]),
+        Err(PlotError::NoData(_)) => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(CompareOutput { markdown, files })
 }
@@ -163,6 +169,9 @@ fn stem(path: &Path) -> String {
 }
 
 fn load(path: &Path) -> Result<Input, CompareError> {
+    if !path.exists() {
+        return Err(CompareError::Missing(path.to_owned()));
+    }
     if path.is_dir() {
         return load_run_dir(path);
     }

@@ -28,9 +28,6 @@ pub const DEFAULT_TICKS_PER_HALF_DISTANCE: u32 = 5;
 /// Errors from parsing `.hgrm` text.
 #[derive(Debug, thiserror::Error)]
 pub enum HgrmError {
-    /// Reading the input failed.
-    #[error("reading percentile distribution: {0}")]
-    Io(#[from] io::Error),
     /// A line is neither a header, a data row nor a `#[...]` footer.
     #[error("line {line}: not a percentile-distribution row: {text:?}")]
     BadLine {
@@ -39,7 +36,7 @@ pub enum HgrmError {
         /// The offending line.
         text: String,
     },
-    /// No data rows were found.
+    /// Neither data rows nor a `Total count` footer were found: not percentile-distribution text.
     #[error("no percentile rows found")]
     Empty,
 }
@@ -416,7 +413,8 @@ pub fn parse_percentile_distribution(text: &str) -> Result<Hgrm, HgrmError> {
             total_count,
         });
     }
-    if hgrm.rows.is_empty() {
+    // An empty histogram prints no rows, only the footer.
+    if hgrm.rows.is_empty() && hgrm.total_count != Some(0) {
         return Err(HgrmError::Empty);
     }
     Ok(hgrm)

@@ -31,7 +31,7 @@ pub type Interval = (Duration, Duration, Histogram<u64>);
 #[derive(Debug, thiserror::Error)]
 pub enum HlogError {
     /// The underlying reader or writer failed.
-    #[error("interval log i/o: {0}")]
+    #[error("interval log i/o")]
     Io(#[from] io::Error),
     /// A histogram could not be encoded.
     #[error("encoding interval histogram: {0}")]
@@ -43,7 +43,7 @@ pub enum HlogError {
         offset: usize,
     },
     /// An interval's base64 payload is malformed.
-    #[error("interval {index}: bad base64: {source}")]
+    #[error("interval {index}: bad base64")]
     Base64 {
         /// 0-based interval index.
         index: usize,

@@ -26,7 +26,7 @@ const HEADERS: [&str; 9] = [
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// Writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("writing {path}")]
     Io {
         /// File involved.
         path: PathBuf,

@@ -24,7 +24,7 @@ pub const NS_PER_MS: f64 = 1_000_000.0;
 #[derive(Debug, thiserror::Error)]
 pub enum SummaryError {
     /// File access failed.
-    #[error("{path}: {source}")]
+    #[error("summary file {path}")]
     Io {
         /// File involved.
         path: PathBuf,
@@ -32,7 +32,7 @@ pub enum SummaryError {
         source: io::Error,
     },
     /// The JSON is malformed or does not match [`Summary`].
-    #[error("{path}: {source}")]
+    #[error("summary JSON {path}")]
     Json {
         /// File involved.
         path: PathBuf,

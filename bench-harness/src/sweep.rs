@@ -90,7 +90,7 @@ pub fn format_duration(d: Duration) -> String {
         "0".into()
     } else if d < Duration::from_millis(1) {
         format!("{}us", d.as_micros())
-    } else if d < Duration::from_secs(1) && d.as_micros() % 1000 == 0 {
+    } else if d < Duration::from_secs(1) && d.as_micros().is_multiple_of(1000) {
         format!("{}ms", d.as_millis())
     } else if d < Duration::from_secs(1) {
         format!("{}us", d.as_micros())

@@ -231,3 +231,25 @@ fn bad_inputs_are_reported() {
         Err(CompareError::EmptyRunDir(_))
     ));
 }
+
+#[test]
+fn empty_inputs_give_a_table_without_plots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = Histogram::<u64>::new(3).unwrap();
+    let hgrm = tmp.path().join("idle.hgrm");
+    fs::write(&hgrm, percentile_distribution_string(&empty, NS_TO_MS, 5)).unwrap();
+    let out = tmp.path().join("out");
+    let result = compare_outputs(&[hgrm], &out).unwrap();
+    assert!(
+        result.markdown.contains("| idle   |"),
+        "{}",
+        result.markdown
+    );
+    assert_eq!(result.files.len(), 2, "table only: {:?}", result.files);
+    assert!(!out.join("percentiles.png").exists());
+    let missing = tmp.path().join("nope.hlog");
+    assert!(matches!(
+        compare(&[missing], &out),
+        Err(CompareError::Missing(_))
+    ));
+}
