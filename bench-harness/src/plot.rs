@@ -34,8 +34,9 @@ pub const FONT_ENV: &str = "BENCH_HARNESS_FONT";
 const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (1280, 800);
 
-/// Tableau 10: distinct, colour-blind-friendlier than plotters' default palette.
-const COLOURS: [RGBColor; 10] = [
+/// Tableau 10 (distinct, colour-blind-friendlier than plotters' default palette), then ten
+/// darker, still distinct colours, so a sweep of up to 20 configurations never repeats one.
+const COLOURS: [RGBColor; 20] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -46,6 +47,16 @@ const COLOURS: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(0, 0, 0),
+    RGBColor(0, 0, 128),
+    RGBColor(128, 0, 0),
+    RGBColor(0, 110, 110),
+    RGBColor(110, 110, 0),
+    RGBColor(200, 0, 200),
+    RGBColor(255, 190, 0),
+    RGBColor(0, 170, 90),
+    RGBColor(90, 40, 140),
+    RGBColor(0, 150, 255),
 ];
 
 /// Errors from plotting.
