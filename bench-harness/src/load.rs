@@ -170,6 +170,20 @@ struct ThreadResult {
     errors: std::collections::BTreeMap<String, u64>,
 }
 
+impl ThreadResult {
+    fn new() -> Self {
+        ThreadResult {
+            latency: new_hist(),
+            intervals: Vec::new(),
+            lag: new_hist(),
+            sent: 0,
+            received: 0,
+            corrupted: 0,
+            errors: Default::default(),
+        }
+    }
+}
+
 /// Runs the load and returns what it measured. `progress` is updated as it goes.
 pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, LoadError> {
     if cfg.connections == 0 || cfg.cores == 0 {
@@ -262,15 +276,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         })
         .collect::<Result<_, _>>()
         .map_err(|e| LoadError::Config(format!("spawning load threads: {e}")))?;
-    let mut total = ThreadResult {
-        latency: new_hist(),
-        intervals: Vec::new(),
-        lag: new_hist(),
-        sent: 0,
-        received: 0,
-        corrupted: 0,
-        errors: Default::default(),
-    };
+    let mut total = ThreadResult::new();
     for h in handles {
         let r = h
             .join()
@@ -316,15 +322,7 @@ fn drive(
 ) -> ThreadResult {
     let warm_end = cfg.warmup;
     let measure_end = cfg.warmup + cfg.duration;
-    let mut r = ThreadResult {
-        latency: new_hist(),
-        intervals: Vec::new(),
-        lag: new_hist(),
-        sent: 0,
-        received: 0,
-        corrupted: 0,
-        errors: Default::default(),
-    };
+    let mut r = ThreadResult::new();
     // Seqs of measured messages, per sender, to tell measured receipts from warm-up ones.
     let intended_of =
         |p: &Peer, seq: u64| -> Duration { Duration::from_secs_f64(seq as f64 / p.rate) };

@@ -963,10 +963,7 @@ impl State {
         let pending: Vec<_> = ob.pending.drain(..).collect();
         ob.pending_bytes = 0;
         for (r, _) in pending {
-            let origin = match &r {
-                Record::Message(m) if m.src == self.self_id => Origin::Local,
-                _ => Origin::Remote,
-            };
+            let origin = self.origin_of(&r);
             self.undeliverable(origin, r, ErrorCode::DestinationUnreachable, now);
         }
     }
@@ -1066,10 +1063,7 @@ impl State {
             })
             .unwrap_or_default();
         for (r, received) in pending {
-            let origin = match &r {
-                Record::Message(m) if m.src == self.self_id => Origin::Local,
-                _ => Origin::Remote,
-            };
+            let origin = self.origin_of(&r);
             if let RouteOutcome::Blocked(r) = self.route_to_peer(origin, peer, r, received, now) {
                 self.waiting.push_back((origin, peer, r, received));
             }
@@ -1539,11 +1533,7 @@ impl State {
                 return RouteOutcome::Done;
             };
             if c.finished || c.session.is_closing() {
-                let code = if self.draining.is_some() {
-                    ErrorCode::ShuttingDown
-                } else {
-                    ErrorCode::DestinationUnreachable
-                };
+                let code = self.gone_code();
                 self.undeliverable(origin, r, code, now);
                 return RouteOutcome::Done;
             }
@@ -1596,15 +1586,8 @@ impl State {
             return RouteOutcome::Done;
         };
         if ob.life.state() == ConnState::Failed || self.draining.is_some() {
-            let origin = match &r {
-                Record::Message(m) if m.src == self.self_id => Origin::Local,
-                _ => Origin::Remote,
-            };
-            let code = if self.draining.is_some() {
-                ErrorCode::ShuttingDown
-            } else {
-                ErrorCode::DestinationUnreachable
-            };
+            let origin = self.origin_of(&r);
+            let code = self.gone_code();
             self.undeliverable(origin, r, code, now);
             return RouteOutcome::Done;
         }
@@ -1769,6 +1752,24 @@ impl State {
                     received: now,
                 }),
             ));
+        }
+    }
+
+    /// Who to tell when `r` cannot be delivered: this node's application when it sent it,
+    /// else the peer named as its source.
+    fn origin_of(&self, r: &Record) -> Origin {
+        match r {
+            Record::Message(m) if m.src == self.self_id => Origin::Local,
+            _ => Origin::Remote,
+        }
+    }
+
+    /// The error for a message whose destination's connection is gone or going.
+    fn gone_code(&self) -> ErrorCode {
+        if self.draining.is_some() {
+            ErrorCode::ShuttingDown
+        } else {
+            ErrorCode::DestinationUnreachable
         }
     }
 
@@ -1985,10 +1986,7 @@ impl State {
             .queued_bytes
             .fetch_sub(bytes as u64, Ordering::Relaxed);
         for r in left {
-            let origin = match &r {
-                Record::Message(m) if m.src == self.self_id => Origin::Local,
-                _ => Origin::Remote,
-            };
+            let origin = self.origin_of(&r);
             self.undeliverable(origin, r, code, now);
         }
         // Records this peer sent that were never routed.
