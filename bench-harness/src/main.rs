@@ -33,8 +33,18 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Command::Run(a) => Ok(code(bench_harness::cli::run_cmd(&a)?)),
         Command::Sweep(a) => Ok(code(bench_harness::cli::sweep_cmd(&a)?)),
         Command::Compare { inputs, out } => {

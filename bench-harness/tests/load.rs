@@ -186,3 +186,28 @@ fn tiny_sweep_writes_every_file() {
     }
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// Relay mode: each harness peer sends to the next through a 2-shard engine; every message
+/// arrives (one-way latency measured on the shared clock).
+#[test]
+fn relay_mode_delivers_everything() {
+    let e = Engine::start(EngineConfig::loopback(2)).unwrap();
+    let cfg = LoadConfig {
+        target: e.local_addr(),
+        cores: 2,
+        connections: 6,
+        rate: 3_000.0,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        message_size: 100,
+        mode: Mode::Relay,
+        drain: Duration::from_secs(3),
+        pin: false,
+    };
+    let r = load::run(&cfg, Arc::new(Progress::default())).unwrap();
+    assert!(r.sent >= 2_500, "sent {}", r.sent);
+    assert_eq!(r.lost(), 0, "{r:?}");
+    assert_eq!(r.received, r.sent);
+    assert!(r.errors.is_empty());
+    assert!(e.stats().relayed >= r.sent);
+}
