@@ -591,6 +591,10 @@ impl Shard {
                     let _ = self.wake.1.recv_async().await;
                 })
                 .await;
+            } else {
+                // Work is due now; still let the receive and channel tasks run between
+                // rounds, so nothing this task waits for can be starved by it.
+                futures_lite::future::yield_now().await;
             }
             self.timer_at.set(None);
             self.tick();
@@ -720,7 +724,11 @@ impl State {
         };
         for c in self.conns.values() {
             consider(c.session.timeout_at());
-            consider(c.queue.deadline());
+            // A queue its session cannot take more from is flushed when ACKs arrive (the
+            // datagram path), not by the timer: counting it would spin the timer.
+            if c.session.is_open() && c.session.pending_bytes() < MAX_SESSION_BACKLOG {
+                consider(c.queue.deadline());
+            }
             consider(c.pool_deadline(&self.cfg.pool));
         }
         for ob in self.outbound.values() {
