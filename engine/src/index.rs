@@ -125,11 +125,11 @@ impl PeerDirectory for PeerIndex {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    fn owner(&self, peer: &PeerId) -> Option<(usize, u64)> {
+    fn owner(&self, peer: &PeerId) -> Option<(usize, u64, bool)> {
         self.map
             .get(peer)
             .filter(|e| e.state == ConnState::Connected)
-            .map(|e| (e.shard, e.conn))
+            .map(|e| (e.shard, e.conn, e.outbound))
     }
 
     fn shard_of(&self, peer: &PeerId) -> Option<usize> {

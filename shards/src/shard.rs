@@ -33,6 +33,9 @@ const MAX_DATAGRAM: usize = 65_535;
 const FRAMES_PER_TURN: usize = 16;
 /// Sealed bytes a session may hold beyond what QUIC accepted before the shard stops sealing.
 const MAX_SESSION_BACKLOG: usize = 256 * 1024;
+/// Records from the app or other shards held while their destination is full, before the
+/// shard stops taking more from the mesh.
+const WAITING_LIMIT: usize = 1024;
 /// How often blocked work (stalled senders, full channels) is retried while it exists.
 const STALL_RETRY: Duration = Duration::from_millis(1);
 
@@ -96,8 +99,9 @@ pub trait PeerDirectory: Send + Sync + 'static {
     fn disconnected(&self, peer: PeerId, shard: usize, conn: u64);
     /// Which shard holds a connection to `peer`.
     fn shard_of(&self, peer: &PeerId) -> Option<usize>;
-    /// The shard and connection key currently registered for `peer`, if connected.
-    fn owner(&self, peer: &PeerId) -> Option<(usize, u64)>;
+    /// The shard, connection key and direction (true = this node dialed) currently
+    /// registered for `peer`, if connected.
+    fn owner(&self, peer: &PeerId) -> Option<(usize, u64, bool)>;
     /// Bumped on every disconnect so shard-local caches know when to re-check.
     fn generation(&self) -> u64;
 }
@@ -501,7 +505,13 @@ pub async fn run(
         for (_, rx) in receivers.streams() {
             let sh = shard.clone();
             tasks.push(glommio::spawn_local(async move {
-                while let Some(msg) = rx.recv().await {
+                loop {
+                    // Stop taking from the mesh while earlier records still wait for room:
+                    // the channel then fills and the sending shard pauses its senders.
+                    while sh.st.borrow().waiting.len() >= WAITING_LIMIT {
+                        glommio::timer::sleep(STALL_RETRY).await;
+                    }
+                    let Some(msg) = rx.recv().await else { break };
                     match msg {
                         ShardMsg::Deliver(hop) => sh.on_hop(hop),
                         ShardMsg::Finish(conn) => sh.st.borrow_mut().finish_conn(conn),
@@ -617,8 +627,21 @@ impl Shard {
                         st.hop_backlog.push_front((shard, h));
                         break;
                     }
+                    Err(glommio::GlommioError::Closed(glommio::ResourceType::Channel(msg))) => {
+                        // The other shard has stopped (drain): report what cannot go there.
+                        if let ShardMsg::Deliver(h) = msg {
+                            let origin = st.origin_of(&h.record);
+                            st.undeliverable(
+                                origin,
+                                h.record,
+                                ErrorCode::ShuttingDown,
+                                Instant::now(),
+                            );
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!("cross-shard send to {shard} failed: {e}");
+                        inc(&st.cfg.stats.dropped_shutting_down);
                     }
                 }
             }
@@ -731,9 +754,11 @@ impl State {
             }
             consider(c.pool_deadline(&self.cfg.pool));
         }
-        for ob in self.outbound.values() {
-            if ob.conn.is_none() {
-                consider(ob.life.next_retry());
+        if self.draining.is_none() {
+            for ob in self.outbound.values() {
+                if ob.conn.is_none() {
+                    consider(ob.life.next_retry());
+                }
             }
         }
         let now = Instant::now();
@@ -957,6 +982,14 @@ impl State {
         if ob.life.state() == ConnState::Failed {
             tracing::warn!(shard = self.cfg.index, %addr, "giving up on peer: {why}");
             self.fail_pending(addr, now);
+        } else if ob.life.next_retry().is_none() && !ob.pending.is_empty() {
+            // Closed gracefully with messages still waiting for it: dial again for them.
+            if self.draining.is_some() {
+                self.fail_pending(addr, now);
+            } else {
+                self.transition(addr, LifeEvent::Dial, now);
+                self.start_dial(addr, now);
+            }
         } else if let Some(t) = ob.life.next_retry() {
             tracing::info!(shard = self.cfg.index, %addr, attempt = ob.life.attempt(),
                 "connection lost ({why}); retrying in {:?}", t.saturating_duration_since(now));
@@ -1079,15 +1112,36 @@ impl State {
     }
 
     /// Finishes connection `key` gracefully: flush its queue, then FIN.
+    /// Used for a connection replaced by another one with the same peer: what it could not
+    /// seal any more is routed again (to the connection that replaced it).
     fn finish_conn(&mut self, key: ConnKey) {
         let now = Instant::now();
         self.flush_queue(key, now, true);
+        let mut rest = Vec::new();
+        let mut peer = None;
         if let Some(c) = self.conns.get_mut(&key) {
+            while !c.queue.is_empty() {
+                rest.extend(c.queue.pop_batch());
+            }
             c.session.finish();
             c.finished = true;
-            if let Some(peer) = c.peer {
-                if self.by_peer.get(&peer) == Some(&key) {
-                    self.by_peer.remove(&peer);
+            peer = c.peer;
+        }
+        if let Some(peer) = peer {
+            if self.by_peer.get(&peer) == Some(&key) {
+                self.by_peer.remove(&peer);
+            }
+            for (q, _) in rest {
+                let size = q.record.encoded_len() as u64;
+                self.cfg
+                    .stats
+                    .queued_bytes
+                    .fetch_sub(size, Ordering::Relaxed);
+                let origin = self.origin_of(&q.record);
+                if let RouteOutcome::Blocked(r) =
+                    self.route_to_peer(origin, peer, q.record, q.received, now)
+                {
+                    self.waiting.push_back((origin, peer, r, q.received));
                 }
             }
         }
@@ -1140,6 +1194,16 @@ impl State {
         }
         tracing::info!(shard = self.cfg.index, "draining");
         self.draining = Some(deadline);
+        // Messages waiting for a dialed peer to come back will not see it now.
+        let idle_pool: Vec<SocketAddr> = self
+            .outbound
+            .iter()
+            .filter(|(_, ob)| ob.conn.is_none() && !ob.pending.is_empty())
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in idle_pool {
+            self.fail_pending(addr, now);
+        }
         // Route what waits, then flush every queue regardless of its timeout.
         self.retry_waiting(now);
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
@@ -1179,6 +1243,24 @@ impl State {
     }
 
     fn close_all(&mut self) {
+        // Whatever still waits for room or for another shard is not going anywhere now.
+        let now = Instant::now();
+        let waiting: Vec<_> = self.waiting.drain(..).collect();
+        for (_, _, r, _) in waiting {
+            let origin = self.origin_of(&r);
+            self.undeliverable(origin, r, ErrorCode::ShuttingDown, now);
+        }
+        let hops: Vec<_> = self.hop_backlog.drain(..).collect();
+        for (_, msg) in hops {
+            if let ShardMsg::Deliver(h) = msg {
+                let origin = self.origin_of(&h.record);
+                self.undeliverable(origin, h.record, ErrorCode::ShuttingDown, now);
+            }
+        }
+        let pool: Vec<SocketAddr> = self.outbound.keys().copied().collect();
+        for addr in pool {
+            self.fail_pending(addr, now);
+        }
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for k in keys {
             if let Some(c) = self.conns.get_mut(&k) {
@@ -1243,16 +1325,16 @@ impl State {
             return;
         }
         if now.saturating_duration_since(c.last_activity) >= pool.ttl {
-            // Idle past the TTL: close gracefully (flush, FIN, close when both finished).
+            if !c.queue.is_empty() || !c.stalled.is_empty() {
+                // Not idle, only stuck behind a slow peer: not a TTL case.
+                c.last_activity = now;
+                return;
+            }
+            // Idle past the TTL: close gracefully (FIN, close when both finished).
             tracing::debug!(shard = self.cfg.index, conn = key, "pool TTL expired");
             inc(&self.cfg.stats.ttl_closed);
-            self.flush_queue(key, now, true);
-            if let Some(c) = self.conns.get_mut(&key) {
-                if c.queue.is_empty() && c.stalled.is_empty() {
-                    c.session.finish();
-                    c.finished = true;
-                }
-            }
+            c.session.finish();
+            c.finished = true;
             return;
         }
         if now.saturating_duration_since(c.last_ping) >= pool.keepalive {
@@ -1429,14 +1511,17 @@ impl State {
         }
         // Two connections with one peer (both sides dialed at once): both nodes keep the
         // one initiated by the smaller peer id and finish the other.
+        // A connection in the same direction as an existing one is a reconnection (the peer
+        // restarted, or its old connection is dying): the new one wins.
         let existing = self
             .cfg
             .directory
             .owner(&peer)
-            .filter(|&(shard, conn)| (shard, conn) != (self.cfg.index, key));
-        if let Some((shard, conn)) = existing {
+            .filter(|&(shard, conn, _)| (shard, conn) != (self.cfg.index, key));
+        let mut replaced = None;
+        if let Some((shard, conn, existing_outbound)) = existing {
             let initiator = if outbound { self.self_id } else { peer };
-            let keep_new = initiator == self.self_id.min(peer);
+            let keep_new = existing_outbound == outbound || initiator == self.self_id.min(peer);
             if !keep_new {
                 tracing::debug!(%peer, "duplicate connection: keeping the existing one");
                 if let Some(pool_addr) = pool_addr {
@@ -1446,17 +1531,20 @@ impl State {
                 return;
             }
             tracing::debug!(%peer, "duplicate connection: replacing the existing one");
-            if shard == self.cfg.index {
-                self.finish_conn(conn);
-            } else {
-                self.hop_backlog.push_back((shard, ShardMsg::Finish(conn)));
-            }
+            replaced = Some((shard, conn));
         }
         self.by_peer.insert(peer, key);
         self.remote_cache.remove(&peer);
         self.cfg
             .directory
             .connected(peer, self.cfg.index, key, addr, outbound);
+        // Retire the replaced connection after the new one is registered, so what it
+        // still had queued is routed to the new one.
+        match replaced {
+            Some((shard, conn)) if shard == self.cfg.index => self.finish_conn(conn),
+            Some((shard, conn)) => self.hop_backlog.push_back((shard, ShardMsg::Finish(conn))),
+            None => {}
+        }
         if let Some(pool_addr) = pool_addr {
             self.outbound_ready(pool_addr, key, peer);
         }
@@ -1738,20 +1826,23 @@ impl State {
             }
             return;
         }
-        inc(&self.stats().errors_out);
         // Error records may exceed the queue bound by their own (small) size: they are
-        // caused by messages already consumed, and dropping them would hide a loss.
+        // caused by messages already consumed, and dropping them would hide a loss. (The
+        // message itself is counted by the caller; an error that cannot be sent because
+        // the sender is gone is not counted again.)
         if let Some(&key) = self.by_peer.get(&to) {
             if self
                 .conns
                 .get(&key)
                 .is_some_and(|c| !c.finished && !c.session.is_closing())
             {
+                inc(&self.stats().errors_out);
                 self.enqueue(key, e, now, false, now);
             }
             return;
         }
         if let Some(shard) = self.lookup_remote(&to) {
+            inc(&self.stats().errors_out);
             self.hop_backlog.push_back((
                 shard,
                 ShardMsg::Deliver(Hop {
