@@ -58,3 +58,39 @@ fn simultaneous_dials_converge_to_one_connection() {
         assert_eq!(a.stats().connections + b.stats().connections, 2);
     }
 }
+
+/// A client that reconnects with the same identity while its old connection is still up
+/// (it crashed without closing) gets the new connection, and messages flow on it.
+#[test]
+fn reconnection_with_the_same_identity_replaces_the_old_connection() {
+    use shards::client::{Client, ClientConfig};
+    use shards::identity::Identity;
+
+    let e = engine(2);
+    // A larger peer id than the node's: the simultaneous-dial rule alone would keep the
+    // old (dead) connection, since neither was initiated by the smaller id.
+    let id = loop {
+        let id = Identity::generate().unwrap();
+        if id.peer_id() > e.peer_id() {
+            break id;
+        }
+    };
+    let mut cfg = ClientConfig::default();
+    cfg.batch.timeout = Duration::ZERO;
+    for round in 0..4 {
+        // The previous client is dropped without closing: its connection stays up at the
+        // node until the idle timeout.
+        let mut c = Client::connect(e.local_addr(), &id, cfg.clone()).unwrap();
+        let node = c.node_id();
+        assert!(wait_for(Duration::from_secs(5), || {
+            c.poll(Duration::from_millis(1)).unwrap();
+            e.peers().get(&id.peer_id()).is_some()
+        }));
+        c.send_with_seq(node, round, b"again".to_vec()).unwrap();
+        c.flush().unwrap();
+        let got = recv_n(&mut c, 1, Duration::from_secs(5));
+        assert_eq!(got.len(), 1, "round {round}: echo on the new connection");
+        assert_eq!(msg(&got[0]).1, round);
+    }
+    assert_eq!(e.stats().dropped(), 0);
+}

@@ -73,3 +73,28 @@ fn sends_and_dials_reuse_one_connection() {
     assert_eq!(b.stats().accepted, 1);
     assert_eq!(a.stats().connections + b.stats().connections, 2);
 }
+
+/// Messages waiting for a dialed peer that is not coming back are reported and counted
+/// when the node shuts down, not silently forgotten.
+#[test]
+fn shutdown_counts_messages_waiting_for_a_dialed_peer() {
+    let mut cfg = EngineConfig::loopback(1);
+    cfg.app = AppKind::Channel;
+    cfg.transport.idle_timeout = Duration::from_millis(500);
+    cfg.pool.keepalive = Duration::from_millis(100);
+    let a = Engine::start(cfg).unwrap();
+    let b = node(Duration::from_secs(300));
+    let b_id = a.dial(b.local_addr(), Duration::from_secs(5)).unwrap();
+    b.shutdown(Duration::from_secs(2)).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || a
+        .peers()
+        .get(&b_id)
+        .map(|p| p.state)
+        != Some(ConnState::Connected)));
+    for i in 0..5u32 {
+        a.send(b_id, i.to_be_bytes().to_vec()).unwrap();
+    }
+    let stats = a.shutdown(Duration::from_secs(2)).unwrap();
+    assert_eq!(stats.dropped(), 5, "{stats:?}");
+    assert_eq!(stats.messages_out, 0);
+}
