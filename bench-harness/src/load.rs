@@ -12,7 +12,7 @@
 //! ([`shards::client::Client`]).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -248,7 +248,6 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     let cores: Vec<core_affinity::CoreId> = core_affinity::get_core_ids().unwrap_or_default();
     let origin = Instant::now() + Duration::from_millis(50);
     let started_at = std::time::SystemTime::now() + Duration::from_millis(50) + cfg.warmup;
-    let stop_sending = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = groups
         .into_iter()
         .enumerate()
@@ -264,14 +263,13 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
                 .copied();
             let cfg = cfg.clone();
             let progress = progress.clone();
-            let stop = stop_sending.clone();
             std::thread::Builder::new()
                 .name(format!("load-{t}"))
                 .spawn(move || {
                     if let (true, Some(core)) = (cfg.pin, core) {
                         core_affinity::set_for_current(core);
                     }
-                    drive(group, &cfg, origin, &progress, &stop)
+                    drive(group, &cfg, origin, &progress)
                 })
         })
         .collect::<Result<_, _>>()
@@ -318,12 +316,11 @@ fn drive(
     cfg: &LoadConfig,
     origin: Instant,
     progress: &Progress,
-    stop: &AtomicBool,
 ) -> ThreadResult {
     let warm_end = cfg.warmup;
     let measure_end = cfg.warmup + cfg.duration;
     let mut r = ThreadResult::new();
-    // Seqs of measured messages, per sender, to tell measured receipts from warm-up ones.
+    // When message `seq` of a peer is due, counted from the run's origin.
     let intended_of =
         |p: &Peer, seq: u64| -> Duration { Duration::from_secs_f64(seq as f64 / p.rate) };
     let mut drain_deadline: Option<Instant> = None;
@@ -331,7 +328,7 @@ fn drive(
     loop {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(origin);
-        let sending = elapsed < measure_end && !stop.load(Ordering::Relaxed);
+        let sending = elapsed < measure_end;
         let mut next_due = now + Duration::from_millis(1);
         for p in peers.iter_mut() {
             if sending {

@@ -4,7 +4,7 @@
 //! The engine runs on the first cores (pinned from core 0) and the harness pins its threads
 //! from the last core down, so on a machine with enough cores they do not share one.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,11 +175,6 @@ fn one(cfg: &SweepConfig, bs: u32, bt: Duration, rate: f64) -> Result<SweepRun, 
 /// The run directories of a finished sweep, for the comparison.
 pub fn dirs(runs: &[SweepRun]) -> Vec<PathBuf> {
     runs.iter().map(|r| r.dir.clone()).collect()
-}
-
-/// Whether `p` looks like a run directory.
-pub fn is_run_dir(p: &Path) -> bool {
-    p.join("summary.json").is_file() && p.join("latency.hlog").is_file()
 }
 
 #[cfg(test)]

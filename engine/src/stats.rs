@@ -54,7 +54,7 @@ pub struct EngineStats {
     pub dropped_shutting_down: u64,
     /// Dropped: sender's connection ended before routing.
     pub dropped_sender_gone: u64,
-    /// Bytes queued in batch queues and session backlogs.
+    /// Bytes held in batch queues, not yet sealed.
     pub queued_bytes: u64,
     /// Connections refused (connection limit, draining).
     pub refused: u64,

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 
 use crate::identity::{peer_id_of, Identity};
-use crate::seal::{nonce_bytes, Opener, SealError, SealKey, Sealer, HEADER_LEN, TAG_LEN};
-use crate::wire::{
-    close_code, decode_batch, encode_batch, ErrorCode, ErrorRecord, Message, PeerId, Record,
+use crate::seal::{
+    nonce_bytes, vector_records, Opener, SealError, SealKey, Sealer, HEADER_LEN, TAG_LEN,
 };
+use crate::wire::{close_code, decode_batch, encode_batch, ErrorCode, PeerId};
 
 const DOC: &str = include_str!("../../docs/PROTOCOL.md");
 
@@ -99,24 +99,6 @@ fn table_rows(lines: &[&str]) -> Vec<Vec<String>> {
 
 fn vectors() -> HashMap<String, String> {
     labelled_values(&section("Test vectors"))
-}
-
-/// The two records the seal vector's plaintext is documented to contain.
-fn vector_records() -> Vec<Record> {
-    vec![
-        Record::Message(Message {
-            dst: PeerId([0x11; 16]),
-            src: PeerId([0x22; 16]),
-            seq: 1,
-            payload: b"hello".to_vec(),
-        }),
-        Record::Error(ErrorRecord {
-            code: ErrorCode::UnknownDestination,
-            seq: 2,
-            dst: PeerId([0x33; 16]),
-            reason: "no route".to_owned(),
-        }),
-    ]
 }
 
 #[test]

@@ -298,11 +298,32 @@ impl Opener {
     }
 }
 
+/// The two records of the documented seal test vector (docs/PROTOCOL.md, section 14),
+/// shared by this module's tests and the check of the protocol document.
+#[cfg(test)]
+pub(crate) fn vector_records() -> Vec<crate::wire::Record> {
+    use crate::wire::{ErrorCode, ErrorRecord, Message, PeerId, Record};
+    vec![
+        Record::Message(Message {
+            dst: PeerId([0x11; 16]),
+            src: PeerId([0x22; 16]),
+            seq: 1,
+            payload: b"hello".to_vec(),
+        }),
+        Record::Error(ErrorRecord {
+            code: ErrorCode::UnknownDestination,
+            seq: 2,
+            dst: PeerId([0x33; 16]),
+            reason: "no route".to_owned(),
+        }),
+    ]
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::wire::{encode_batch, ErrorCode, ErrorRecord, Message, PeerId, Record};
+    use crate::wire::encode_batch;
 
     fn key(b: u8) -> SealKey {
         SealKey::from_bytes([b; 32])
@@ -576,20 +597,7 @@ mod tests {
     }
 
     fn vector_plaintext() -> Vec<u8> {
-        let records = [
-            Record::Message(Message {
-                dst: PeerId([0x11; 16]),
-                src: PeerId([0x22; 16]),
-                seq: 1,
-                payload: b"hello".to_vec(),
-            }),
-            Record::Error(ErrorRecord {
-                code: ErrorCode::UnknownDestination,
-                seq: 2,
-                dst: PeerId([0x33; 16]),
-                reason: "no route".to_owned(),
-            }),
-        ];
+        let records = super::vector_records();
         let mut pt = Vec::new();
         encode_batch(&records, &mut pt);
         pt

@@ -570,12 +570,6 @@ impl Session {
         Ok(frames)
     }
 
-    /// Whether sealed data is waiting to be read (in QUIC or in the partial-frame buffer).
-    pub fn has_readable(&self) -> bool {
-        matches!(self.phase, Phase::Open { .. })
-            && (self.conn.stream_readable(SESSION_STREAM) || self.rx.len() >= seal::HEADER_LEN)
-    }
-
     /// Ends this side of the session stream once every queued frame is in the stream.
     /// After it no more batches can be sent; the session closes when both sides finished.
     pub fn finish(&mut self) {

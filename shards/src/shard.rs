@@ -155,7 +155,7 @@ pub struct ShardStats {
     pub dropped_shutting_down: AtomicU64,
     /// Dropped: the sender's own connection ended before its messages were routed.
     pub dropped_sender_gone: AtomicU64,
-    /// Bytes held in batch queues and session backlogs (gauge).
+    /// Bytes held in batch queues, not yet sealed (gauge).
     pub queued_bytes: AtomicU64,
     /// Connections refused (connection limit, draining).
     pub refused: AtomicU64,
