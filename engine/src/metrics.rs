@@ -168,7 +168,7 @@ pub struct NetworkMetrics {
     pub latency_p999_ns: u64,
     /// Resident set size of this process, if `/proc/self/statm` could be read.
     pub resident_memory_bytes: Option<u64>,
-    /// Bytes waiting in batch queues and session backlogs.
+    /// Bytes waiting in batch queues, not yet sealed.
     pub queued_bytes: u64,
     /// Messages received from peers.
     pub messages_in: u64,
@@ -677,7 +677,7 @@ pub fn render_prometheus(src: &MetricsSource, rate: &mut RateMeter) -> String {
     out.single(
         "engine_queued_bytes",
         "gauge",
-        "Bytes waiting in batch queues and session backlogs.",
+        "Bytes waiting in batch queues, not yet sealed.",
         Num::Int(t.queued_bytes),
     );
     if let Some(rss) = snap.rss {
