@@ -9,6 +9,7 @@ pub mod cli;
 pub mod compare;
 pub mod hgrm;
 pub mod hlog;
+pub mod knee;
 pub mod load;
 pub mod output;
 pub mod plot;

@@ -8,8 +8,13 @@
 //! (`lag`), so a saturated load generator is never mistaken for a slow engine.
 //!
 //! Connections are spread over `cores` threads, each pinned to its own core and driving its
-//! connections with the same blocking client the engine's tools use
-//! ([`shards::client::Client`]).
+//! connections with the engine's client ([`shards::client::Client`]) without ever blocking
+//! on one of them: a message due while its connection already holds
+//! [`SEND_CAPACITY`] bytes the engine has not taken is *refused* (counted, not sent), every
+//! pass services every connection (QUIC timers, socket, inbox), and one deadline shared by
+//! all threads (`warmup + duration + drain` after the start) ends the run whatever the
+//! engine does, so a saturated or stopped engine yields a "saturated" verdict in bounded
+//! time instead of a wedged harness.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +32,15 @@ use shards::wire::PeerId;
 pub const PAYLOAD_HEADER: usize = 16;
 /// Highest latency tracked: one minute, in nanoseconds.
 const MAX_NANOS: u64 = 60_000_000_000;
+/// Bytes one connection may hold queued or not yet taken by QUIC before the harness refuses
+/// its due messages: small, so back-pressure shows as refusals within milliseconds.
+pub const SEND_CAPACITY: usize = 64 * 1024;
+/// Messages one connection may send per pass, so one far-behind connection cannot keep the
+/// others from being serviced.
+const SENDS_PER_PASS: usize = 1024;
+/// Time allowed for closing every connection after the run's deadline.
+pub const CLOSE_BUDGET: Duration = Duration::from_millis(500);
+pub use crate::summary::SATURATION_FRACTION;
 
 /// Echo (round trip through the node's echo handler) or relay (one harness peer to
 /// another through the engine, one-way latency on the shared clock).
@@ -77,8 +91,15 @@ pub struct LoadResult {
     pub intervals: Vec<Histogram<u64>>,
     /// How late the harness sent each message against its schedule, nanoseconds.
     pub lag: Histogram<u64>,
+    /// Messages the schedule called for in the measured phase (sent + refused).
+    pub offered: u64,
     /// Messages sent in the measured phase.
     pub sent: u64,
+    /// Measured-phase messages not sent: their connection held [`SEND_CAPACITY`] bytes the
+    /// engine had not taken (back-pressure), or had closed.
+    pub refused: u64,
+    /// Connections that closed (or failed) during the run.
+    pub connection_errors: u64,
     /// Of those, received back intact.
     pub received: u64,
     /// Received with a payload that did not match what was sent.
@@ -87,6 +108,11 @@ pub struct LoadResult {
     pub errors: std::collections::BTreeMap<String, u64>,
     /// Wall time of the measured phase.
     pub elapsed: Duration,
+    /// From the start of the measured phase to the later of its end and the last measured
+    /// reply: the window the achieved rate is computed over.
+    pub receive_window: Duration,
+    /// Wall time of the whole run, connecting and closing included.
+    pub wall_time: Duration,
     /// When the measured phase started (for the interval log's start time).
     pub started_at: std::time::SystemTime,
 }
@@ -98,9 +124,10 @@ impl LoadResult {
             .saturating_sub(self.received + self.corrupted + self.errors.values().sum::<u64>())
     }
 
-    /// Messages per second offered to the engine, as measured.
+    /// Replies per second over the real receive window (not the schedule's duration: a
+    /// saturated engine's replies trickle in during the drain).
     pub fn achieved_rate(&self) -> f64 {
-        self.received as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.received as f64 / self.receive_window.as_secs_f64().max(1e-9)
     }
 }
 
@@ -158,16 +185,23 @@ struct Peer {
     dst: PeerId,
     rate: f64,
     next_seq: u64,
+    /// The connection closed or failed: its due messages are refused.
+    dead: bool,
 }
 
 struct ThreadResult {
     latency: Histogram<u64>,
     intervals: Vec<Histogram<u64>>,
     lag: Histogram<u64>,
+    offered: u64,
     sent: u64,
+    refused: u64,
+    connection_errors: u64,
     received: u64,
     corrupted: u64,
     errors: std::collections::BTreeMap<String, u64>,
+    /// When the last measured reply arrived, from the run's origin.
+    last_rx: Duration,
 }
 
 impl ThreadResult {
@@ -176,10 +210,14 @@ impl ThreadResult {
             latency: new_hist(),
             intervals: Vec::new(),
             lag: new_hist(),
+            offered: 0,
             sent: 0,
+            refused: 0,
+            connection_errors: 0,
             received: 0,
             corrupted: 0,
             errors: Default::default(),
+            last_rx: Duration::ZERO,
         }
     }
 }
@@ -202,7 +240,9 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     if cfg.duration.is_zero() {
         return Err(LoadError::Config("duration must be above zero".into()));
     }
+    let wall_start = Instant::now();
     let client_cfg = ClientConfig {
+        send_capacity: SEND_CAPACITY,
         // Each message leaves as soon as it is due: the harness measures the engine's
         // batching, not its own.
         batch: BatchPolicy {
@@ -243,6 +283,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
             dst,
             rate: per_conn,
             next_seq: 0,
+            dead: false,
         });
     }
     let cores: Vec<core_affinity::CoreId> = core_affinity::get_core_ids().unwrap_or_default();
@@ -289,28 +330,39 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
                 let _ = t.add(iv);
             }
         }
+        total.offered += r.offered;
         total.sent += r.sent;
+        total.refused += r.refused;
+        total.connection_errors += r.connection_errors;
+        total.last_rx = total.last_rx.max(r.last_rx);
         total.received += r.received;
         total.corrupted += r.corrupted;
         for (k, v) in r.errors {
             *total.errors.entry(k).or_default() += v;
         }
     }
+    let receive_window = cfg.duration.max(total.last_rx.saturating_sub(cfg.warmup));
     Ok(LoadResult {
         latency: total.latency,
         intervals: total.intervals,
         lag: total.lag,
+        offered: total.offered,
         sent: total.sent,
+        refused: total.refused,
+        connection_errors: total.connection_errors,
         received: total.received,
         corrupted: total.corrupted,
         errors: total.errors,
         elapsed: cfg.duration,
+        receive_window,
+        wall_time: wall_start.elapsed(),
         started_at,
     })
 }
 
-/// One harness thread: keeps each peer's schedule, sends what is due, records what
-/// arrives, then waits for stragglers.
+/// One harness thread: keeps each peer's schedule, sends what is due (refusing what a full
+/// connection cannot take), records what arrives, then waits for stragglers until the
+/// shared deadline, and closes its connections within [`CLOSE_BUDGET`].
 fn drive(
     mut peers: Vec<Peer>,
     cfg: &LoadConfig,
@@ -319,20 +371,30 @@ fn drive(
 ) -> ThreadResult {
     let warm_end = cfg.warmup;
     let measure_end = cfg.warmup + cfg.duration;
+    // One deadline for every thread and peer: the schedule's end plus the drain.
+    let hard_deadline = origin + measure_end + cfg.drain;
     let mut r = ThreadResult::new();
     // When message `seq` of a peer is due, counted from the run's origin.
     let intended_of =
         |p: &Peer, seq: u64| -> Duration { Duration::from_secs_f64(seq as f64 / p.rate) };
-    let mut drain_deadline: Option<Instant> = None;
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(peers.len());
-    loop {
+    'run: loop {
         let now = Instant::now();
+        if now >= hard_deadline {
+            break;
+        }
         let elapsed = now.saturating_duration_since(origin);
         let sending = elapsed < measure_end;
         let mut next_due = now + Duration::from_millis(1);
         for p in peers.iter_mut() {
+            if Instant::now() >= hard_deadline {
+                break 'run;
+            }
             if sending {
-                // Send everything that is due by now (catching up after a stall).
+                let mut budget = SENDS_PER_PASS;
+                let mut full = false;
+                // Send what is due by now (catching up after a stall, a bounded number per
+                // pass); what a full or closed connection cannot take is refused.
                 loop {
                     let due = intended_of(p, p.next_seq);
                     if due > elapsed || due >= measure_end {
@@ -341,68 +403,72 @@ fn drive(
                         }
                         break;
                     }
-                    let lag = elapsed.saturating_sub(due);
-                    let body = payload(p.next_seq, due.as_nanos() as u64, cfg.message_size);
-                    if p.client.send_with_seq(p.dst, p.next_seq, body).is_err() {
+                    if budget == 0 {
+                        next_due = now;
                         break;
                     }
-                    if due >= warm_end {
-                        r.sent += 1;
-                        progress.measured_sent.fetch_add(1, Ordering::Relaxed);
-                        r.lag.saturating_record(lag.as_nanos() as u64);
-                    }
-                    progress.sent.fetch_add(1, Ordering::Relaxed);
-                    p.next_seq += 1;
-                }
-                let _ = p.client.flush();
-            }
-            let _ = p.client.poll(Duration::ZERO);
-            let at = origin.elapsed();
-            while let Some(d) = p.client.try_recv() {
-                progress.received.fetch_add(1, Ordering::Relaxed);
-                match d {
-                    Delivery::Message { payload: body, .. } => {
-                        match parse_payload(&body, cfg.message_size) {
-                            Some((_, intended_ns)) => {
-                                let intended = Duration::from_nanos(intended_ns);
-                                if intended >= warm_end && intended < measure_end {
-                                    r.received += 1;
-                                    progress.measured_done.fetch_add(1, Ordering::Relaxed);
-                                    let lat = at.saturating_sub(intended).as_nanos() as u64;
-                                    r.latency.saturating_record(lat);
-                                    let sec = (intended - warm_end).as_secs() as usize;
-                                    while r.intervals.len() <= sec {
-                                        r.intervals.push(new_hist());
-                                    }
-                                    if let Some(h) = r.intervals.get_mut(sec) {
-                                        h.saturating_record(lat);
-                                    }
-                                }
+                    let measured = due >= warm_end;
+                    let accepted = if p.dead || full {
+                        false
+                    } else {
+                        budget -= 1;
+                        let body = payload(p.next_seq, due.as_nanos() as u64, cfg.message_size);
+                        match p.client.try_send_with_seq(p.dst, p.next_seq, body) {
+                            Ok(true) => true,
+                            Ok(false) => {
+                                full = true;
+                                false
                             }
-                            None => {
-                                r.corrupted += 1;
-                                progress.measured_done.fetch_add(1, Ordering::Relaxed);
+                            Err(_) => {
+                                p.dead = true;
+                                r.connection_errors += 1;
+                                false
                             }
                         }
+                    };
+                    if measured {
+                        r.offered += 1;
+                        if accepted {
+                            r.sent += 1;
+                            progress.measured_sent.fetch_add(1, Ordering::Relaxed);
+                            r.lag
+                                .saturating_record(elapsed.saturating_sub(due).as_nanos() as u64);
+                        } else {
+                            r.refused += 1;
+                        }
                     }
-                    Delivery::Error(e) => {
-                        *r.errors.entry(format!("{:?}", e.code)).or_default() += 1;
-                        progress.measured_done.fetch_add(1, Ordering::Relaxed);
+                    if accepted {
+                        progress.sent.fetch_add(1, Ordering::Relaxed);
                     }
+                    p.next_seq += 1;
                 }
+                if !p.dead {
+                    let _ = p.client.flush();
+                }
+            }
+            if p.dead {
+                continue;
+            }
+            // Every pass services every connection: timers, socket, inbox.
+            if p.client.poll(Duration::ZERO).is_err() || p.client.is_closed() {
+                p.dead = true;
+                r.connection_errors += 1;
+            }
+            let at = origin.elapsed();
+            while let Some(d) = p.client.try_recv() {
+                record(&mut r, d, at, cfg, progress);
             }
         }
         if !sending {
-            let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + cfg.drain);
             // Every thread has stopped sending shortly after the schedule ends; from then
             // on, stop once everything measured is accounted for, over all threads.
             let all_stopped = elapsed >= measure_end + Duration::from_millis(20);
             let outstanding = progress.measured_sent.load(Ordering::Relaxed)
                 > progress.measured_done.load(Ordering::Relaxed);
-            if (all_stopped && !outstanding) || Instant::now() >= deadline {
+            if all_stopped && !outstanding {
                 break;
             }
-            let soon = Instant::now() + Duration::from_millis(1);
+            let soon = (Instant::now() + Duration::from_millis(1)).min(hard_deadline);
             wait_readable(&mut fds, &peers, soon);
             continue;
         }
@@ -410,14 +476,84 @@ fn drive(
         // first: replies are timestamped as soon as they arrive, not after a fixed sleep.
         let deadline = peers
             .iter()
+            .filter(|p| !p.dead)
             .filter_map(|p| p.client.next_deadline())
-            .fold(next_due, Instant::min);
+            .fold(next_due, Instant::min)
+            .min(hard_deadline);
         wait_readable(&mut fds, &peers, deadline);
     }
-    for p in peers {
-        let _ = p.client.close(Duration::from_millis(500));
-    }
+    close_all(&mut peers, &mut r, origin, cfg, progress);
     r
+}
+
+/// Closes every connection at once: FIN on all, then service all (collecting late
+/// replies) until all are closed or [`CLOSE_BUDGET`] passes, then close what is left.
+fn close_all(
+    peers: &mut [Peer],
+    r: &mut ThreadResult,
+    origin: Instant,
+    cfg: &LoadConfig,
+    progress: &Progress,
+) {
+    let deadline = Instant::now() + CLOSE_BUDGET;
+    for p in peers.iter_mut().filter(|p| !p.dead) {
+        if p.client.start_close().is_err() {
+            p.dead = true;
+        }
+    }
+    let mut fds = Vec::with_capacity(peers.len());
+    while Instant::now() < deadline && peers.iter().any(|p| !p.dead && !p.client.is_closed()) {
+        for p in peers.iter_mut().filter(|p| !p.dead) {
+            if p.client.poll(Duration::ZERO).is_err() {
+                p.dead = true;
+            }
+            let at = origin.elapsed();
+            while let Some(d) = p.client.try_recv() {
+                record(r, d, at, cfg, progress);
+            }
+        }
+        let soon = (Instant::now() + Duration::from_millis(1)).min(deadline);
+        wait_readable(&mut fds, peers, soon);
+    }
+    for p in peers.iter_mut() {
+        p.client.abort();
+    }
+}
+
+/// Accounts for one delivery that arrived `at` after the run's origin.
+fn record(r: &mut ThreadResult, d: Delivery, at: Duration, cfg: &LoadConfig, progress: &Progress) {
+    let warm_end = cfg.warmup;
+    let measure_end = cfg.warmup + cfg.duration;
+    progress.received.fetch_add(1, Ordering::Relaxed);
+    match d {
+        Delivery::Message { payload: body, .. } => match parse_payload(&body, cfg.message_size) {
+            Some((_, intended_ns)) => {
+                let intended = Duration::from_nanos(intended_ns);
+                if intended >= warm_end && intended < measure_end {
+                    r.received += 1;
+                    r.last_rx = r.last_rx.max(at);
+                    progress.measured_done.fetch_add(1, Ordering::Relaxed);
+                    let lat = at.saturating_sub(intended).as_nanos() as u64;
+                    r.latency.saturating_record(lat);
+                    let sec = (intended - warm_end).as_secs() as usize;
+                    while r.intervals.len() <= sec {
+                        r.intervals.push(new_hist());
+                    }
+                    if let Some(h) = r.intervals.get_mut(sec) {
+                        h.saturating_record(lat);
+                    }
+                }
+            }
+            None => {
+                r.corrupted += 1;
+                progress.measured_done.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+        Delivery::Error(e) => {
+            *r.errors.entry(format!("{:?}", e.code)).or_default() += 1;
+            progress.measured_done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Blocks until one of the peers' sockets is readable or `deadline` passes.

@@ -1,5 +1,5 @@
 //! `bench-harness`: open-loop load generator for the engine (`run`), batch-configuration
-//! sweeps (`sweep`) and comparison of finished runs (`compare`).
+//! sweeps (`sweep`), knee searches (`knee`) and comparison of finished runs (`compare`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,9 +16,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Drive a running engine at a fixed offered rate (open loop) and record latency from
-    /// each message's intended send time. Exits non-zero if any message was lost or
-    /// corrupted.
+    /// each message's intended send time. Never blocks on a connection: messages a full
+    /// connection cannot take are refused and counted, and the run ends at warmup +
+    /// duration + drain whatever the engine does. Exits 1 if any message was lost or
+    /// corrupted, 2 if the run was saturated (achieved < 95 % of --rate) unless
+    /// --allow-saturation.
     Run(bench_harness::cli::RunArgs),
+    /// Find each batch configuration's knee: the highest open-loop rate that holds a p99
+    /// target with nothing lost (in-process engines, ramp then bisection). Writes
+    /// knee.md/.csv/.json and a p99-against-rate plot.
+    Knee(bench_harness::cli::KneeArgs),
     /// Start an engine per batch configuration (in-process), run the same load against
     /// each, and write per-run directories, a comparison table and plots.
     Sweep(bench_harness::cli::SweepArgs),
@@ -47,6 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => Ok(code(bench_harness::cli::run_cmd(&a)?)),
         Command::Sweep(a) => Ok(code(bench_harness::cli::sweep_cmd(&a)?)),
+        Command::Knee(a) => Ok(code(bench_harness::cli::knee_cmd(&a)?)),
         Command::Compare { inputs, out } => {
             let output = bench_harness::compare::compare_outputs(&inputs, &out)
                 .with_context(|| format!("comparing {} input(s)", inputs.len()))?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::hgrm;
 use crate::hlog::{HlogError, HlogWriter};
 use crate::load::{LoadConfig, LoadResult};
-use crate::summary::{Counts, RunConfig, Summary, SummaryError};
+use crate::summary::{Counts, RunConfig, Summary, SummaryError, Timing};
 
 /// Nanoseconds per millisecond: histograms hold nanoseconds, files show milliseconds.
 const NS_PER_MS: f64 = 1_000_000.0;
@@ -53,13 +53,21 @@ pub fn summarize(meta: &RunMeta, result: &LoadResult) -> Summary {
         cores: l.cores as u32,
     };
     let counts = Counts {
+        offered: result.offered,
+        refused: result.refused,
+        connection_errors: result.connection_errors,
         sent: result.sent,
         received: result.received,
         lost: result.lost(),
         corrupted: result.corrupted,
         errors: result.errors.clone(),
     };
-    Summary::from_histograms(config, &result.latency, &result.lag, counts, result.elapsed)
+    let timing = Timing {
+        measured: result.elapsed,
+        receive_window: result.receive_window,
+        wall: result.wall_time,
+    };
+    Summary::from_histograms(config, &result.latency, &result.lag, counts, timing)
 }
 
 /// Writes the run directory `dir` and returns the summary written into it.

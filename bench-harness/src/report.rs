@@ -18,8 +18,9 @@ pub const MARKDOWN_FILE: &str = "comparison.md";
 /// CSV table file written by [`write_comparison`].
 pub const CSV_FILE: &str = "comparison.csv";
 
-const HEADERS: [&str; 9] = [
-    "config", "rate", "achieved", "p50", "p90", "p99", "p99.9", "max", "lost",
+const HEADERS: [&str; 14] = [
+    "config", "rate", "offered", "sent", "refused", "achieved", "p50", "p90", "p99", "p99.9",
+    "max", "lost", "wall", "verdict",
 ];
 
 /// Errors from writing the comparison files.
@@ -36,13 +37,19 @@ pub enum ReportError {
 }
 
 /// One table row. Latencies in milliseconds; `None` prints as an empty cell.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Row {
     /// Configuration label.
     pub label: String,
-    /// Target offered rate (msg/s).
+    /// Asked rate (msg/s).
     pub rate: Option<f64>,
-    /// Achieved rate (msg/s).
+    /// Messages the schedule offered in the measured phase.
+    pub offered: Option<u64>,
+    /// Messages sent on the wire.
+    pub sent: Option<u64>,
+    /// Messages refused by back-pressure (connection full or closed).
+    pub refused: Option<u64>,
+    /// Achieved rate over the receive window (msg/s).
     pub achieved: Option<f64>,
     /// Median latency.
     pub p50: Option<f64>,
@@ -54,8 +61,12 @@ pub struct Row {
     pub p999: Option<f64>,
     /// Largest latency.
     pub max: Option<f64>,
-    /// Lost messages.
+    /// Sent messages never answered.
     pub lost: Option<u64>,
+    /// Wall time of the run, seconds.
+    pub wall: Option<f64>,
+    /// `ok` or `saturated`.
+    pub verdict: Option<String>,
 }
 
 impl Row {
@@ -64,6 +75,9 @@ impl Row {
         Row {
             label: label.into(),
             rate: Some(s.config.rate),
+            offered: Some(s.offered),
+            sent: Some(s.sent),
+            refused: Some(s.refused),
             achieved: Some(s.achieved_rate),
             p50: Some(s.latency_ms.p50),
             p90: Some(s.latency_ms.p90),
@@ -71,6 +85,8 @@ impl Row {
             p999: Some(s.latency_ms.p999),
             max: Some(s.latency_ms.max),
             lost: Some(s.lost),
+            wall: Some(s.wall_time_s),
+            verdict: Some(if s.saturated { "saturated" } else { "ok" }.to_owned()),
         }
     }
 
@@ -79,14 +95,12 @@ impl Row {
         let q = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / NS_PER_MS);
         Row {
             label: label.into(),
-            rate: None,
-            achieved: None,
             p50: q(0.5),
             p90: q(0.9),
             p99: q(0.99),
             p999: q(0.999),
             max: (!h.is_empty()).then(|| h.max() as f64 / NS_PER_MS),
-            lost: None,
+            ..Row::default()
         }
     }
 
@@ -94,30 +108,34 @@ impl Row {
     pub fn from_hgrm(label: impl Into<String>, h: &Hgrm) -> Self {
         Row {
             label: label.into(),
-            rate: None,
-            achieved: None,
             p50: h.value_at_quantile(0.5),
             p90: h.value_at_quantile(0.9),
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max_value(),
-            lost: None,
+            ..Row::default()
         }
     }
 
-    fn cells(&self) -> [String; 9] {
+    fn cells(&self) -> Vec<String> {
         let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
         let rate = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_default();
-        [
+        let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        vec![
             self.label.clone(),
             rate(self.rate),
+            n(self.offered),
+            n(self.sent),
+            n(self.refused),
             rate(self.achieved),
             ms(self.p50),
             ms(self.p90),
             ms(self.p99),
             ms(self.p999),
             ms(self.max),
-            self.lost.map(|v| v.to_string()).unwrap_or_default(),
+            n(self.lost),
+            self.wall.map(|v| format!("{v:.1}")).unwrap_or_default(),
+            self.verdict.clone().unwrap_or_default(),
         ]
     }
 }
@@ -126,16 +144,18 @@ impl Row {
 ///
 /// ```
 /// use bench_harness::report::{markdown, Row};
-/// let row = Row { label: "bs=1 @1000/s".into(), rate: Some(1000.0), achieved: Some(999.5),
-///     p50: Some(0.25), p90: Some(0.5), p99: Some(1.0), p999: Some(2.0), max: Some(3.5),
-///     lost: Some(0) };
+/// let row = Row { label: "bs=1 @1000/s".into(), rate: Some(1000.0), offered: Some(2000),
+///     sent: Some(2000), refused: Some(0), achieved: Some(999.5), p50: Some(0.25),
+///     p90: Some(0.5), p99: Some(1.0), p999: Some(2.0), max: Some(3.5), lost: Some(0),
+///     wall: Some(4.1), verdict: Some("ok".into()) };
 /// let md = markdown(&[row]);
-/// assert!(md.starts_with("| config       |   rate | achieved |   p50 |"));
-/// assert!(md.contains("\n| ------------ | -----: | -------: | ----: |"));
-/// assert!(md.contains("\n| bs=1 @1000/s | 1000.0 |    999.5 | 0.250 |"));
+/// assert!(md.starts_with("| config       |   rate | offered | sent | refused | achieved |"));
+/// assert!(md.contains("\n| ------------ | -----: | ------: | ---: | ------: | -------: |"));
+/// assert!(md.contains("\n| bs=1 @1000/s | 1000.0 |    2000 | 2000 |       0 |    999.5 |"));
+/// assert!(md.contains("|  4.1 |      ok |"));
 /// ```
 pub fn markdown(rows: &[Row]) -> String {
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let mut c = r.cells();
@@ -193,10 +213,10 @@ pub fn markdown(rows: &[Row]) -> String {
 ///
 /// ```
 /// use bench_harness::report::{csv, Row};
-/// let row = Row { label: "a.hgrm".into(), rate: None, achieved: None, p50: Some(0.1),
-///     p90: Some(0.2), p99: Some(0.3), p999: Some(0.4), max: Some(0.5), lost: None };
-/// assert_eq!(csv(&[row]), "config,rate,achieved,p50,p90,p99,p99.9,max,lost\n\
-///                          a.hgrm,,,0.100,0.200,0.300,0.400,0.500,\n");
+/// let row = Row { label: "a.hgrm".into(), p50: Some(0.1), p90: Some(0.2), p99: Some(0.3),
+///     p999: Some(0.4), max: Some(0.5), ..Row::default() };
+/// assert_eq!(csv(&[row]), "config,rate,offered,sent,refused,achieved,p50,p90,p99,p99.9,max,lost,wall,verdict\n\
+///                          a.hgrm,,,,,,0.100,0.200,0.300,0.400,0.500,,,\n");
 /// ```
 pub fn csv(rows: &[Row]) -> String {
     let mut out = HEADERS.join(",");
@@ -238,16 +258,10 @@ mod tests {
     fn csv_quotes_and_markdown_escapes() {
         let row = Row {
             label: "a,b|\"c\"".into(),
-            rate: None,
-            achieved: None,
-            p50: None,
-            p90: None,
-            p99: None,
-            p999: None,
-            max: None,
             lost: Some(7),
+            ..Row::default()
         };
-        assert!(csv(std::slice::from_ref(&row)).ends_with("\"a,b|\"\"c\"\"\",,,,,,,,7\n"));
+        assert!(csv(std::slice::from_ref(&row)).ends_with("\"a,b|\"\"c\"\"\",,,,,,,,,,,7,,\n"));
         assert!(markdown(&[row]).contains("| a,b\\|\"c\" |"));
     }
 

@@ -154,6 +154,12 @@ impl LagPercentiles {
 /// Message counts from the measured part of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Counts {
+    /// Messages the schedule called for (sent + refused).
+    pub offered: u64,
+    /// Messages not sent because their connection was full (back-pressure) or closed.
+    pub refused: u64,
+    /// Connections that closed or failed during the run.
+    pub connection_errors: u64,
     /// Messages sent.
     pub sent: u64,
     /// Messages received back intact.
@@ -166,21 +172,57 @@ pub struct Counts {
     pub errors: BTreeMap<String, u64>,
 }
 
+/// How long a run took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timing {
+    /// The measured phase of the schedule.
+    pub measured: Duration,
+    /// From the start of the measured phase to the later of its end and the last measured
+    /// reply (the window the achieved rate is computed over).
+    pub receive_window: Duration,
+    /// The whole run, connecting and closing included.
+    pub wall: Duration,
+}
+
+/// A run whose achieved rate is below this fraction of the asked rate is saturated.
+pub const SATURATION_FRACTION: f64 = 0.95;
+
 /// The result of one run, as stored in `summary.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// What was asked for.
     pub config: RunConfig,
-    /// Rate actually offered: messages sent per second of measured time (below
-    /// `config.rate` when the harness could not keep up).
+    /// Messages the schedule called for in the measured phase: sent + refused.
+    #[serde(default)]
+    pub offered: u64,
+    /// Messages offered per second of measured time (the asked rate, unless the harness
+    /// stopped early).
     pub offered_rate: f64,
-    /// Messages received per second of measured time.
+    /// Replies received per second over `receive_window_s`.
     pub achieved_rate: f64,
-    /// Messages sent.
+    /// Messages sent on the wire.
     pub sent: u64,
+    /// Messages not sent: their connection already held the harness's send capacity
+    /// (back-pressure from the engine) or had closed.
+    #[serde(default)]
+    pub refused: u64,
+    /// Connections that closed or failed during the run.
+    #[serde(default)]
+    pub connection_errors: u64,
+    /// Seconds from the start of the measured phase to the later of its end and the last
+    /// measured reply.
+    #[serde(default)]
+    pub receive_window_s: f64,
+    /// Wall time of the whole run in seconds, connecting and closing included.
+    #[serde(default)]
+    pub wall_time_s: f64,
+    /// The engine did not keep up: achieved below 95 % of the asked rate, or nothing
+    /// measured. Latency and loss of a saturated run describe an overloaded engine.
+    #[serde(default)]
+    pub saturated: bool,
     /// Messages received intact.
     pub received: u64,
-    /// Messages never received.
+    /// Messages sent and never answered (neither a reply nor an error record).
     pub lost: u64,
     /// Messages received with a wrong payload.
     pub corrupted: u64,
@@ -207,9 +249,17 @@ impl Summary {
     /// let mut lat = Histogram::<u64>::new(3).unwrap();
     /// lat.record(2_000_000).unwrap();
     /// let lag = Histogram::<u64>::new(3).unwrap();
-    /// let counts = Counts { sent: 10_000, received: 9_990, lost: 10, ..Counts::default() };
-    /// let s = Summary::from_histograms(config, &lat, &lag, counts, Duration::from_secs(10));
+    /// let counts = Counts {
+    ///     offered: 10_000, sent: 10_000, received: 9_990, lost: 10, ..Counts::default()
+    /// };
+    /// let timing = bench_harness::summary::Timing {
+    ///     measured: Duration::from_secs(10),
+    ///     receive_window: Duration::from_secs(10),
+    ///     wall: Duration::from_secs(13),
+    /// };
+    /// let s = Summary::from_histograms(config, &lat, &lag, counts, timing);
     /// assert_eq!((s.offered_rate, s.achieved_rate), (1000.0, 999.0));
+    /// assert!(!s.saturated);
     /// assert_eq!(s.label(), "bs=16 bt=0.5ms @1000/s");
     /// ```
     pub fn from_histograms(
@@ -217,13 +267,26 @@ impl Summary {
         latency_ns: &Histogram<u64>,
         harness_lag_ns: &Histogram<u64>,
         counts: Counts,
-        measured: Duration,
+        timing: Timing,
     ) -> Self {
-        let secs = measured.as_secs_f64();
-        let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let per = |n: u64, d: Duration| {
+            let secs = d.as_secs_f64();
+            if secs > 0.0 {
+                n as f64 / secs
+            } else {
+                0.0
+            }
+        };
+        let achieved_rate = per(counts.received, timing.receive_window.max(timing.measured));
         Summary {
-            offered_rate: per_sec(counts.sent),
-            achieved_rate: per_sec(counts.received),
+            offered: counts.offered,
+            offered_rate: per(counts.offered, timing.measured),
+            achieved_rate,
+            refused: counts.refused,
+            connection_errors: counts.connection_errors,
+            receive_window_s: timing.receive_window.max(timing.measured).as_secs_f64(),
+            wall_time_s: timing.wall.as_secs_f64(),
+            saturated: counts.received == 0 || achieved_rate < SATURATION_FRACTION * config.rate,
             sent: counts.sent,
             received: counts.received,
             lost: counts.lost,
@@ -297,8 +360,14 @@ mod tests {
                 batch_timeout_ms: None,
                 cores: 2,
             },
+            offered: 24995,
             offered_rate: 4999.0,
             achieved_rate: 4990.5,
+            refused: 0,
+            connection_errors: 0,
+            receive_window_s: 5.0,
+            wall_time_s: 7.5,
+            saturated: false,
             sent: 24995,
             received: 24952,
             lost: 43,

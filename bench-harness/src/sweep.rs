@@ -127,10 +127,24 @@ pub fn sweep(
 }
 
 fn one(cfg: &SweepConfig, bs: u32, bt: Duration, rate: f64) -> Result<SweepRun, SweepError> {
+    run_config(&cfg.load, cfg.engine_shards, bs, bt, rate, &cfg.out)
+}
+
+/// Starts a fresh in-process engine (echo, `engine_shards` shards pinned from core 0) with
+/// this batch configuration, runs `load` at `rate` against it, stops it, and writes the run
+/// directory under `out`.
+pub fn run_config(
+    load: &LoadConfig,
+    engine_shards: usize,
+    bs: u32,
+    bt: Duration,
+    rate: f64,
+    out: &std::path::Path,
+) -> Result<SweepRun, SweepError> {
     let label = format!("bs={bs} bt={} @{}/s", format_duration(bt), rate.round());
     let engine = Engine::start(EngineConfig {
         listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-        shards: Some(cfg.engine_shards),
+        shards: Some(engine_shards),
         pin: true,
         batch: BatchPolicy {
             max_messages: bs as usize,
@@ -147,7 +161,7 @@ fn one(cfg: &SweepConfig, bs: u32, bt: Duration, rate: f64) -> Result<SweepRun, 
     let load_cfg = LoadConfig {
         target: engine.local_addr(),
         rate,
-        ..cfg.load.clone()
+        ..load.clone()
     };
     let result = load::run(&load_cfg, Arc::new(Progress::default()));
     let _ = engine.shutdown(Duration::from_secs(2));
@@ -155,7 +169,7 @@ fn one(cfg: &SweepConfig, bs: u32, bt: Duration, rate: f64) -> Result<SweepRun, 
         label: label.clone(),
         source,
     })?;
-    let dir = cfg.out.join(run_dir_name(bs, bt, rate));
+    let dir = out.join(run_dir_name(bs, bt, rate));
     let meta = RunMeta {
         load: load_cfg,
         batch_size: Some(bs),

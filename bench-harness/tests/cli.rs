@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use engine::{AppKind, Engine, EngineConfig};
 
@@ -96,4 +97,142 @@ fn bad_arguments_are_rejected() {
         err.starts_with("error: ") && err.contains("message size"),
         "{err}"
     );
+}
+
+/// The `engine` binary, built beside this one by the workspace test command
+/// (`cargo test --workspace` builds it for the engine's own CLI tests).
+fn engine_bin() -> std::path::PathBuf {
+    let p = std::path::Path::new(BIN).with_file_name("engine");
+    assert!(
+        p.is_file(),
+        "{} is missing: run the workspace tests (cargo test --workspace), which build it",
+        p.display()
+    );
+    p
+}
+
+/// Against an engine that is SIGSTOPped in the middle of the measured phase (it reads,
+/// ACKs and answers nothing any more), `run` ends within warmup + duration + drain + 2 s,
+/// says "saturated" and exits 2; with `--allow-saturation` the verdict is the same but only
+/// the loss decides the exit code.
+#[test]
+fn run_against_a_stopped_engine_ends_in_bounded_time_and_says_saturated() {
+    use std::io::BufRead;
+    let mut engine = Command::new(engine_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(engine.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let out = std::env::temp_dir().join(format!("bh-stop-{}", std::process::id()));
+    let pid = engine.id() as libc::pid_t;
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1200));
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    });
+    let (warmup, duration, drain) = (0.5, 2.0, 1.0);
+    let started = Instant::now();
+    let o = Command::new(BIN)
+        .args([
+            "run",
+            "--target",
+            &addr,
+            "--rate",
+            "4000",
+            "--connections",
+            "4",
+        ])
+        .args([
+            "--warmup",
+            "500ms",
+            "--duration",
+            "2s",
+            "--drain",
+            "1s",
+            "--no-pin",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let wall = started.elapsed().as_secs_f64();
+    stopper.join().unwrap();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let _ = engine.kill();
+    let _ = engine.wait();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let bound = warmup + duration + drain + 2.0;
+    assert!(
+        wall <= bound,
+        "run took {wall:.2} s, bound {bound} s\n{stdout}"
+    );
+    assert!(stdout.contains("SATURATED"), "{stdout}");
+    let s = bench_harness::summary::Summary::read_json(&out.join("summary.json")).unwrap();
+    assert!(s.saturated, "{s:?}");
+    assert!(s.wall_time_s <= bound, "{s:?}");
+    // Messages sent into the stopped engine were never answered; later ones were refused
+    // once the connections were full.
+    assert!(s.lost > 0, "{s:?}");
+    assert_eq!(s.offered, s.sent + s.refused, "{s:?}");
+    assert!(s.offered >= 7_900, "{s:?}");
+    // Loss decides the exit code: 1.
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A saturated run without loss exits 2, or 0 with `--allow-saturation`.
+#[test]
+fn saturation_without_loss_exits_two_unless_allowed() {
+    // An echo engine whose replies are slowed by a tiny queue and window cannot be made
+    // slow enough reliably; ask for a rate far above what one shard serves instead.
+    let e = Engine::start(EngineConfig::loopback(1)).unwrap();
+    for (allow, want) in [(false, 2), (true, 0)] {
+        let out = std::env::temp_dir().join(format!("bh-sat-{}-{allow}", std::process::id()));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--rate", "3000000", "--connections", "8"])
+            .args([
+                "--warmup",
+                "200ms",
+                "--duration",
+                "1s",
+                "--drain",
+                "4s",
+                "--no-pin",
+            ])
+            .args(["--target", &e.local_addr().to_string()])
+            .arg("--out")
+            .arg(&out);
+        if allow {
+            cmd.arg("--allow-saturation");
+        }
+        let o = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let s = bench_harness::summary::Summary::read_json(&out.join("summary.json")).unwrap();
+        assert!(s.saturated, "{s:?}");
+        assert!(s.refused > 0, "back-pressure refused messages: {s:?}");
+        assert_eq!(s.lost, 0, "a live engine answers everything it took: {s:?}");
+        assert_eq!(o.status.code(), Some(want), "{stdout}");
+        assert!(s.wall_time_s <= 0.2 + 1.0 + 4.0 + 2.0, "{s:?}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let st = e.stats();
+    assert_eq!(st.dropped(), 0, "{st:?}");
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use bench_harness::compare::{compare, compare_outputs, CompareError};
 use bench_harness::hgrm::{percentile_distribution_string, NS_TO_MS};
 use bench_harness::hlog::HlogWriter;
-use bench_harness::summary::{Counts, Mode, RunConfig, Summary};
+use bench_harness::summary::{Counts, Mode, RunConfig, Summary, Timing};
 use hdrhistogram::Histogram;
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
@@ -69,6 +69,9 @@ fn run_dir(root: &Path, name: &str, batch: u32, rate: f64, base_us: u64) -> Path
         cores: 1,
     };
     let counts = Counts {
+        offered: (rate * 2.0) as u64,
+        refused: 0,
+        connection_errors: 0,
         sent: (rate * 2.0) as u64,
         received: (rate * 2.0) as u64 - 3,
         lost: 3,
@@ -76,7 +79,12 @@ fn run_dir(root: &Path, name: &str, batch: u32, rate: f64, base_us: u64) -> Path
         errors: BTreeMap::new(),
     };
     let lag = Histogram::<u64>::new(3).unwrap();
-    Summary::from_histograms(config, &lat, &lag, counts, Duration::from_secs(2))
+    let timing = Timing {
+        measured: Duration::from_secs(2),
+        receive_window: Duration::from_secs(2),
+        wall: Duration::from_secs(3),
+    };
+    Summary::from_histograms(config, &lat, &lag, counts, timing)
         .write_json(&dir)
         .unwrap();
     dir
@@ -120,7 +128,10 @@ fn compare_two_run_directories() {
     assert!(lines[0].contains("| p99.9 |"));
     assert!(lines[2].starts_with("| bs=1 bt=0.5ms @1000/s "), "{md}");
     assert!(lines[2].contains("| 1000.0 |"), "{md}");
-    assert!(lines[2].trim_end().ends_with("|    3 |"), "{md}");
+    assert!(
+        lines[2].trim_end().ends_with("|    3 |  3.0 |      ok |"),
+        "{md}"
+    );
     assert!(lines[3].starts_with("| bs=16 bt=0.5ms @1000/s "), "{md}");
     assert_eq!(fs::read_to_string(out.join("comparison.md")).unwrap(), md);
 
@@ -128,13 +139,13 @@ fn compare_two_run_directories() {
     let csv_lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         csv_lines[0],
-        "config,rate,achieved,p50,p90,p99,p99.9,max,lost"
+        "config,rate,offered,sent,refused,achieved,p50,p90,p99,p99.9,max,lost,wall,verdict"
     );
     assert!(
-        csv_lines[1].starts_with("bs=1 bt=0.5ms @1000/s,1000.0,998.5,0.3"),
+        csv_lines[1].starts_with("bs=1 bt=0.5ms @1000/s,1000.0,2000,2000,0,998.5,0.3"),
         "{csv}"
     );
-    assert!(csv_lines[2].ends_with(",3"), "{csv}");
+    assert!(csv_lines[2].ends_with(",3,3.0,ok"), "{csv}");
 
     for name in ["percentiles", "latency_vs_throughput"] {
         assert_png(&out.join(format!("{name}.png")));
@@ -180,11 +191,11 @@ fn compare_mixed_inputs_and_families() {
     let result = compare_outputs(&inputs, &out).unwrap();
     let md = &result.markdown;
     let old = md.lines().find(|l| l.starts_with("| old-run ")).unwrap();
-    // rate, achieved and lost are unknown for a .hgrm
+    // rates, counts, loss and verdict are unknown for a .hgrm
     let cells: Vec<&str> = old.split('|').map(str::trim).collect();
-    assert_eq!(&cells[2..4], ["", ""], "{old}");
-    assert_eq!(cells[9], "", "{old}");
-    assert!(cells[4].parse::<f64>().unwrap() > 0.7, "{old}");
+    assert_eq!(&cells[2..7], ["", "", "", "", ""], "{old}");
+    assert_eq!(&cells[12..15], ["", "", ""], "{old}");
+    assert!(cells[7].parse::<f64>().unwrap() > 0.7, "{old}");
     assert!(md.lines().any(|l| l.starts_with("| other ")), "{md}");
     assert_eq!(result.files.len(), 6);
     for f in &result.files {

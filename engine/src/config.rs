@@ -38,7 +38,9 @@ pub struct EngineConfig {
     pub batch: BatchPolicy,
     /// Largest payload accepted; larger messages are refused with an error record.
     pub max_message_size: usize,
-    /// Bytes one destination may have queued before senders feeding it are paused.
+    /// Bytes one destination may have queued (its batch queue plus sealed bytes QUIC has
+    /// not taken yet) before senders feeding it stop being read, so back-pressure reaches
+    /// them through QUIC flow control. Default [`DEFAULT_QUEUE_CAPACITY`].
     pub queue_capacity: usize,
     /// Application for messages addressed to the node.
     pub app: AppKind,
@@ -57,6 +59,11 @@ pub struct EngineConfig {
 /// Default largest payload: 64 KiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
+/// Default queue capacity per destination: 256 KiB, a few milliseconds of traffic for one
+/// busy connection, so a full destination pushes back on its senders quickly instead of
+/// buffering seconds of work.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 256 * 1024;
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -67,7 +74,7 @@ impl Default for EngineConfig {
             tls: None,
             batch: BatchPolicy::default(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            queue_capacity: 4 * 1024 * 1024,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
             app: AppKind::Echo,
             channel_capacity: 65_536,
             transport: TransportConfig::default(),

@@ -113,6 +113,21 @@ struct ServeArgs {
     /// (0 = never give up).
     #[arg(long, default_value_t = 10)]
     reconnect_attempts: u32,
+    /// Bytes one destination may have queued (batch queue plus sealed bytes not yet taken
+    /// by QUIC) before the node stops reading the senders feeding it; back-pressure then
+    /// reaches them through QUIC flow control.
+    #[arg(long, default_value_t = engine::config::DEFAULT_QUEUE_CAPACITY)]
+    queue_capacity: usize,
+    /// Close a connection with code 0x7 (STALLED) when data has waited this long for the
+    /// peer without the peer granting any flow-control credit (it stopped reading). Its
+    /// queued messages are counted as dropped with reason "stalled".
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    stall_timeout: Duration,
+    /// QUIC connection and stream receive window in bytes: how much a peer may have in
+    /// flight towards this node. Bounds the standing queue in front of a saturated node
+    /// (connections x window); raise it for paths with a large bandwidth-delay product.
+    #[arg(long, default_value_t = shards::session::DEFAULT_WINDOW)]
+    window: u64,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -235,6 +250,18 @@ fn serve(a: ServeArgs) -> Result<i32> {
     if a.pool_ttl.is_zero() {
         bail!("--pool-ttl must be above zero");
     }
+    if a.window < 16 * 1024 {
+        bail!("--window ({}) must be at least 16384 bytes", a.window);
+    }
+    if a.stall_timeout.is_zero() {
+        bail!("--stall-timeout must be above zero");
+    }
+    if a.queue_capacity < 4096 {
+        bail!(
+            "--queue-capacity ({}) must be at least 4096 bytes",
+            a.queue_capacity
+        );
+    }
     let reconnect = shards::lifecycle::BackoffPolicy {
         initial: a.reconnect_initial,
         max: a.reconnect_max,
@@ -247,12 +274,14 @@ fn serve(a: ServeArgs) -> Result<i32> {
     let cfg = EngineConfig {
         transport: shards::session::TransportConfig {
             idle_timeout: a.idle_timeout,
+            window: a.window,
             ..Default::default()
         },
         pool: shards::shard::PoolConfig {
             ttl: a.pool_ttl,
             keepalive,
             max_connections: a.max_connections,
+            stall_timeout: a.stall_timeout,
         },
         reconnect,
         listen: a.listen,
@@ -266,6 +295,7 @@ fn serve(a: ServeArgs) -> Result<i32> {
             ..BatchPolicy::default()
         },
         max_message_size: a.max_message_size,
+        queue_capacity: a.queue_capacity,
         app: match a.app {
             AppArg::Echo => AppKind::Echo,
             AppArg::Sink => AppKind::Sink,

@@ -32,6 +32,10 @@
 //! | `engine_queue_delay_seconds` | summary | `quantile` |
 //! | `engine_relay_delay_seconds` | summary | `quantile` |
 //! | `engine_handshake_seconds` | summary | `quantile` |
+//! | `engine_receive_delay_seconds` | summary | `quantile` |
+//! | `engine_connections_stalled_closed_total` | counter | |
+//! | `engine_socket_receive_drops_total` | counter | `shard` |
+//! | `engine_socket_receive_queue_bytes` | gauge | `shard` |
 //! | `engine_queued_bytes` | gauge | |
 //! | `engine_resident_memory_bytes` | gauge | |
 //! | `engine_messages_per_second` | gauge | |
@@ -41,7 +45,7 @@
 //! `{direction="in",outcome="delivered"}` handed to this node's application;
 //! `{direction="in",outcome="relayed"}` queued towards another peer;
 //! `{direction="in",outcome="dropped",reason="..."}` discarded, with `reason` one of
-//! unknown_destination, too_large, unreachable, shutting_down, sender_gone;
+//! unknown_destination, too_large, unreachable, shutting_down, sender_gone, stalled;
 //! `{direction="out",outcome="sealed"}` sealed and written to a connection.
 //! `received` is the total; delivered, relayed and dropped say what became of messages, so
 //! do not sum over `outcome`.
@@ -67,12 +71,13 @@ pub const QUANTILES: [(f64, &str); 4] =
     [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999")];
 
 /// Drop reasons, as the `reason` label spells them.
-pub const DROP_REASONS: [&str; 5] = [
+pub const DROP_REASONS: [&str; 6] = [
     "unknown_destination",
     "too_large",
     "unreachable",
     "shutting_down",
     "sender_gone",
+    "stalled",
 ];
 
 /// What metrics are read from: shared handles to every shard's counters and published
@@ -84,6 +89,9 @@ pub struct MetricsSource {
     histograms: Vec<SharedHistograms>,
     peers: Arc<PeerIndex>,
 }
+
+/// A shard's socket as the kernel sees it: `None` when `/proc/net/udp` has no entry for it.
+pub type SocketQueues = Vec<Option<crate::stats::SocketQueue>>;
 
 impl std::fmt::Debug for MetricsSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,6 +148,16 @@ impl MetricsSource {
         self.peers.state_counts()
     }
 
+    /// Each shard socket's kernel receive queue and drop count (`/proc/net/udp`).
+    pub fn socket_queues(&self) -> SocketQueues {
+        let inodes: Vec<u64> = self
+            .stats
+            .iter()
+            .map(|s| s.socket_inode.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        crate::stats::socket_queues(&inodes)
+    }
+
     /// A snapshot of the headline numbers; samples `rate` with the current message total.
     pub fn network_metrics(&self, rate: &mut RateMeter) -> NetworkMetrics {
         Snapshot::take(self, rate).network()
@@ -170,6 +188,10 @@ pub struct NetworkMetrics {
     pub resident_memory_bytes: Option<u64>,
     /// Bytes waiting in batch queues, not yet sealed.
     pub queued_bytes: u64,
+    /// Datagrams the kernel dropped at the shard sockets' full receive queues.
+    pub socket_receive_drops: u64,
+    /// 99th percentile time a datagram waited in a socket receive queue, nanoseconds.
+    pub receive_delay_p99_ns: u64,
     /// Messages received from peers.
     pub messages_in: u64,
     /// Messages sealed and written.
@@ -266,6 +288,7 @@ struct Snapshot {
     states: Vec<(ConnState, usize)>,
     rss: Option<u64>,
     rate: f64,
+    sockets: SocketQueues,
 }
 
 impl Snapshot {
@@ -280,6 +303,7 @@ impl Snapshot {
             states: src.state_counts(),
             rss: resident_memory_bytes(),
             rate,
+            sockets: src.socket_queues(),
         }
     }
 
@@ -304,6 +328,12 @@ impl Snapshot {
             latency_p999_ns: at(0.999),
             resident_memory_bytes: self.rss,
             queued_bytes: t.queued_bytes,
+            socket_receive_drops: self.sockets.iter().flatten().map(|q| q.drops).sum(),
+            receive_delay_p99_ns: if self.hist.receive_delay_ns.is_empty() {
+                0
+            } else {
+                self.hist.receive_delay_ns.value_at_quantile(0.99)
+            },
             messages_in: t.messages_in,
             messages_out: t.messages_out,
             delivered: t.delivered_local,
@@ -498,6 +528,12 @@ pub fn render_prometheus(src: &MetricsSource, rate: &mut RateMeter) -> String {
         );
     }
     out.single(
+        "engine_connections_stalled_closed_total",
+        "counter",
+        "Connections closed with code 0x7 (STALLED): data waited for the peer for the stall timeout without the peer granting flow-control credit.",
+        Num::Int(t.stalled_closed),
+    );
+    out.single(
         "engine_handshake_failures_total",
         "counter",
         "Connections that failed the Noise handshake.",
@@ -550,7 +586,7 @@ pub fn render_prometheus(src: &MetricsSource, rate: &mut RateMeter) -> String {
         "Messages. direction=in,outcome=received: every message read from a peer; \
          direction=in,outcome=delivered: handed to this node's application; \
          direction=in,outcome=relayed: queued towards another peer; \
-         direction=in,outcome=dropped: discarded, reason=unknown_destination|too_large|unreachable|shutting_down|sender_gone \
+         direction=in,outcome=dropped: discarded, reason=unknown_destination|too_large|unreachable|shutting_down|sender_gone|stalled \
          (also covers messages the local application sent); \
          direction=out,outcome=sealed: sealed and written to a connection. \
          received is the total and delivered/relayed/dropped are fates, so do not sum over outcome.",
@@ -674,6 +710,40 @@ pub fn render_prometheus(src: &MetricsSource, rate: &mut RateMeter) -> String {
         1e-9,
     );
 
+    out.summary(
+        "engine_receive_delay_seconds",
+        "Time a datagram waited in the kernel's socket receive queue before its shard read it (kernel receive timestamp to read; one datagram in 64 is measured), since start.",
+        &h.receive_delay_ns,
+        1e-9,
+    );
+    out.family(
+        "engine_socket_receive_drops_total",
+        "counter",
+        "Datagrams the kernel dropped at a shard's UDP socket (receive queue full), from /proc/net/udp; absent for a shard whose socket is not listed there.",
+    );
+    for (q, label) in snap.sockets.iter().zip(&shard_labels) {
+        if let Some(q) = q {
+            out.sample(
+                "engine_socket_receive_drops_total",
+                &[("shard", label)],
+                Num::Int(q.drops),
+            );
+        }
+    }
+    out.family(
+        "engine_socket_receive_queue_bytes",
+        "gauge",
+        "Bytes waiting in a shard's UDP socket receive queue right now, from /proc/net/udp.",
+    );
+    for (q, label) in snap.sockets.iter().zip(&shard_labels) {
+        if let Some(q) = q {
+            out.sample(
+                "engine_socket_receive_queue_bytes",
+                &[("shard", label)],
+                Num::Int(q.rx_queue_bytes),
+            );
+        }
+    }
     out.single(
         "engine_queued_bytes",
         "gauge",
@@ -698,13 +768,14 @@ pub fn render_prometheus(src: &MetricsSource, rate: &mut RateMeter) -> String {
 }
 
 /// Drop counts in [`DROP_REASONS`] order.
-fn drops(t: &EngineStats) -> [u64; 5] {
+fn drops(t: &EngineStats) -> [u64; 6] {
     [
         t.dropped_unknown_destination,
         t.dropped_too_large,
         t.dropped_unreachable,
         t.dropped_shutting_down,
         t.dropped_sender_gone,
+        t.dropped_stalled,
     ]
 }
 
@@ -1095,7 +1166,11 @@ mod tests {
     use std::collections::{HashMap, HashSet};
     use std::net::SocketAddr;
 
-    const REQUIRED: [(&str, &str); 22] = [
+    const REQUIRED: [(&str, &str); 26] = [
+        ("engine_receive_delay_seconds", "summary"),
+        ("engine_connections_stalled_closed_total", "counter"),
+        ("engine_socket_receive_drops_total", "counter"),
+        ("engine_socket_receive_queue_bytes", "gauge"),
         ("engine_connections", "gauge"),
         ("engine_shard_connections", "gauge"),
         ("engine_messages_total", "counter"),

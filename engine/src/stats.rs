@@ -54,6 +54,10 @@ pub struct EngineStats {
     pub dropped_shutting_down: u64,
     /// Dropped: sender's connection ended before routing.
     pub dropped_sender_gone: u64,
+    /// Dropped: the destination stopped reading and was closed with them still queued.
+    pub dropped_stalled: u64,
+    /// Connections closed because the peer made no flow-control progress.
+    pub stalled_closed: u64,
     /// Bytes held in batch queues, not yet sealed.
     pub queued_bytes: u64,
     /// Connections refused (connection limit, draining).
@@ -94,6 +98,8 @@ impl EngineStats {
             t.dropped_unreachable += r(&s.dropped_unreachable);
             t.dropped_shutting_down += r(&s.dropped_shutting_down);
             t.dropped_sender_gone += r(&s.dropped_sender_gone);
+            t.dropped_stalled += r(&s.dropped_stalled);
+            t.stalled_closed += r(&s.stalled_closed);
             t.queued_bytes += r(&s.queued_bytes);
             t.refused += r(&s.refused);
             t.ttl_closed += r(&s.ttl_closed);
@@ -111,5 +117,99 @@ impl EngineStats {
             + self.dropped_unreachable
             + self.dropped_shutting_down
             + self.dropped_sender_gone
+            + self.dropped_stalled
+    }
+}
+
+/// The kernel's view of one UDP socket, from `/proc/net/udp` and `/proc/net/udp6`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketQueue {
+    /// Bytes waiting in the socket's receive queue now.
+    pub rx_queue_bytes: u64,
+    /// Datagrams the kernel dropped because the receive queue was full (or for other
+    /// receive errors), since the socket was created.
+    pub drops: u64,
+}
+
+/// Reads the receive queue and drop count of the UDP sockets with these inodes (as the
+/// shards record them); `None` for an inode that is not found (or 0).
+pub fn socket_queues(inodes: &[u64]) -> Vec<Option<SocketQueue>> {
+    let mut text = String::new();
+    for f in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(t) = std::fs::read_to_string(f) {
+            text.push_str(&t);
+        }
+    }
+    let table = parse_proc_net_udp(&text);
+    inodes
+        .iter()
+        .map(|ino| {
+            (*ino != 0)
+                .then(|| table.iter().find(|(i, _)| i == ino).map(|(_, q)| *q))
+                .flatten()
+        })
+        .collect()
+}
+
+/// Parses the lines of `/proc/net/udp{,6}` into (inode, queue) pairs; malformed lines and
+/// headers are skipped.
+pub fn parse_proc_net_udp(text: &str) -> Vec<(u64, SocketQueue)> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let queues = f.get(4)?;
+            let (_, rx) = queues.split_once(':')?;
+            let rx_queue_bytes = u64::from_str_radix(rx, 16).ok()?;
+            let inode = f.get(9)?.parse().ok()?;
+            let drops = f.get(12)?.parse().ok()?;
+            Some((
+                inode,
+                SocketQueue {
+                    rx_queue_bytes,
+                    drops,
+                },
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_udp_lines() {
+        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  123: 0100007F:1151 00000000:0000 07 00000000:00003A00 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n\
+  124: garbage\n\
+  125: 00000000000000000000000001000000:1151 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 99 2 0000000000000000 0\n";
+        let t = parse_proc_net_udp(text);
+        assert_eq!(
+            t,
+            vec![
+                (
+                    4242,
+                    SocketQueue {
+                        rx_queue_bytes: 0x3A00,
+                        drops: 17
+                    }
+                ),
+                (99, SocketQueue::default()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_real_socket_is_found() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ino = {
+            use std::os::fd::AsRawFd;
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::fstat(s.as_raw_fd(), &mut st) }, 0);
+            st.st_ino
+        };
+        let q = socket_queues(&[ino, 0]);
+        assert_eq!(q[0], Some(SocketQueue::default()));
+        assert_eq!(q[1], None);
     }
 }

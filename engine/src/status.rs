@@ -261,6 +261,26 @@ pub(crate) fn render(samples: &[Sample]) -> String {
         "queued:            {}\n",
         bytes(sum(samples, "engine_queued_bytes", &[]))
     ));
+    let rq = |quantile| {
+        seconds(sum(
+            samples,
+            "engine_receive_delay_seconds",
+            &[("quantile", quantile)],
+        ))
+    };
+    // A saturated engine shows here first: datagrams wait in (and fall out of) the kernel's
+    // socket queues before the shards read them.
+    out.push_str(&format!(
+        "socket receive:    delay p50 {}, p99 {}; queued {}; kernel drops {}\n",
+        rq("0.5"),
+        rq("0.99"),
+        bytes(sum(samples, "engine_socket_receive_queue_bytes", &[])),
+        count(sum(samples, "engine_socket_receive_drops_total", &[]))
+    ));
+    out.push_str(&format!(
+        "stalled closes:    {} (peers that stopped reading, code 0x7)\n",
+        count(sum(samples, "engine_connections_stalled_closed_total", &[]))
+    ));
     out
 }
 

@@ -232,6 +232,48 @@ impl Client {
         Ok(())
     }
 
+    /// Queues a message without blocking: returns `Ok(false)`, leaving nothing queued, when
+    /// the client already holds `send_capacity` bytes that the node has not taken
+    /// (back-pressure), after first sealing what was queued so QUIC can take what it may.
+    pub fn try_send_with_seq(
+        &mut self,
+        dst: PeerId,
+        seq: u64,
+        payload: Vec<u8>,
+    ) -> Result<bool, ClientError> {
+        self.check_open()?;
+        if self.queue.bytes() + self.session.pending_bytes() >= self.cfg.send_capacity {
+            self.flush()?;
+            if self.queue.bytes() + self.session.pending_bytes() >= self.cfg.send_capacity {
+                return Ok(false);
+            }
+        }
+        let r = Record::Message(Message {
+            dst,
+            src: self.me,
+            seq,
+            payload,
+        });
+        let size = r.encoded_len();
+        let now = Instant::now();
+        self.queue.push(r, size, now);
+        if self.queue.is_due(now) && self.cfg.batch.timeout > Duration::ZERO {
+            self.flush_due(false)?;
+        }
+        Ok(true)
+    }
+
+    /// Runs QUIC's timers if they are due (loss recovery, idle timeout, close).
+    fn run_timers(&mut self) {
+        if self
+            .session
+            .timeout_at()
+            .is_some_and(|t| t <= Instant::now())
+        {
+            self.session.on_timeout();
+        }
+    }
+
     fn check_open(&self) -> Result<(), ClientError> {
         if let Some(info) = self.session.close_info() {
             return Err(ClientError::Closed(describe(&info)));
@@ -291,6 +333,9 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let before = self.inbox.len();
         loop {
+            // Timers run on every call, even a zero-timeout one, so a caller that polls many
+            // clients in turn never leaves one without loss recovery or idle detection.
+            self.run_timers();
             if self.cfg.batch.timeout.is_zero() {
                 self.flush_due(true)?;
             } else {
@@ -331,13 +376,7 @@ impl Client {
         };
         // SAFETY: one valid pollfd, a valid timespec, no signal mask.
         unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-        if self
-            .session
-            .timeout_at()
-            .is_some_and(|t| t <= Instant::now())
-        {
-            self.session.on_timeout();
-        }
+        self.run_timers();
         self.read_socket()?;
         self.read_session()?;
         self.drive()
@@ -427,6 +466,27 @@ impl Client {
     /// Whether the connection is closed.
     pub fn is_closed(&self) -> bool {
         self.session.is_closed()
+    }
+
+    /// Starts a graceful close without waiting: flushes what is queued and finishes the
+    /// session stream. Keep calling [`Client::poll`] until [`Client::is_closed`], then (or
+    /// at the caller's deadline) [`Client::abort`]. Lets a caller close many clients at
+    /// once under one deadline.
+    pub fn start_close(&mut self) -> Result<(), ClientError> {
+        if self.session.is_open() {
+            self.flush()?;
+            self.session.finish();
+        }
+        self.drive()
+    }
+
+    /// Closes the connection now (`NO_ERROR`, reason `client closing`) if it is not closed
+    /// yet, and sends the close.
+    pub fn abort(&mut self) {
+        if !self.session.is_closed() {
+            self.session.close(close_code::NO_ERROR, "client closing");
+            let _ = self.drive();
+        }
     }
 
     /// Flushes what is queued, finishes the session stream and waits (up to `timeout`) for

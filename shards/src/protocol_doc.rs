@@ -208,7 +208,7 @@ fn code_tables_match_code() {
         .iter()
         .filter_map(|r| Some((r.first()?.parse::<u16>().ok()?, r.get(1)?.clone())))
         .collect();
-    for n in 1..=4u16 {
+    for n in 1..=5u16 {
         let name = error_names
             .get(&n)
             .unwrap_or_else(|| panic!("ERROR code {n} missing from the table"));
@@ -220,7 +220,7 @@ fn code_tables_match_code() {
     }
     assert_eq!(
         error_names.len(),
-        4,
+        5,
         "unexpected ERROR code rows: {error_names:?}"
     );
 
@@ -239,6 +239,7 @@ fn code_tables_match_code() {
         ("FRAME_TOO_LARGE", close_code::FRAME_TOO_LARGE),
         ("CONNECTION_LIMIT", close_code::CONNECTION_LIMIT),
         ("INTERNAL_ERROR", close_code::INTERNAL_ERROR),
+        ("STALLED", close_code::STALLED),
     ];
     for (name, code) in expected {
         assert_eq!(close.get(name), Some(&code), "close code {name}");

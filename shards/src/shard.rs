@@ -36,8 +36,15 @@ const MAX_SESSION_BACKLOG: usize = 256 * 1024;
 /// Records from the app or other shards held while their destination is full, before the
 /// shard stops taking more from the mesh.
 const WAITING_LIMIT: usize = 1024;
-/// How often blocked work (stalled senders, full channels) is retried while it exists.
-const STALL_RETRY: Duration = Duration::from_millis(1);
+/// How often a record blocked on the embedding program's full delivery channel is retried
+/// (that channel cannot say when it has room). Records blocked on a peer's flow control or
+/// on the mesh are retried when room appears, never on a timer.
+const APP_RETRY: Duration = Duration::from_millis(1);
+/// Pause after a failed UDP receive before trying again.
+const RECV_ERROR_PAUSE: Duration = Duration::from_millis(1);
+/// One datagram in this many has its time in the kernel's receive queue measured
+/// (SIOCGSTAMPNS costs a system call).
+const RX_DELAY_SAMPLE: u64 = 64;
 
 /// What the node does with messages addressed to itself.
 #[derive(Clone, Debug)]
@@ -155,6 +162,15 @@ pub struct ShardStats {
     pub dropped_shutting_down: AtomicU64,
     /// Dropped: the sender's own connection ended before its messages were routed.
     pub dropped_sender_gone: AtomicU64,
+    /// Dropped: the destination stopped reading and its connection was closed for it
+    /// ([`close_code::STALLED`]) with these messages still queued.
+    pub dropped_stalled: AtomicU64,
+    /// Connections closed because the peer made no flow-control progress for the stall
+    /// timeout while data waited for it.
+    pub stalled_closed: AtomicU64,
+    /// Inode of this shard's UDP socket (0 = unknown), so the engine can read the kernel's
+    /// receive-queue drops for it from `/proc/net/udp`.
+    pub socket_inode: AtomicU64,
     /// Bytes held in batch queues, not yet sealed (gauge).
     pub queued_bytes: AtomicU64,
     /// Connections refused (connection limit, draining).
@@ -217,14 +233,24 @@ pub enum ShardMsg {
     Finish(u64),
 }
 
+/// What a queued record is, for the counters and histograms kept when it is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A message relayed for another peer (relay-delay histogram).
+    Relayed,
+    /// The echo handler's reply: the message counts as delivered once this is sealed.
+    EchoReply,
+    /// Anything else (the local application's messages, ERROR records).
+    Other,
+}
+
 /// A record in a destination's batch queue.
 #[derive(Debug)]
 struct Queued {
     record: Record,
     /// When it reached this node.
     received: Instant,
-    /// Whether it is a message relayed for another peer (for the relay-delay histogram).
-    relayed: bool,
+    kind: Kind,
 }
 
 /// Everything a shard needs to run.
@@ -275,7 +301,13 @@ pub struct PoolConfig {
     pub keepalive: Duration,
     /// Cap on connections across all shards (accepted and dialed); `None` = no cap.
     pub max_connections: Option<usize>,
+    /// Close a connection with [`close_code::STALLED`] when data has waited for the peer
+    /// this long without the peer granting any flow-control credit (it stopped reading).
+    pub stall_timeout: Duration,
 }
+
+/// Default [`PoolConfig::stall_timeout`].
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -283,6 +315,7 @@ impl Default for PoolConfig {
             ttl: Duration::from_secs(300),
             keepalive: Duration::from_secs(10),
             max_connections: None,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -353,6 +386,15 @@ struct Conn {
     refused: bool,
     /// Listed in `State::dirty` this turn.
     dirty: bool,
+    /// Listed in `State::blocked`: it stopped reading because a destination (or its own
+    /// queue) was full, and is serviced again when room appears.
+    blocked: bool,
+    /// When the peer last made flow-control progress (or nothing waited for it).
+    progress_at: Instant,
+    /// [`Session::accepted_bytes`] when progress was last seen.
+    accepted_mark: u64,
+    /// Closed by the stall detector: what it still holds counts as `stalled`.
+    stall_closed: bool,
     /// The pool entry (dialed address) this connection serves, for outbound connections.
     outbound: Option<SocketAddr>,
     /// Whether this connection holds a slot of the connection cap.
@@ -376,6 +418,29 @@ struct Outbound {
 }
 
 impl Conn {
+    /// Whether sealed or queued data waits for this peer's flow-control credit.
+    fn output_waiting(&self) -> bool {
+        !self.queue.is_empty() || self.session.pending_bytes() > 0
+    }
+
+    /// Notes flow-control progress: the peer took bytes since the last look, or nothing
+    /// waits for it.
+    fn note_progress(&mut self, now: Instant) {
+        let accepted = self.session.accepted_bytes();
+        if accepted != self.accepted_mark || !self.output_waiting() {
+            self.accepted_mark = accepted;
+            self.progress_at = now;
+        }
+    }
+
+    /// When the stall detector closes this connection if the peer still takes nothing.
+    fn stall_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
+        if self.peer.is_none() || self.session.is_closing() || !self.output_waiting() {
+            return None;
+        }
+        Some(self.progress_at + pool.stall_timeout)
+    }
+
     /// When the pool next has work on this connection: a keep-alive PING or the TTL.
     fn pool_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
         if self.peer.is_none() || self.finished || self.session.is_closing() {
@@ -410,6 +475,12 @@ struct State {
     wake_hint: Option<Instant>,
     /// Connections that still have readable data after their per-turn frame budget.
     resume: Vec<ConnKey>,
+    /// Connections that stopped reading for lack of room somewhere (see `Conn::blocked`).
+    blocked: Vec<ConnKey>,
+    /// A record waits for the embedding program's delivery channel (retried on a timer).
+    app_blocked: bool,
+    /// Datagrams received, for sampling the receive delay.
+    rx_count: u64,
     /// Peers this shard dials, by address, and their ids once known.
     outbound: HashMap<SocketAddr, Outbound>,
     outbound_peer: HashMap<PeerId, SocketAddr>,
@@ -419,6 +490,81 @@ struct State {
     hist: Histograms,
     last_publish: Instant,
     rng: rand::rngs::ThreadRng,
+    /// Signalled when `waiting` shrinks (the command and mesh tasks wait for it).
+    room: Rc<Notify>,
+    /// Signalled when `hop_backlog` gains records (the hop task waits for it).
+    hops: Rc<Notify>,
+}
+
+/// Records waiting for other shards before senders feeding them are paused.
+const HOP_BACKLOG_LIMIT: usize = 1024;
+
+/// Wakes the tasks of one executor that wait for a condition to change. Every waiter is
+/// woken and re-checks its condition; nothing is polled on a timer.
+#[derive(Default)]
+struct Notify {
+    epoch: std::cell::Cell<u64>,
+    wakers: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.epoch.set(self.epoch.get().wrapping_add(1));
+        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Resolves after the next [`Notify::notify`] (counted from this call, not from the
+    /// first poll, so a check followed by `wait` cannot miss a signal in between).
+    fn wait(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let start = self.epoch.get();
+        futures_lite::future::poll_fn(move |cx| {
+            if self.epoch.get() != start {
+                return std::task::Poll::Ready(());
+            }
+            let mut wakers = self.wakers.borrow_mut();
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+    }
+}
+
+/// `SIOCGSTAMPNS` from linux/sockios.h (its 64-bit `timespec` form; libc does not name it).
+const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
+
+/// How long the datagram the socket returned last waited in the kernel's receive queue:
+/// now minus the kernel's receive timestamp (SIOCGSTAMPNS). The first call on a socket turns
+/// timestamping on and returns `None`.
+fn kernel_queue_delay(fd: std::os::fd::RawFd) -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: SIOCGSTAMPNS writes one `timespec` through the pointer, which is valid and
+    // outlives the call; the fd is this shard's open socket.
+    let rc = unsafe { libc::ioctl(fd, SIOCGSTAMPNS as _, &mut ts as *mut libc::timespec) };
+    if rc != 0 {
+        return None;
+    }
+    let stamp = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(ts.tv_sec).ok()?,
+            u32::try_from(ts.tv_nsec).ok()?,
+        );
+    std::time::SystemTime::now().duration_since(stamp).ok()
+}
+
+/// The inode of a socket, which names it in `/proc/net/udp`.
+fn socket_inode(fd: std::os::fd::RawFd) -> Option<u64> {
+    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat buffer and `fd` an open descriptor.
+    let rc = unsafe { libc::fstat(fd, &mut st) };
+    (rc == 0).then_some(st.st_ino)
 }
 
 /// A started shard's handle, held by the engine.
@@ -446,6 +592,9 @@ pub async fn run(
     >,
 ) -> Result<(), String> {
     let local_addr = socket.local_addr().map_err(|e| e.to_string())?;
+    if let Some(ino) = socket_inode(std::os::fd::AsRawFd::as_raw_fd(&socket)) {
+        cfg.stats.socket_inode.store(ino, Ordering::Relaxed);
+    }
     // SAFETY: the fd comes from a std socket we own; ownership moves to glommio.
     let socket = unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) };
     let server_cfg = if cfg.accept {
@@ -486,6 +635,9 @@ pub async fn run(
             draining: None,
             wake_hint: None,
             resume: Vec::new(),
+            blocked: Vec::new(),
+            app_blocked: false,
+            rx_count: 0,
             outbound: HashMap::new(),
             outbound_peer: HashMap::new(),
             decode_buf: Vec::new(),
@@ -493,6 +645,8 @@ pub async fn run(
             hist: Histograms::new(),
             last_publish: Instant::now(),
             rng: rand::thread_rng(),
+            room: Rc::new(Notify::default()),
+            hops: Rc::new(Notify::default()),
         }),
         socket,
         senders,
@@ -508,8 +662,12 @@ pub async fn run(
                 loop {
                     // Stop taking from the mesh while earlier records still wait for room:
                     // the channel then fills and the sending shard pauses its senders.
-                    while sh.st.borrow().waiting.len() >= WAITING_LIMIT {
-                        glommio::timer::sleep(STALL_RETRY).await;
+                    loop {
+                        let room = sh.st.borrow().room.clone();
+                        if sh.st.borrow().waiting.len() < WAITING_LIMIT {
+                            break;
+                        }
+                        room.wait().await;
                     }
                     let Some(msg) = rx.recv().await else { break };
                     match msg {
@@ -525,6 +683,10 @@ pub async fn run(
     {
         let sh = shard.clone();
         tasks.push(glommio::spawn_local(async move { sh.recv_loop().await }));
+    }
+    if shard.senders.is_some() {
+        let sh = shard.clone();
+        tasks.push(glommio::spawn_local(async move { sh.hop_loop().await }));
     }
     {
         let sh = shard.clone();
@@ -571,19 +733,73 @@ impl Shard {
 
     async fn recv_loop(self: Rc<Self>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);
         loop {
             match self.socket.recv_from(&mut buf).await {
                 Ok((n, from)) => {
-                    if let Some(pkt) = buf.get_mut(..n) {
-                        self.st.borrow_mut().on_datagram(pkt, from);
+                    {
+                        let mut st = self.st.borrow_mut();
+                        st.rx_count += 1;
+                        if st.rx_count % RX_DELAY_SAMPLE == 1 {
+                            if let Some(d) = kernel_queue_delay(fd) {
+                                st.hist
+                                    .receive_delay_ns
+                                    .saturating_record(d.as_nanos() as u64);
+                            }
+                        }
+                        if let Some(pkt) = buf.get_mut(..n) {
+                            st.on_datagram(pkt, from);
+                        }
                     }
                     self.flush_outbox().await;
                     self.poke();
                 }
                 Err(e) => {
                     tracing::warn!("udp recv failed: {e}");
-                    glommio::timer::sleep(STALL_RETRY).await;
+                    glommio::timer::sleep(RECV_ERROR_PAUSE).await;
                 }
+            }
+        }
+    }
+
+    /// Moves records bound for other shards into the mesh, in order, waiting (without
+    /// polling) while a channel is full; senders blocked on the backlog limit are retried
+    /// as it drains.
+    async fn hop_loop(self: Rc<Self>) {
+        let Some(senders) = &self.senders else { return };
+        loop {
+            let next = {
+                let mut st = self.st.borrow_mut();
+                let full = st.hop_backlog.len() >= HOP_BACKLOG_LIMIT;
+                st.hop_backlog.pop_front().map(|h| (h, full))
+            };
+            let Some(((shard, msg), was_full)) = next else {
+                let hops = self.st.borrow().hops.clone();
+                let wait = hops.wait();
+                if self.st.borrow().hop_backlog.is_empty() {
+                    wait.await;
+                }
+                continue;
+            };
+            match senders.send_to(shard, msg).await {
+                Ok(()) => {}
+                Err(glommio::GlommioError::Closed(glommio::ResourceType::Channel(msg))) => {
+                    // The other shard has stopped (drain): report what cannot go there.
+                    if let ShardMsg::Deliver(h) = msg {
+                        let mut st = self.st.borrow_mut();
+                        let origin = st.origin_of(&h.record);
+                        st.undeliverable(origin, h.record, ErrorCode::ShuttingDown, Instant::now());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cross-shard send to {shard} failed: {e}");
+                    inc(&self.st.borrow().cfg.stats.dropped_shutting_down);
+                }
+            }
+            if was_full {
+                self.st.borrow_mut().retry_blocked(Instant::now());
+                self.flush_outbox().await;
+                self.poke();
             }
         }
     }
@@ -616,38 +832,6 @@ impl Shard {
         self.st.borrow_mut().on_tick(Instant::now());
     }
 
-    /// Moves records bound for other shards into the mesh, as far as channels have room.
-    fn push_hops(&self) {
-        let mut st = self.st.borrow_mut();
-        if let Some(senders) = &self.senders {
-            while let Some((shard, hop)) = st.hop_backlog.pop_front() {
-                match senders.try_send_to(shard, hop) {
-                    Ok(()) => {}
-                    Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(h))) => {
-                        st.hop_backlog.push_front((shard, h));
-                        break;
-                    }
-                    Err(glommio::GlommioError::Closed(glommio::ResourceType::Channel(msg))) => {
-                        // The other shard has stopped (drain): report what cannot go there.
-                        if let ShardMsg::Deliver(h) = msg {
-                            let origin = st.origin_of(&h.record);
-                            st.undeliverable(
-                                origin,
-                                h.record,
-                                ErrorCode::ShuttingDown,
-                                Instant::now(),
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("cross-shard send to {shard} failed: {e}");
-                        inc(&st.cfg.stats.dropped_shutting_down);
-                    }
-                }
-            }
-        }
-    }
-
     fn on_hop(&self, hop: Hop) {
         let mut st = self.st.borrow_mut();
         let now = Instant::now();
@@ -669,8 +853,16 @@ impl Shard {
     ) -> Result<(), String> {
         loop {
             // Stop taking commands while earlier ones wait for room (back-pressure to the app).
-            while !self.st.borrow().waiting.is_empty() && self.st.borrow().draining.is_none() {
-                glommio::timer::sleep(STALL_RETRY).await;
+            loop {
+                let room = self.st.borrow().room.clone();
+                let wait = room.wait();
+                {
+                    let st = self.st.borrow();
+                    if st.waiting.is_empty() || st.draining.is_some() {
+                        break;
+                    }
+                }
+                wait.await;
             }
             let draining = self.st.borrow().draining;
             let cmd = match draining {
@@ -713,7 +905,6 @@ impl Shard {
     }
 
     async fn flush_outbox(&self) {
-        self.push_hops();
         loop {
             let item = self.st.borrow_mut().outbox.pop_front();
             let Some((pkt, to)) = item else { break };
@@ -753,6 +944,7 @@ impl State {
                 consider(c.queue.deadline());
             }
             consider(c.pool_deadline(&self.cfg.pool));
+            consider(c.stall_deadline(&self.cfg.pool));
         }
         if self.draining.is_none() {
             for ob in self.outbound.values() {
@@ -765,11 +957,10 @@ impl State {
         if !self.resume.is_empty() {
             consider(Some(now));
         }
-        if !self.waiting.is_empty()
-            || !self.hop_backlog.is_empty()
-            || self.conns.values().any(|c| !c.stalled.is_empty())
-        {
-            consider(Some(now + STALL_RETRY));
+        // Records blocked on a peer's flow control or on the mesh are retried when room
+        // appears (datagrams, the hop task); only the application channel needs a timer.
+        if self.app_blocked {
+            consider(Some(now + APP_RETRY));
         }
         if self.draining.is_some() {
             consider(Some(now + Duration::from_millis(5)));
@@ -829,7 +1020,46 @@ impl State {
         // ACKs may have opened the window: seal what is due, then run the send loop.
         self.flush_queue(key, now, false);
         self.drive(key);
+        // ... and made room for senders that stopped reading.
+        if !self.blocked.is_empty() || !self.waiting.is_empty() {
+            self.retry_blocked(now);
+        }
         self.end_turn(now);
+    }
+
+    /// Routes what waited for room: records from the application and other shards, then
+    /// the connections that stopped reading. Called when room may have appeared (a
+    /// datagram, the hop backlog draining, a connection closing, a tick).
+    fn retry_blocked(&mut self, now: Instant) {
+        self.app_blocked = false;
+        self.retry_waiting(now);
+        let keys = std::mem::take(&mut self.blocked);
+        for k in keys {
+            if let Some(c) = self.conns.get_mut(&k) {
+                c.blocked = false;
+            } else {
+                continue;
+            }
+            self.service(k, now);
+            self.flush_queue(k, now, false);
+            self.drive(k);
+        }
+    }
+
+    /// Lists `key` as having stopped reading for lack of room.
+    fn mark_blocked(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if !c.blocked {
+                c.blocked = true;
+                self.blocked.push(key);
+            }
+        }
+    }
+
+    /// Queues a record for another shard; the hop task sends it.
+    fn push_hop(&mut self, shard: usize, msg: ShardMsg) {
+        self.hop_backlog.push_back((shard, msg));
+        self.hops.notify();
     }
 
     fn accept(&mut self, odcid: &[u8], from: SocketAddr, now: Instant) -> Option<ConnKey> {
@@ -885,6 +1115,10 @@ impl State {
                 finished: false,
                 refused: false,
                 dirty: false,
+                blocked: false,
+                progress_at: Instant::now(),
+                accepted_mark: 0,
+                stall_closed: false,
                 outbound: None,
                 holds_slot: false,
                 last_ping: Instant::now(),
@@ -1045,8 +1279,12 @@ impl State {
         self.outbound_peer.insert(peer, addr);
         self.transition(addr, LifeEvent::Established, now);
         for (r, received) in pending {
-            let relayed = matches!(&r, Record::Message(m) if m.src != self.self_id);
-            self.enqueue(key, r, received, relayed, now);
+            let kind = if matches!(&r, Record::Message(m) if m.src != self.self_id) {
+                Kind::Relayed
+            } else {
+                Kind::Other
+            };
+            self.enqueue(key, r, received, kind, now);
         }
     }
 
@@ -1056,18 +1294,23 @@ impl State {
         key: ConnKey,
         record: Record,
         received: Instant,
-        relayed: bool,
+        kind: Kind,
         now: Instant,
     ) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
+        if !c.output_waiting() {
+            // The stall clock starts when data starts waiting for this peer.
+            c.progress_at = now;
+            c.accepted_mark = c.session.accepted_bytes();
+        }
         let size = record.encoded_len();
         c.queue.push(
             Queued {
                 record,
                 received,
-                relayed,
+                kind,
             },
             size,
             now,
@@ -1246,6 +1489,7 @@ impl State {
         // Whatever still waits for room or for another shard is not going anywhere now.
         let now = Instant::now();
         let waiting: Vec<_> = self.waiting.drain(..).collect();
+        self.room.notify();
         for (_, _, r, _) in waiting {
             let origin = self.origin_of(&r);
             self.undeliverable(origin, r, ErrorCode::ShuttingDown, now);
@@ -1289,7 +1533,7 @@ impl State {
             let due = c.session.timeout_at().is_some_and(|t| t <= now)
                 || c.queue.deadline().is_some_and(|t| t <= now)
                 || c.pool_deadline(&self.cfg.pool).is_some_and(|t| t <= now)
-                || !c.stalled.is_empty()
+                || c.stall_deadline(&self.cfg.pool).is_some_and(|t| t <= now)
                 || c.session.is_closed();
             due.then_some(*k)
         }));
@@ -1306,7 +1550,7 @@ impl State {
             self.flush_queue(k, now, false);
             self.drive(k);
         }
-        self.retry_waiting(now);
+        self.retry_blocked(now);
         self.retry_due(now);
         self.end_turn(now);
         self.reap();
@@ -1315,12 +1559,32 @@ impl State {
         }
     }
 
-    /// Keep-alive and TTL for one connection.
+    /// Stall detection, keep-alive and TTL for one connection.
     fn pool_work(&mut self, key: ConnKey, now: Instant) {
         let pool = self.cfg.pool.clone();
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
+        c.note_progress(now);
+        if c.stall_deadline(&pool).is_some_and(|t| t <= now) {
+            // Data has waited this long without the peer granting any credit: it stopped
+            // reading. What it still holds is counted as `stalled` when it is removed.
+            tracing::info!(
+                shard = self.cfg.index,
+                conn = key,
+                queued = c.queue.len(),
+                "peer made no flow-control progress for {:?}: closing",
+                pool.stall_timeout
+            );
+            inc(&self.cfg.stats.stalled_closed);
+            c.stall_closed = true;
+            let reason = format!(
+                "no flow-control progress for {} ms",
+                pool.stall_timeout.as_millis()
+            );
+            c.session.close(close_code::STALLED, &reason);
+            return;
+        }
         if c.pool_deadline(&pool).is_none_or(|t| t > now) {
             return;
         }
@@ -1381,6 +1645,9 @@ impl State {
                 break;
             }
         }
+        if self.waiting.len() < n {
+            self.room.notify();
+        }
     }
 
     /// Reads and routes what a session has for us, as far as destinations have room.
@@ -1411,6 +1678,7 @@ impl State {
                     if let Some(c) = self.conns.get_mut(&key) {
                         c.stalled.push_front((r, t));
                     }
+                    self.mark_blocked(key);
                     return;
                 }
             }
@@ -1426,6 +1694,7 @@ impl State {
             };
             // Replies and errors go to this session's own queue: keep room for them.
             if c.queue.bytes() + c.session.pending_bytes() >= self.cfg.queue_capacity {
+                self.mark_blocked(key);
                 return;
             }
             let mut buf = std::mem::take(&mut self.decode_buf);
@@ -1542,7 +1811,7 @@ impl State {
         // still had queued is routed to the new one.
         match replaced {
             Some((shard, conn)) if shard == self.cfg.index => self.finish_conn(conn),
-            Some((shard, conn)) => self.hop_backlog.push_back((shard, ShardMsg::Finish(conn))),
+            Some((shard, conn)) => self.push_hop(shard, ShardMsg::Finish(conn)),
             None => {}
         }
         if let Some(pool_addr) = pool_addr {
@@ -1629,16 +1898,26 @@ impl State {
                 return RouteOutcome::Done;
             };
             if c.finished || c.session.is_closing() {
-                let code = self.gone_code();
+                let code = if c.stall_closed {
+                    ErrorCode::DestinationStalled
+                } else {
+                    self.gone_code()
+                };
                 self.undeliverable(origin, r, code, now);
                 return RouteOutcome::Done;
             }
             if c.queue.bytes() + c.session.pending_bytes() >= cap {
                 return RouteOutcome::Blocked(r);
             }
-            let relayed = origin != Origin::Local
-                && matches!(&r, Record::Message(m) if m.src != self.self_id);
-            self.enqueue(key, r, received, relayed, now);
+            let kind = match &r {
+                Record::Message(m) if m.src != self.self_id && origin != Origin::Local => {
+                    Kind::Relayed
+                }
+                // Our own message made while reading a peer's connection: an echo reply.
+                Record::Message(_) if matches!(origin, Origin::Conn(_)) => Kind::EchoReply,
+                _ => Kind::Other,
+            };
+            self.enqueue(key, r, received, kind, now);
             return RouteOutcome::Done;
         }
         if let Some(shard) = self.lookup_remote(&to) {
@@ -1647,17 +1926,17 @@ impl State {
                 self.undeliverable(origin, r, ErrorCode::DestinationUnreachable, now);
                 return RouteOutcome::Done;
             }
-            if self.hop_backlog.len() >= 1024 {
+            if self.hop_backlog.len() >= HOP_BACKLOG_LIMIT {
                 return RouteOutcome::Blocked(r);
             }
-            self.hop_backlog.push_back((
+            self.push_hop(
                 shard,
                 ShardMsg::Deliver(Hop {
                     to,
                     record: r,
                     received,
                 }),
-            ));
+            );
             return RouteOutcome::Done;
         }
         // A dialed peer whose connection is down (or being re-dialed) on this shard.
@@ -1740,11 +2019,9 @@ impl State {
                     payload: m.payload,
                 });
                 let to = m.src;
+                // Counted as delivered when the reply is sealed (flush_queue), not here.
                 match self.route_to_peer(origin, to, reply, received, Instant::now()) {
-                    RouteOutcome::Done => {
-                        inc(&self.stats().delivered_local);
-                        RouteOutcome::Done
-                    }
+                    RouteOutcome::Done => RouteOutcome::Done,
                     RouteOutcome::Blocked(Record::Message(reply)) => {
                         RouteOutcome::Blocked(Record::Message(Message {
                             dst: self.self_id,
@@ -1768,6 +2045,7 @@ impl State {
                         RouteOutcome::Done
                     }
                     Err(flume::TrySendError::Full(Delivery::Message { from, seq, payload })) => {
+                        self.app_blocked = true;
                         RouteOutcome::Blocked(Record::Message(Message {
                             dst: self.self_id,
                             src: from,
@@ -1793,11 +2071,15 @@ impl State {
         match code {
             ErrorCode::UnknownDestination => inc(&self.stats().dropped_unknown_destination),
             ErrorCode::ShuttingDown => inc(&self.stats().dropped_shutting_down),
+            ErrorCode::DestinationStalled => inc(&self.stats().dropped_stalled),
             _ => inc(&self.stats().dropped_unreachable),
         }
         let reason = match code {
             ErrorCode::UnknownDestination => format!("no connected peer {}", m.dst),
             ErrorCode::ShuttingDown => "node is shutting down".to_string(),
+            ErrorCode::DestinationStalled => {
+                format!("{} stopped reading; its connection was closed", m.dst)
+            }
             _ => format!("connection to {} ended before delivery", m.dst),
         };
         self.send_error(origin, m.src, code, m.seq, m.dst, reason, now);
@@ -1837,20 +2119,20 @@ impl State {
                 .is_some_and(|c| !c.finished && !c.session.is_closing())
             {
                 inc(&self.stats().errors_out);
-                self.enqueue(key, e, now, false, now);
+                self.enqueue(key, e, now, Kind::Other, now);
             }
             return;
         }
         if let Some(shard) = self.lookup_remote(&to) {
             inc(&self.stats().errors_out);
-            self.hop_backlog.push_back((
+            self.push_hop(
                 shard,
                 ShardMsg::Deliver(Hop {
                     to,
                     record: e,
                     received: now,
                 }),
-            ));
+            );
         }
     }
 
@@ -1911,6 +2193,7 @@ impl State {
             c.queue.pop_batch_into(&mut batch);
             let mut bytes = 0usize;
             let mut msgs = 0u64;
+            let mut echoes = 0u64;
             for (q, enqueued) in &batch {
                 bytes += q.record.encoded_len();
                 if matches!(q.record, Record::Message(_)) {
@@ -1919,7 +2202,10 @@ impl State {
                     self.hist
                         .queue_delay_ns
                         .saturating_record(waited.as_nanos() as u64);
-                    if q.relayed {
+                    if q.kind == Kind::EchoReply {
+                        echoes += 1;
+                    }
+                    if q.kind == Kind::Relayed {
                         let since = now.saturating_duration_since(q.received);
                         self.hist
                             .relay_delay_ns
@@ -1939,6 +2225,10 @@ impl State {
                         .stats
                         .messages_out
                         .fetch_add(msgs, Ordering::Relaxed);
+                    self.cfg
+                        .stats
+                        .delivered_local
+                        .fetch_add(echoes, Ordering::Relaxed);
                     c.activity.messages_out += msgs;
                     c.activity.bytes_out += bytes as u64;
                     c.last_activity = now;
@@ -1989,6 +2279,7 @@ impl State {
                 }
             }
         }
+        c.note_progress(Instant::now());
     }
 
     /// Removes closed sessions, reporting what they left undelivered.
@@ -1999,8 +2290,14 @@ impl State {
             .filter(|(_, c)| c.session.is_closed())
             .map(|(k, _)| *k)
             .collect();
+        let any = !closed.is_empty();
         for k in closed {
             self.drop_conn_state(k, ErrorCode::DestinationUnreachable);
+        }
+        // Senders blocked on a connection that is gone now get their ERROR records.
+        if any && (!self.blocked.is_empty() || !self.waiting.is_empty()) {
+            self.retry_blocked(Instant::now());
+            self.end_turn(Instant::now());
         }
     }
 
@@ -2071,6 +2368,8 @@ impl State {
         let now = Instant::now();
         let code = if self.draining.is_some() {
             ErrorCode::ShuttingDown
+        } else if c.stall_closed {
+            ErrorCode::DestinationStalled
         } else {
             code
         };

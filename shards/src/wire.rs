@@ -70,6 +70,9 @@ pub mod close_code {
     pub const CONNECTION_LIMIT: u64 = 0x5;
     /// The endpoint hit an internal error unrelated to the peer's behaviour.
     pub const INTERNAL_ERROR: u64 = 0x6;
+    /// The peer made no flow-control progress (it did not read what the node sent it) for
+    /// the node's stall timeout while the node had data waiting for it.
+    pub const STALLED: u64 = 0x7;
 }
 
 /// Identity of an endpoint on the wire (16 bytes), used to address messages.
@@ -155,6 +158,9 @@ pub enum ErrorCode {
     DestinationUnreachable,
     /// 4: the engine is shutting down and no longer forwards messages.
     ShuttingDown,
+    /// 5: the destination stopped reading (no flow-control progress for the node's stall
+    /// timeout) and its connection was closed with the message still queued.
+    DestinationStalled,
     /// Any other code, preserved as received.
     Other(u16),
 }
@@ -167,6 +173,7 @@ impl ErrorCode {
             2 => ErrorCode::MessageTooLarge,
             3 => ErrorCode::DestinationUnreachable,
             4 => ErrorCode::ShuttingDown,
+            5 => ErrorCode::DestinationStalled,
             other => ErrorCode::Other(other),
         }
     }
@@ -178,6 +185,7 @@ impl ErrorCode {
             ErrorCode::MessageTooLarge => 2,
             ErrorCode::DestinationUnreachable => 3,
             ErrorCode::ShuttingDown => 4,
+            ErrorCode::DestinationStalled => 5,
             ErrorCode::Other(code) => code,
         }
     }
@@ -677,6 +685,7 @@ mod tests {
             (2, ErrorCode::MessageTooLarge),
             (3, ErrorCode::DestinationUnreachable),
             (4, ErrorCode::ShuttingDown),
+            (5, ErrorCode::DestinationStalled),
             (0, ErrorCode::Other(0)),
             (77, ErrorCode::Other(77)),
         ] {

@@ -1,5 +1,6 @@
 //! The data path: echo, relay, steering, seal failures, errors, back-pressure, shutdown.
 
+mod backpressure;
 mod echo;
 mod errors;
 mod relay;

@@ -1,0 +1,414 @@
+//! `bench-harness knee`: the highest open-loop rate a batch configuration sustains.
+//!
+//! A rate *holds* when a run at it is not saturated (achieved at least 95 % of the asked
+//! rate), loses, refuses and corrupts nothing, gets no error records, and keeps p99 latency
+//! (from intended send time) at or below the target. The search ramps the rate up by
+//! doubling from `min_rate` until a rate fails (or `max_rate` holds), then bisects between
+//! the last rate that held and the first that failed until they are within `precision`.
+//! Every step starts a fresh engine, so one overloaded run cannot leave queues behind for
+//! the next. The knee is the last rate that held; it is the number performance work is
+//! judged by.
+//!
+//! The search itself is [`search`], driven by a closure, so its logic is tested without
+//! engines.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::load::LoadConfig;
+use crate::summary::Summary;
+use crate::sweep::{self, format_duration, SweepError};
+
+/// What to search.
+#[derive(Debug, Clone)]
+pub struct KneeConfig {
+    /// Engine batch sizes, one search each.
+    pub batch_sizes: Vec<u32>,
+    /// Engine batch timeouts, one search each (with every batch size).
+    pub batch_timeouts: Vec<Duration>,
+    /// p99 latency a rate must hold.
+    pub p99_target: Duration,
+    /// First rate tried (msg/s).
+    pub min_rate: f64,
+    /// Highest rate tried (msg/s).
+    pub max_rate: f64,
+    /// Stop bisecting when the failing rate is within this fraction above the holding one.
+    pub precision: f64,
+    /// Most runs per configuration.
+    pub max_steps: usize,
+    /// Engine shards.
+    pub engine_shards: usize,
+    /// The load (target and rate are set per step).
+    pub load: LoadConfig,
+    /// Where step run directories, knee.md/.csv/.json and the plot go.
+    pub out: PathBuf,
+}
+
+/// Whether a run held, and if not why.
+pub fn verdict(s: &Summary, p99_target: Duration) -> Result<(), String> {
+    let errors: u64 = s.errors.values().sum();
+    let target_ms = p99_target.as_secs_f64() * 1000.0;
+    if s.saturated {
+        return Err(format!(
+            "saturated (achieved {:.0}/s of {:.0}/s)",
+            s.achieved_rate, s.config.rate
+        ));
+    }
+    if s.lost > 0 || s.refused > 0 || s.corrupted > 0 || errors > 0 {
+        return Err(format!(
+            "lost {}, refused {}, corrupted {}, errors {}",
+            s.lost, s.refused, s.corrupted, errors
+        ));
+    }
+    if s.latency_ms.p99 > target_ms {
+        return Err(format!(
+            "p99 {:.3} ms above {:.3} ms",
+            s.latency_ms.p99, target_ms
+        ));
+    }
+    Ok(())
+}
+
+/// One run of a search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    /// Asked rate.
+    pub rate: f64,
+    /// Achieved rate.
+    pub achieved: f64,
+    /// p99 latency, ms.
+    pub p99_ms: f64,
+    /// Whether the rate held.
+    pub held: bool,
+    /// Why not, when it did not.
+    pub why: String,
+}
+
+/// The outcome of one configuration's search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Knee {
+    /// `bs=128 bt=0`.
+    pub config: String,
+    /// Batch size.
+    pub batch_size: u32,
+    /// Batch timeout, ms.
+    pub batch_timeout_ms: f64,
+    /// The highest rate that held; `None` when not even `min_rate` did.
+    pub knee: Option<f64>,
+    /// p99 at the knee, ms.
+    pub p99_at_knee_ms: Option<f64>,
+    /// The lowest rate that failed, if any was tried.
+    pub first_failure: Option<f64>,
+    /// Why it failed there.
+    pub failure: Option<String>,
+    /// `max_rate` itself held: the knee is at least this, the search was capped.
+    pub capped: bool,
+    /// Every run, in the order made.
+    pub steps: Vec<Step>,
+}
+
+/// What a search found.
+#[derive(Debug, Clone)]
+pub struct Search {
+    /// Every run, in order.
+    pub steps: Vec<Step>,
+    /// The highest rate that held (`None`: not even the minimum).
+    pub knee: Option<f64>,
+    /// The lowest rate that failed, if one was tried.
+    pub first_failure: Option<f64>,
+    /// The maximum rate held: the search was capped.
+    pub capped: bool,
+}
+
+/// The search, over a `try_rate` that runs one rate and says whether it held (with its
+/// achieved rate and p99).
+pub fn search(
+    min_rate: f64,
+    max_rate: f64,
+    precision: f64,
+    max_steps: usize,
+    mut try_rate: impl FnMut(f64) -> Result<Step, SweepError>,
+) -> Result<Search, SweepError> {
+    let mut steps = Vec::new();
+    let first = try_rate(min_rate)?;
+    let held = first.held;
+    steps.push(first);
+    if !held {
+        return Ok(Search {
+            steps,
+            knee: None,
+            first_failure: Some(min_rate),
+            capped: false,
+        });
+    }
+    let mut lo = min_rate;
+    let mut hi: Option<f64> = None;
+    let mut capped = false;
+    while hi.is_none() && steps.len() < max_steps {
+        let next = (lo * 2.0).min(max_rate);
+        if next <= lo {
+            capped = true;
+            break;
+        }
+        let s = try_rate(next)?;
+        let held = s.held;
+        steps.push(s);
+        if held {
+            lo = next;
+            if next >= max_rate {
+                capped = true;
+                break;
+            }
+        } else {
+            hi = Some(next);
+        }
+    }
+    while let Some(h) = hi {
+        if steps.len() >= max_steps || h - lo <= precision * lo {
+            break;
+        }
+        let mid = ((lo + h) / 2.0).round();
+        if mid <= lo || mid >= h {
+            break;
+        }
+        let s = try_rate(mid)?;
+        let held = s.held;
+        steps.push(s);
+        if held {
+            lo = mid;
+        } else {
+            hi = Some(mid);
+        }
+    }
+    Ok(Search {
+        steps,
+        knee: Some(lo),
+        first_failure: hi,
+        capped,
+    })
+}
+
+/// Runs the search for every configuration; `on_step` is told about each run.
+pub fn knee(
+    cfg: &KneeConfig,
+    mut on_step: impl FnMut(&str, &Step),
+) -> Result<Vec<Knee>, SweepError> {
+    if cfg.batch_sizes.is_empty() || cfg.batch_timeouts.is_empty() {
+        return Err(SweepError::Config(
+            "give at least one batch size and batch timeout".into(),
+        ));
+    }
+    if !(cfg.min_rate > 0.0 && cfg.max_rate >= cfg.min_rate) {
+        return Err(SweepError::Config(format!(
+            "need 0 < --min-rate ({}) <= --max-rate ({})",
+            cfg.min_rate, cfg.max_rate
+        )));
+    }
+    if !(cfg.precision > 0.0 && cfg.precision < 1.0) {
+        return Err(SweepError::Config(format!(
+            "--precision ({}) must be between 0 and 1",
+            cfg.precision
+        )));
+    }
+    let mut out = Vec::new();
+    for &bs in &cfg.batch_sizes {
+        for &bt in &cfg.batch_timeouts {
+            let config = format!("bs={bs} bt={}", format_duration(bt));
+            let dir = cfg.out.join(format!("bs{bs}-bt{}", format_duration(bt)));
+            let mut p99_by_rate = Vec::new();
+            let Search {
+                steps,
+                knee,
+                first_failure,
+                capped,
+            } = search(
+                cfg.min_rate,
+                cfg.max_rate,
+                cfg.precision,
+                cfg.max_steps,
+                |rate| {
+                    let run = sweep::run_config(&cfg.load, cfg.engine_shards, bs, bt, rate, &dir)?;
+                    let v = verdict(&run.summary, cfg.p99_target);
+                    let step = Step {
+                        rate,
+                        achieved: run.summary.achieved_rate,
+                        p99_ms: run.summary.latency_ms.p99,
+                        held: v.is_ok(),
+                        why: v.err().unwrap_or_default(),
+                    };
+                    p99_by_rate.push((rate, step.p99_ms));
+                    on_step(&config, &step);
+                    Ok(step)
+                },
+            )?;
+            let p99_at_knee_ms = knee.and_then(|k| {
+                steps
+                    .iter()
+                    .find(|s| s.held && s.rate == k)
+                    .map(|s| s.p99_ms)
+            });
+            let failure = first_failure.and_then(|f| {
+                steps
+                    .iter()
+                    .find(|s| !s.held && s.rate == f)
+                    .map(|s| s.why.clone())
+            });
+            out.push(Knee {
+                config,
+                batch_size: bs,
+                batch_timeout_ms: bt.as_secs_f64() * 1000.0,
+                knee,
+                p99_at_knee_ms,
+                first_failure,
+                failure,
+                capped,
+                steps,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The knee table as Markdown.
+pub fn markdown(knees: &[Knee], p99_target: Duration) -> String {
+    let mut s = String::from(
+        "| config | knee (msg/s) | p99 at knee (ms) | first failing rate | why it failed | runs |\n\
+         | --- | ---: | ---: | ---: | --- | ---: |\n",
+    );
+    for k in knees {
+        let knee = match (k.knee, k.capped) {
+            (Some(r), true) => format!(">= {r:.0}"),
+            (Some(r), false) => format!("{r:.0}"),
+            (None, _) => "below the minimum".to_string(),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            k.config,
+            knee,
+            k.p99_at_knee_ms
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_default(),
+            k.first_failure
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_default(),
+            k.failure.clone().unwrap_or_default().replace('|', "/"),
+            k.steps.len()
+        ));
+    }
+    s.push_str(&format!(
+        "\nA rate holds when p99 <= {} ms with nothing lost, refused or corrupted and at least 95 % of it achieved.\n",
+        p99_target.as_secs_f64() * 1000.0
+    ));
+    s
+}
+
+/// The knee table as CSV: config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped.
+pub fn csv(knees: &[Knee]) -> String {
+    let mut s = String::from("config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped\n");
+    for k in knees {
+        s.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            k.config,
+            k.batch_size,
+            k.batch_timeout_ms,
+            k.knee.map(|v| format!("{v:.0}")).unwrap_or_default(),
+            k.p99_at_knee_ms
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_default(),
+            k.capped
+        ));
+    }
+    s
+}
+
+/// Writes knee.md, knee.csv, knee.json and the p99-against-rate plot (knee.svg/png) into
+/// `dir`; returns the files written.
+pub fn write(
+    dir: &Path,
+    knees: &[Knee],
+    p99_target: Duration,
+) -> Result<Vec<PathBuf>, Box<dyn std::error::Error + Send + Sync>> {
+    std::fs::create_dir_all(dir)?;
+    let mut files = Vec::new();
+    let md = dir.join("knee.md");
+    std::fs::write(&md, markdown(knees, p99_target))?;
+    files.push(md);
+    let c = dir.join("knee.csv");
+    std::fs::write(&c, csv(knees))?;
+    files.push(c);
+    let j = dir.join("knee.json");
+    std::fs::write(&j, serde_json::to_string_pretty(knees)? + "\n")?;
+    files.push(j);
+    // p99 against asked rate, one line per configuration (the knee is where it leaves the
+    // target); saturated steps are plotted too, at their measured p99.
+    let points: Vec<(String, f64, f64)> = knees
+        .iter()
+        .flat_map(|k| {
+            k.steps
+                .iter()
+                .map(|s| (format!("{} @", k.config), s.rate, s.p99_ms))
+        })
+        .collect();
+    let (svg, png) = (dir.join("knee.svg"), dir.join("knee.png"));
+    crate::plot::latency_vs_throughput_plot(&points, &svg, &png)?;
+    files.push(svg);
+    files.push(png);
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(rate: f64, knee: f64) -> Step {
+        let held = rate <= knee;
+        Step {
+            rate,
+            achieved: rate.min(knee),
+            p99_ms: if held { 1.0 } else { 100.0 },
+            held,
+            why: if held {
+                String::new()
+            } else {
+                "saturated".into()
+            },
+        }
+    }
+
+    #[test]
+    fn ramps_then_bisects_to_within_precision() {
+        let s = search(1000.0, 1e9, 0.05, 40, |r| Ok(step(r, 61_000.0))).unwrap();
+        let steps = s.steps;
+        let knee = s.knee.unwrap();
+        let fail = s.first_failure.unwrap();
+        assert!((61_000.0 / 1.05..=61_000.0).contains(&knee), "{knee}");
+        assert!(fail > 61_000.0 && fail - knee <= 0.05 * knee, "{fail}");
+        assert!(!s.capped);
+        // Doubling: 1k, 2k, ..., 64k (fails), then bisection.
+        let rates: Vec<f64> = steps.iter().map(|s| s.rate).collect();
+        assert_eq!(&rates[..7], [1e3, 2e3, 4e3, 8e3, 16e3, 32e3, 64e3]);
+        assert!(steps.len() < 15, "{rates:?}");
+    }
+
+    #[test]
+    fn reports_a_failing_minimum_and_a_capped_maximum() {
+        let s = search(1000.0, 1e6, 0.05, 40, |r| Ok(step(r, 10.0))).unwrap();
+        assert_eq!(
+            (s.knee, s.first_failure, s.steps.len()),
+            (None, Some(1000.0), 1)
+        );
+        let s = search(1000.0, 5000.0, 0.05, 40, |r| Ok(step(r, 1e9))).unwrap();
+        assert_eq!(
+            (s.knee, s.first_failure, s.capped),
+            (Some(5000.0), None, true)
+        );
+    }
+
+    #[test]
+    fn stops_at_max_steps() {
+        let s = search(1.0, 1e12, 0.0001, 5, |r| Ok(step(r, 1e9))).unwrap();
+        assert_eq!(s.steps.len(), 5);
+    }
+}
