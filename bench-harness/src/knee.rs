@@ -323,7 +323,7 @@ pub fn csv(knees: &[Knee]) -> String {
     s
 }
 
-/// Writes knee.md, knee.csv, knee.json and the p99-against-rate plot (knee.svg/png) into
+/// Writes knee.md, knee.csv, knee.json and the p99-against-achieved-rate plot (knee.svg/png) into
 /// `dir`; returns the files written.
 pub fn write(
     dir: &Path,
@@ -341,14 +341,14 @@ pub fn write(
     let j = dir.join("knee.json");
     std::fs::write(&j, serde_json::to_string_pretty(knees)? + "\n")?;
     files.push(j);
-    // p99 against asked rate, one line per configuration (the knee is where it leaves the
-    // target); saturated steps are plotted too, at their measured p99.
+    // p99 against achieved rate, one line per configuration (the knee is where it leaves
+    // the target); failing steps are plotted too, at their measured p99.
     let points: Vec<(String, f64, f64)> = knees
         .iter()
         .flat_map(|k| {
             k.steps
                 .iter()
-                .map(|s| (format!("{} @", k.config), s.rate, s.p99_ms))
+                .map(|s| (format!("{} @", k.config), s.achieved, s.p99_ms))
         })
         .collect();
     let (svg, png) = (dir.join("knee.svg"), dir.join("knee.png"));

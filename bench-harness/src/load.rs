@@ -384,13 +384,15 @@ fn drive(
             break;
         }
         let elapsed = now.saturating_duration_since(origin);
-        let sending = elapsed < measure_end;
+        // Whether any peer still has messages due before the schedule's end (a pass that
+        // starts just after the end still sends what fell due just before it).
+        let mut sending = false;
         let mut next_due = now + Duration::from_millis(1);
         for p in peers.iter_mut() {
             if Instant::now() >= hard_deadline {
                 break 'run;
             }
-            if sending {
+            {
                 let mut budget = SENDS_PER_PASS;
                 let mut full = false;
                 // Send what is due by now (catching up after a stall, a bounded number per
@@ -445,6 +447,7 @@ fn drive(
                 if !p.dead {
                     let _ = p.client.flush();
                 }
+                sending |= intended_of(p, p.next_seq) < measure_end;
             }
             if p.dead {
                 continue;

@@ -24,7 +24,7 @@ enum Command {
     Run(bench_harness::cli::RunArgs),
     /// Find each batch configuration's knee: the highest open-loop rate that holds a p99
     /// target with nothing lost (in-process engines, ramp then bisection). Writes
-    /// knee.md/.csv/.json and a p99-against-rate plot.
+    /// knee.md/.csv/.json and a p99-against-achieved-rate plot.
     Knee(bench_harness::cli::KneeArgs),
     /// Start an engine per batch configuration (in-process), run the same load against
     /// each, and write per-run directories, a comparison table and plots.

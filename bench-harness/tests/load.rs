@@ -205,9 +205,16 @@ fn relay_mode_delivers_everything() {
         pin: false,
     };
     let r = load::run(&cfg, Arc::new(Progress::default())).unwrap();
-    assert!(r.sent >= 2_500, "sent {}", r.sent);
+    // 500/s per peer, due times in [0.2 s, 1.2 s): messages 100..600 of each of 6 peers,
+    // including the ones that fall due just before the end of the schedule.
+    assert_eq!(r.offered, 3_000, "{r:?}");
+    assert_eq!((r.sent, r.refused), (3_000, 0), "{r:?}");
     assert_eq!(r.lost(), 0, "{r:?}");
     assert_eq!(r.received, r.sent);
+    assert!(
+        r.wall_time < Duration::from_millis(200 + 1000 + 3000 + 2000),
+        "{r:?}"
+    );
     assert!(r.errors.is_empty());
     assert!(e.stats().relayed >= r.sent);
 }
