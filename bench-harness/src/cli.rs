@@ -326,9 +326,14 @@ pub struct KneeArgs {
     /// Stop when the lowest failing rate is within this fraction above the knee.
     #[arg(long, default_value_t = 0.05)]
     pub precision: f64,
-    /// Most runs per configuration.
+    /// Most rates tried per configuration.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=200))]
     pub max_steps: u32,
+    /// Runs per rate: a rate holds only if every run holds (a failing run ends the rate's
+    /// runs early). Near the knee single runs on a shared machine disagree; 2 or 3 gives a
+    /// knee that repeats.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeat: u32,
     /// Shards of each engine the search starts (pinned from core 0).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub engine_shards: u32,
@@ -350,6 +355,7 @@ pub fn knee_cmd(a: &KneeArgs) -> anyhow::Result<i32> {
         max_rate: a.max_rate,
         precision: a.precision,
         max_steps: a.max_steps as usize,
+        repeat: a.repeat as usize,
         engine_shards: a.engine_shards as usize,
         load: a.load.to_config(placeholder, 1.0),
         out: a.out.clone(),

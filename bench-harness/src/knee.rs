@@ -36,8 +36,11 @@ pub struct KneeConfig {
     pub max_rate: f64,
     /// Stop bisecting when the failing rate is within this fraction above the holding one.
     pub precision: f64,
-    /// Most runs per configuration.
+    /// Most rates tried per configuration.
     pub max_steps: usize,
+    /// Runs per rate; a rate holds only if every run holds (the machine's noise otherwise
+    /// decides single runs near the knee).
+    pub repeat: usize,
     /// Engine shards.
     pub engine_shards: usize,
     /// The load (target and rate are set per step).
@@ -103,7 +106,8 @@ pub struct Knee {
     pub first_failure: Option<f64>,
     /// Why it failed there.
     pub failure: Option<String>,
-    /// `max_rate` itself held: the knee is at least this, the search was capped.
+    /// No rate failed (`max_rate` held, or the step budget ran out while ramping): the knee
+    /// is at least this.
     pub capped: bool,
     /// Every run, in the order made.
     pub steps: Vec<Step>,
@@ -118,7 +122,8 @@ pub struct Search {
     pub knee: Option<f64>,
     /// The lowest rate that failed, if one was tried.
     pub first_failure: Option<f64>,
-    /// The maximum rate held: the search was capped.
+    /// No rate failed (the maximum rate or the step budget was reached first): the knee is
+    /// a lower bound.
     pub capped: bool,
 }
 
@@ -145,11 +150,11 @@ pub fn search(
     }
     let mut lo = min_rate;
     let mut hi: Option<f64> = None;
-    let mut capped = false;
+    // Until a rate fails, the knee is only a lower bound.
+    let mut capped = true;
     while hi.is_none() && steps.len() < max_steps {
         let next = (lo * 2.0).min(max_rate);
         if next <= lo {
-            capped = true;
             break;
         }
         let s = try_rate(next)?;
@@ -158,11 +163,11 @@ pub fn search(
         if held {
             lo = next;
             if next >= max_rate {
-                capped = true;
                 break;
             }
         } else {
             hi = Some(next);
+            capped = false;
         }
     }
     while let Some(h) = hi {
@@ -217,7 +222,6 @@ pub fn knee(
         for &bt in &cfg.batch_timeouts {
             let config = format!("bs={bs} bt={}", format_duration(bt));
             let dir = cfg.out.join(format!("bs{bs}-bt{}", format_duration(bt)));
-            let mut p99_by_rate = Vec::new();
             let Search {
                 steps,
                 knee,
@@ -229,16 +233,37 @@ pub fn knee(
                 cfg.precision,
                 cfg.max_steps,
                 |rate| {
-                    let run = sweep::run_config(&cfg.load, cfg.engine_shards, bs, bt, rate, &dir)?;
-                    let v = verdict(&run.summary, cfg.p99_target);
-                    let step = Step {
+                    // The worst of `repeat` runs decides.
+                    let mut step = Step {
                         rate,
-                        achieved: run.summary.achieved_rate,
-                        p99_ms: run.summary.latency_ms.p99,
-                        held: v.is_ok(),
-                        why: v.err().unwrap_or_default(),
+                        achieved: f64::INFINITY,
+                        p99_ms: 0.0,
+                        held: true,
+                        why: String::new(),
                     };
-                    p99_by_rate.push((rate, step.p99_ms));
+                    for i in 0..cfg.repeat.max(1) {
+                        let run_dir = if i == 0 {
+                            dir.clone()
+                        } else {
+                            dir.join(format!("repeat{i}"))
+                        };
+                        let run = sweep::run_config(
+                            &cfg.load,
+                            cfg.engine_shards,
+                            bs,
+                            bt,
+                            rate,
+                            &run_dir,
+                        )?;
+                        let v = verdict(&run.summary, cfg.p99_target);
+                        step.achieved = step.achieved.min(run.summary.achieved_rate);
+                        step.p99_ms = step.p99_ms.max(run.summary.latency_ms.p99);
+                        if let Err(why) = v {
+                            step.held = false;
+                            step.why = why;
+                            break;
+                        }
+                    }
                     on_step(&config, &step);
                     Ok(step)
                 },
@@ -274,7 +299,7 @@ pub fn knee(
 /// The knee table as Markdown.
 pub fn markdown(knees: &[Knee], p99_target: Duration) -> String {
     let mut s = String::from(
-        "| config | knee (msg/s) | p99 at knee (ms) | first failing rate | why it failed | runs |\n\
+        "| config | knee (msg/s) | p99 at knee (ms) | first failing rate | why it failed | rates tried |\n\
          | --- | ---: | ---: | ---: | --- | ---: |\n",
     );
     for k in knees {
@@ -407,8 +432,12 @@ mod tests {
     }
 
     #[test]
-    fn stops_at_max_steps() {
+    fn stops_at_max_steps_with_a_lower_bound() {
         let s = search(1.0, 1e12, 0.0001, 5, |r| Ok(step(r, 1e9))).unwrap();
         assert_eq!(s.steps.len(), 5);
+        assert_eq!(
+            (s.knee, s.first_failure, s.capped),
+            (Some(16.0), None, true)
+        );
     }
 }

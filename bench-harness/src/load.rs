@@ -108,8 +108,8 @@ pub struct LoadResult {
     pub errors: std::collections::BTreeMap<String, u64>,
     /// Wall time of the measured phase.
     pub elapsed: Duration,
-    /// From the start of the measured phase to the later of its end and the last measured
-    /// reply: the window the achieved rate is computed over.
+    /// From the start of the measured phase to the later of its end and the arrival of the
+    /// 99th-percentile measured reply: the window the achieved rate is computed over.
     pub receive_window: Duration,
     /// Wall time of the whole run, connecting and closing included.
     pub wall_time: Duration,
@@ -143,6 +143,9 @@ pub struct Progress {
     /// Measured-phase messages accounted for (received, corrupted or refused), over all
     /// threads: in relay mode a message sent by one thread is received by another.
     pub measured_done: AtomicU64,
+    /// Load threads that still have messages due before the schedule's end (no thread
+    /// drains and closes its peers, which may be relay destinations, before this is 0).
+    pub sending_threads: AtomicU64,
 }
 
 /// The payload of message `seq` intended at `intended_ns` after the run's origin.
@@ -200,8 +203,10 @@ struct ThreadResult {
     received: u64,
     corrupted: u64,
     errors: std::collections::BTreeMap<String, u64>,
-    /// When the last measured reply arrived, from the run's origin.
-    last_rx: Duration,
+    /// When each measured reply arrived, nanoseconds after the measured phase began.
+    arrivals: Histogram<u64>,
+    /// This thread has sent its last message (and said so in `Progress`).
+    done_sending: bool,
 }
 
 impl ThreadResult {
@@ -217,7 +222,8 @@ impl ThreadResult {
             received: 0,
             corrupted: 0,
             errors: Default::default(),
-            last_rx: Duration::ZERO,
+            arrivals: new_hist(),
+            done_sending: false,
         }
     }
 }
@@ -289,6 +295,10 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     let cores: Vec<core_affinity::CoreId> = core_affinity::get_core_ids().unwrap_or_default();
     let origin = Instant::now() + Duration::from_millis(50);
     let started_at = std::time::SystemTime::now() + Duration::from_millis(50) + cfg.warmup;
+    let threads = groups.iter().filter(|g| !g.is_empty()).count();
+    progress
+        .sending_threads
+        .store(threads as u64, Ordering::Release);
     let handles: Vec<_> = groups
         .into_iter()
         .enumerate()
@@ -334,14 +344,21 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         total.sent += r.sent;
         total.refused += r.refused;
         total.connection_errors += r.connection_errors;
-        total.last_rx = total.last_rx.max(r.last_rx);
+        let _ = total.arrivals.add(&r.arrivals);
         total.received += r.received;
         total.corrupted += r.corrupted;
         for (k, v) in r.errors {
             *total.errors.entry(k).or_default() += v;
         }
     }
-    let receive_window = cfg.duration.max(total.last_rx.saturating_sub(cfg.warmup));
+    // The window ends when 99 % of the measured replies had arrived: a saturated engine's
+    // replies trickle in during the drain and stretch it, one straggler does not.
+    let p99_arrival = if total.arrivals.is_empty() {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(total.arrivals.value_at_quantile(0.99))
+    };
+    let receive_window = cfg.duration.max(p99_arrival);
     Ok(LoadResult {
         latency: total.latency,
         intervals: total.intervals,
@@ -459,13 +476,17 @@ fn drive(
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
-                record(&mut r, d, at, cfg, progress);
+                record(&mut r, d, at, p.rate, cfg, progress);
             }
         }
         if !sending {
-            // Every thread has stopped sending shortly after the schedule ends; from then
-            // on, stop once everything measured is accounted for, over all threads.
-            let all_stopped = elapsed >= measure_end + Duration::from_millis(20);
+            // Once every thread has sent its last message, stop when everything measured
+            // is accounted for, over all threads.
+            if !r.done_sending {
+                r.done_sending = true;
+                progress.sending_threads.fetch_sub(1, Ordering::AcqRel);
+            }
+            let all_stopped = progress.sending_threads.load(Ordering::Acquire) == 0;
             let outstanding = progress.measured_sent.load(Ordering::Relaxed)
                 > progress.measured_done.load(Ordering::Relaxed);
             if all_stopped && !outstanding {
@@ -512,7 +533,7 @@ fn close_all(
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
-                record(r, d, at, cfg, progress);
+                record(r, d, at, p.rate, cfg, progress);
             }
         }
         let soon = (Instant::now() + Duration::from_millis(1)).min(deadline);
@@ -524,7 +545,16 @@ fn close_all(
 }
 
 /// Accounts for one delivery that arrived `at` after the run's origin.
-fn record(r: &mut ThreadResult, d: Delivery, at: Duration, cfg: &LoadConfig, progress: &Progress) {
+/// `rate` is the per-connection rate of the connection it arrived on: an error record is
+/// about a message that connection sent, whose intended time its sequence number gives.
+fn record(
+    r: &mut ThreadResult,
+    d: Delivery,
+    at: Duration,
+    rate: f64,
+    cfg: &LoadConfig,
+    progress: &Progress,
+) {
     let warm_end = cfg.warmup;
     let measure_end = cfg.warmup + cfg.duration;
     progress.received.fetch_add(1, Ordering::Relaxed);
@@ -534,7 +564,8 @@ fn record(r: &mut ThreadResult, d: Delivery, at: Duration, cfg: &LoadConfig, pro
                 let intended = Duration::from_nanos(intended_ns);
                 if intended >= warm_end && intended < measure_end {
                     r.received += 1;
-                    r.last_rx = r.last_rx.max(at);
+                    r.arrivals
+                        .saturating_record(at.saturating_sub(warm_end).as_nanos() as u64);
                     progress.measured_done.fetch_add(1, Ordering::Relaxed);
                     let lat = at.saturating_sub(intended).as_nanos() as u64;
                     r.latency.saturating_record(lat);
@@ -553,8 +584,12 @@ fn record(r: &mut ThreadResult, d: Delivery, at: Duration, cfg: &LoadConfig, pro
             }
         },
         Delivery::Error(e) => {
-            *r.errors.entry(format!("{:?}", e.code)).or_default() += 1;
-            progress.measured_done.fetch_add(1, Ordering::Relaxed);
+            // Only errors about measured messages count (warm-up ones are not measured).
+            let intended = Duration::from_secs_f64(e.seq as f64 / rate);
+            if intended >= warm_end && intended < measure_end {
+                *r.errors.entry(format!("{:?}", e.code)).or_default() += 1;
+                progress.measured_done.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

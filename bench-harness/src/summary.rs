@@ -177,8 +177,8 @@ pub struct Counts {
 pub struct Timing {
     /// The measured phase of the schedule.
     pub measured: Duration,
-    /// From the start of the measured phase to the later of its end and the last measured
-    /// reply (the window the achieved rate is computed over).
+    /// From the start of the measured phase to the later of its end and the arrival of the
+    /// 99th-percentile measured reply (the window the achieved rate is computed over).
     pub receive_window: Duration,
     /// The whole run, connecting and closing included.
     pub wall: Duration,
@@ -209,8 +209,8 @@ pub struct Summary {
     /// Connections that closed or failed during the run.
     #[serde(default)]
     pub connection_errors: u64,
-    /// Seconds from the start of the measured phase to the later of its end and the last
-    /// measured reply.
+    /// Seconds from the start of the measured phase to the later of its end and the arrival
+    /// of the 99th-percentile measured reply.
     #[serde(default)]
     pub receive_window_s: f64,
     /// Wall time of the whole run in seconds, connecting and closing included.

@@ -395,6 +395,8 @@ struct Conn {
     accepted_mark: u64,
     /// Closed by the stall detector: what it still holds counts as `stalled`.
     stall_closed: bool,
+    /// Frames sealed into the session that QUIC has not taken whole yet, oldest first.
+    sealed: VecDeque<SealedFrame>,
     /// The pool entry (dialed address) this connection serves, for outbound connections.
     outbound: Option<SocketAddr>,
     /// Whether this connection holds a slot of the connection cap.
@@ -405,6 +407,17 @@ struct Conn {
     activity: PeerActivity,
     last_activity: Instant,
     published: PeerActivity,
+}
+
+/// A frame sealed into a session but possibly not yet taken by QUIC: what it carried, so
+/// that echo replies count as delivered once QUIC takes them and a connection that closes
+/// first counts them as dropped.
+#[derive(Debug, Clone, Copy)]
+struct SealedFrame {
+    /// [`Session::accepted_bytes`] once QUIC has taken the whole frame.
+    end: u64,
+    messages: u64,
+    echoes: u64,
 }
 
 /// A peer this shard dials: its lifecycle, and messages waiting for (re)connection.
@@ -424,13 +437,21 @@ impl Conn {
     }
 
     /// Notes flow-control progress: the peer took bytes since the last look, or nothing
-    /// waits for it.
-    fn note_progress(&mut self, now: Instant) {
+    /// waits for it. Returns the echo replies in frames QUIC has now taken whole (they count
+    /// as delivered).
+    fn note_progress(&mut self, now: Instant) -> u64 {
         let accepted = self.session.accepted_bytes();
         if accepted != self.accepted_mark || !self.output_waiting() {
             self.accepted_mark = accepted;
             self.progress_at = now;
         }
+        let mut echoes = 0;
+        while self.sealed.front().is_some_and(|f| f.end <= accepted) {
+            if let Some(f) = self.sealed.pop_front() {
+                echoes += f.echoes;
+            }
+        }
+        echoes
     }
 
     /// When the stall detector closes this connection if the peer still takes nothing.
@@ -479,6 +500,9 @@ struct State {
     blocked: Vec<ConnKey>,
     /// A record waits for the embedding program's delivery channel (retried on a timer).
     app_blocked: bool,
+    /// Room may have appeared somewhere other than the connection a datagram is for (a
+    /// connection closed, a dialed peer's waiting messages moved): retry what is blocked.
+    room_freed: bool,
     /// Datagrams received, for sampling the receive delay.
     rx_count: u64,
     /// Peers this shard dials, by address, and their ids once known.
@@ -637,6 +661,7 @@ pub async fn run(
             resume: Vec::new(),
             blocked: Vec::new(),
             app_blocked: false,
+            room_freed: false,
             rx_count: 0,
             outbound: HashMap::new(),
             outbound_peer: HashMap::new(),
@@ -1013,6 +1038,10 @@ impl State {
             }
         };
         let local = self.local_addr;
+        let accepted_before = self
+            .conns
+            .get(&key)
+            .map_or(0, |c| c.session.accepted_bytes());
         if let Some(c) = self.conns.get_mut(&key) {
             c.session.recv(pkt, from, local);
         }
@@ -1020,8 +1049,13 @@ impl State {
         // ACKs may have opened the window: seal what is due, then run the send loop.
         self.flush_queue(key, now, false);
         self.drive(key);
-        // ... and made room for senders that stopped reading.
-        if !self.blocked.is_empty() || !self.waiting.is_empty() {
+        // If the peer granted credit (QUIC took more of our bytes), room appeared for the
+        // senders that stopped reading because this connection was full.
+        let credit = self
+            .conns
+            .get(&key)
+            .is_some_and(|c| c.session.accepted_bytes() > accepted_before);
+        if (credit || self.room_freed) && (!self.blocked.is_empty() || !self.waiting.is_empty()) {
             self.retry_blocked(now);
         }
         self.end_turn(now);
@@ -1032,6 +1066,7 @@ impl State {
     /// datagram, the hop backlog draining, a connection closing, a tick).
     fn retry_blocked(&mut self, now: Instant) {
         self.app_blocked = false;
+        self.room_freed = false;
         self.retry_waiting(now);
         let keys = std::mem::take(&mut self.blocked);
         for k in keys {
@@ -1119,6 +1154,7 @@ impl State {
                 progress_at: Instant::now(),
                 accepted_mark: 0,
                 stall_closed: false,
+                sealed: VecDeque::new(),
                 outbound: None,
                 holds_slot: false,
                 last_ping: Instant::now(),
@@ -1276,6 +1312,7 @@ impl State {
         }
         let pending: Vec<_> = ob.pending.drain(..).collect();
         ob.pending_bytes = 0;
+        self.room_freed = true;
         self.outbound_peer.insert(peer, addr);
         self.transition(addr, LifeEvent::Established, now);
         for (r, received) in pending {
@@ -1565,7 +1602,14 @@ impl State {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        c.note_progress(now);
+        let delivered = c.note_progress(now);
+        self.cfg
+            .stats
+            .delivered_local
+            .fetch_add(delivered, Ordering::Relaxed);
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
         if c.stall_deadline(&pool).is_some_and(|t| t <= now) {
             // Data has waited this long without the peer granting any credit: it stopped
             // reading. What it still holds is counted as `stalled` when it is removed.
@@ -2181,7 +2225,8 @@ impl State {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        if !c.session.is_open() {
+        // Nothing more goes into a session that is closing (its frames would never leave).
+        if !c.session.is_open() || c.session.is_closing() || c.stall_closed {
             return;
         }
         let mut batch = std::mem::take(&mut self.batch_buf);
@@ -2225,10 +2270,12 @@ impl State {
                         .stats
                         .messages_out
                         .fetch_add(msgs, Ordering::Relaxed);
-                    self.cfg
-                        .stats
-                        .delivered_local
-                        .fetch_add(echoes, Ordering::Relaxed);
+                    // Echo replies count as delivered once QUIC takes the frame.
+                    c.sealed.push_back(SealedFrame {
+                        end: c.session.accepted_bytes() + c.session.pending_bytes() as u64,
+                        messages: msgs,
+                        echoes,
+                    });
                     c.activity.messages_out += msgs;
                     c.activity.bytes_out += bytes as u64;
                     c.last_activity = now;
@@ -2258,7 +2305,9 @@ impl State {
         if let Some(q) = c.queue.deadline() {
             hint = Some(hint.map_or(q, |h| h.min(q)));
         }
-        if !c.stalled.is_empty() || self.resume.contains(&key) {
+        // Records stalled on a full destination are retried when room appears (see
+        // `retry_blocked`), not by waking the timer.
+        if self.resume.contains(&key) {
             hint = Some(Instant::now());
         }
         if let Some(h) = hint {
@@ -2279,7 +2328,11 @@ impl State {
                 }
             }
         }
-        c.note_progress(Instant::now());
+        let delivered = c.note_progress(Instant::now());
+        self.cfg
+            .stats
+            .delivered_local
+            .fetch_add(delivered, Ordering::Relaxed);
     }
 
     /// Removes closed sessions, reporting what they left undelivered.
@@ -2330,10 +2383,11 @@ impl State {
         });
         if let Some(addr) = pool_addr {
             // Messages still queued for a dialed peer wait for the re-established
-            // connection, as far as the queue bound allows.
+            // connection, as far as the queue bound allows (not when the peer was closed for
+            // not reading: those count as stalled below).
             let cap = self.cfg.queue_capacity;
             let mut rest = Vec::new();
-            if let Some(ob) = self.outbound.get_mut(&addr) {
+            if let Some(ob) = self.outbound.get_mut(&addr).filter(|_| !c.stall_closed) {
                 while !c.queue.is_empty() {
                     for (q, _) in c.queue.pop_batch() {
                         let size = q.record.encoded_len();
@@ -2373,6 +2427,18 @@ impl State {
         } else {
             code
         };
+        // Frames sealed into the session that QUIC never took: their messages are lost with
+        // the connection; count them (their records are gone, so no ERROR can be sent).
+        let unsent: u64 = c.sealed.iter().map(|f| f.messages).sum();
+        if unsent > 0 {
+            let counter = match code {
+                ErrorCode::ShuttingDown => &self.cfg.stats.dropped_shutting_down,
+                ErrorCode::DestinationStalled => &self.cfg.stats.dropped_stalled,
+                _ => &self.cfg.stats.dropped_unreachable,
+            };
+            counter.fetch_add(unsent, Ordering::Relaxed);
+        }
+        self.room_freed = true;
         // Undelivered records queued for this peer: count and tell their senders.
         let mut left = Vec::new();
         while !c.queue.is_empty() {

@@ -118,19 +118,40 @@ fn a_client_that_stops_reading_is_pushed_back_and_loses_nothing() {
 #[test]
 fn a_peer_that_never_reads_again_is_closed_as_stalled() {
     let mut cfg = EngineConfig::loopback(1);
-    cfg.pool.stall_timeout = Duration::from_millis(400);
+    cfg.pool.stall_timeout = Duration::from_millis(1500);
     let e = Engine::start(cfg).unwrap();
     let mut bystander = client(&e);
+    // A small receive window: the engine's QUIC stops taking replies for this client as
+    // soon as the window is used up, so everything after waits in the engine's queue.
+    let transport = shards::session::TransportConfig {
+        window: 16 * 1024,
+        ..Default::default()
+    };
     let mut c = client_with(
         &e,
         ClientConfig {
             inbox_capacity: 16,
             send_capacity: 64 * 1024,
+            transport,
             ..ClientConfig::default()
         },
     );
     let (sent, _) = push_without_reading(&e, &mut c, Duration::from_millis(100));
     assert!(sent > 0);
+    // Wait until the engine has stopped reading the client (its queue for the client is
+    // full), so what the relayer sends next waits for room instead of being sealed.
+    let mut last = e.stats().messages_in;
+    let mut stable_since = Instant::now();
+    let settled = wait_for(Duration::from_secs(10), || {
+        let _ = c.poll(Duration::from_millis(5));
+        let now = e.stats().messages_in;
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+        stable_since.elapsed() >= Duration::from_millis(300)
+    });
+    assert!(settled, "the engine kept reading the client");
     // Another peer relays to the stalled one: its messages wait for room.
     let mut relayer = client(&e);
     let stalled_id = c.peer_id();
@@ -162,7 +183,7 @@ fn a_peer_that_never_reads_again_is_closed_as_stalled() {
     assert_eq!(msg(&got[0]).2, b"still here");
     // The relayer is told why its messages went nowhere.
     let errors = recv_n(&mut relayer, 5, Duration::from_secs(5));
-    assert_eq!(errors.len(), 5, "{errors:?}");
+    assert_eq!(errors.len(), 5, "{errors:?} {:?}", e.stats());
     for d in &errors {
         match d {
             Delivery::Error(err) => assert_eq!(err.code, ErrorCode::DestinationStalled),
