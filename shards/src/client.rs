@@ -210,7 +210,7 @@ impl Client {
         payload: Vec<u8>,
     ) -> Result<(), ClientError> {
         let start = Instant::now();
-        while self.queue.bytes() + self.session.pending_bytes() >= self.cfg.send_capacity {
+        while self.is_full() {
             self.check_open()?;
             if start.elapsed() >= self.cfg.send_timeout {
                 return Err(ClientError::SendTimeout(self.cfg.send_timeout));
@@ -218,6 +218,20 @@ impl Client {
             self.poll(Duration::from_millis(5))?;
         }
         self.check_open()?;
+        self.queue_message(dst, seq, payload)
+    }
+
+    /// Whether the client holds `send_capacity` bytes the node has not taken.
+    fn is_full(&self) -> bool {
+        self.queue.bytes() + self.session.pending_bytes() >= self.cfg.send_capacity
+    }
+
+    fn queue_message(
+        &mut self,
+        dst: PeerId,
+        seq: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
         let r = Record::Message(Message {
             dst,
             src: self.me,
@@ -225,8 +239,9 @@ impl Client {
             payload,
         });
         let size = r.encoded_len();
-        self.queue.push(r, size, Instant::now());
-        if self.queue.is_due(Instant::now()) && self.cfg.batch.timeout > Duration::ZERO {
+        let now = Instant::now();
+        self.queue.push(r, size, now);
+        if self.queue.is_due(now) && self.cfg.batch.timeout > Duration::ZERO {
             self.flush_due(false)?;
         }
         Ok(())
@@ -242,24 +257,13 @@ impl Client {
         payload: Vec<u8>,
     ) -> Result<bool, ClientError> {
         self.check_open()?;
-        if self.queue.bytes() + self.session.pending_bytes() >= self.cfg.send_capacity {
+        if self.is_full() {
             self.flush()?;
-            if self.queue.bytes() + self.session.pending_bytes() >= self.cfg.send_capacity {
+            if self.is_full() {
                 return Ok(false);
             }
         }
-        let r = Record::Message(Message {
-            dst,
-            src: self.me,
-            seq,
-            payload,
-        });
-        let size = r.encoded_len();
-        let now = Instant::now();
-        self.queue.push(r, size, now);
-        if self.queue.is_due(now) && self.cfg.batch.timeout > Duration::ZERO {
-            self.flush_due(false)?;
-        }
+        self.queue_message(dst, seq, payload)?;
         Ok(true)
     }
 

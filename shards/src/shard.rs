@@ -2429,6 +2429,12 @@ impl State {
         };
         // Frames sealed into the session that QUIC never took: their messages are lost with
         // the connection; count them (their records are gone, so no ERROR can be sent).
+        // Frames QUIC took since the last look count as delivered first.
+        let delivered = c.note_progress(now);
+        self.cfg
+            .stats
+            .delivered_local
+            .fetch_add(delivered, Ordering::Relaxed);
         let unsent: u64 = c.sealed.iter().map(|f| f.messages).sum();
         if unsent > 0 {
             let counter = match code {
