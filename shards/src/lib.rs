@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod seal;
 pub mod session;
 pub mod shard;
+mod sockstat;
 pub mod steering;
 pub mod tls;
 pub mod wire;
