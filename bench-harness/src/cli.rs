@@ -3,8 +3,8 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -289,7 +289,11 @@ pub fn sweep_cmd(a: &SweepArgs) -> anyhow::Result<i32> {
             l.max,
             r.summary.refused,
             r.summary.lost,
-            if r.summary.saturated { ", SATURATED" } else { "" }
+            if r.summary.saturated {
+                ", SATURATED"
+            } else {
+                ""
+            }
         );
         if r.summary.lost > 0 || r.summary.corrupted > 0 {
             bad += 1;

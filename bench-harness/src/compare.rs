@@ -15,7 +15,7 @@ use crate::hgrm::{self, HgrmError};
 use crate::hlog::{self, HlogError};
 use crate::plot::{self, Curve, PlotError};
 use crate::report::{self, ReportError, Row};
-use crate::summary::{Summary, SummaryError, LATENCY_HLOG_FILE, SUMMARY_FILE};
+use crate::summary::{LATENCY_HLOG_FILE, SUMMARY_FILE, Summary, SummaryError};
 
 /// Percentile plot file names written by [`compare`].
 pub const PERCENTILES_SVG: &str = "percentiles.svg";

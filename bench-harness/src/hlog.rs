@@ -14,11 +14,11 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
+use hdrhistogram::Histogram;
 use hdrhistogram::serialization::interval_log::{
     IntervalLogIterator, IntervalLogWriterBuilder, IntervalLogWriterError, LogEntry,
 };
 use hdrhistogram::serialization::{Deserializer, V2DeflateSerializeError, V2DeflateSerializer};
-use hdrhistogram::Histogram;
 
 /// The legend line Java's `HistogramLogWriter.outputLegend()` writes after the header.
 pub const LEGEND: &str =

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::load::LoadConfig;
 use crate::summary::Summary;
-use crate::sweep::{self, format_duration, SweepError};
+use crate::sweep::{self, SweepError, format_duration};
 
 /// What to search.
 #[derive(Debug, Clone)]

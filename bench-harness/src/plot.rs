@@ -17,9 +17,9 @@ use std::sync::OnceLock;
 
 use hdrhistogram::Histogram;
 use plotters::chart::{ChartContext, SeriesAnno};
+use plotters::coord::Shift;
 use plotters::coord::cartesian::Cartesian2d;
 use plotters::coord::types::RangedCoordf64;
-use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 

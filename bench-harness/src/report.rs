@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use hdrhistogram::Histogram;
 
 use crate::hgrm::Hgrm;
-use crate::summary::{Summary, NS_PER_MS};
+use crate::summary::{NS_PER_MS, Summary};
 
 /// Markdown table file written by [`write_comparison`].
 pub const MARKDOWN_FILE: &str = "comparison.md";

@@ -271,11 +271,7 @@ impl Summary {
     ) -> Self {
         let per = |n: u64, d: Duration| {
             let secs = d.as_secs_f64();
-            if secs > 0.0 {
-                n as f64 / secs
-            } else {
-                0.0
-            }
+            if secs > 0.0 { n as f64 / secs } else { 0.0 }
         };
         let achieved_rate = per(counts.received, timing.receive_window.max(timing.measured));
         Summary {

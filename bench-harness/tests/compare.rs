@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use bench_harness::compare::{compare, compare_outputs, CompareError};
-use bench_harness::hgrm::{percentile_distribution_string, NS_TO_MS};
+use bench_harness::compare::{CompareError, compare, compare_outputs};
+use bench_harness::hgrm::{NS_TO_MS, percentile_distribution_string};
 use bench_harness::hlog::HlogWriter;
 use bench_harness::summary::{Counts, Mode, RunConfig, Summary, Timing};
 use hdrhistogram::Histogram;

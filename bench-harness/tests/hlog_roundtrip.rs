@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bench_harness::hlog::{merge, read_hlog, HlogWriter, LEGEND};
+use bench_harness::hlog::{HlogWriter, LEGEND, merge, read_hlog};
 use hdrhistogram::Histogram;
 
 /// Interval `i` holds pseudo-random latencies between 20 µs and ~20 ms, in nanoseconds.

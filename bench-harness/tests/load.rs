@@ -2,8 +2,8 @@
 //! (no coordinated omission), and a tiny sweep produces every file it promises.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bench_harness::load::{self, LoadConfig, Mode, Progress};

@@ -105,13 +105,14 @@ impl PeerDirectory for PeerIndex {
     }
 
     fn activity(&self, peer: PeerId, shard: usize, conn: u64, activity: PeerActivity) {
-        if let Some(mut e) = self.map.get_mut(&peer) {
-            if e.shard == shard && e.conn == conn {
-                if let Some(a) = activity.addr {
-                    e.addr = a;
-                }
-                e.activity = activity;
+        if let Some(mut e) = self.map.get_mut(&peer)
+            && e.shard == shard
+            && e.conn == conn
+        {
+            if let Some(a) = activity.addr {
+                e.addr = a;
             }
+            e.activity = activity;
         }
     }
 

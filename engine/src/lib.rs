@@ -40,8 +40,8 @@ pub mod metrics;
 pub mod stats;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use config::{AppKind, EngineConfig};

@@ -5,9 +5,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
-use engine::metrics::{parse_exposition, Sample};
+use engine::metrics::{Sample, parse_exposition};
 
 /// Largest response accepted.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -287,9 +287,9 @@ pub(crate) fn render(samples: &[Sample]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use engine::metrics::{render_prometheus, MetricsSource, RateMeter};
-    use std::sync::atomic::Ordering;
+    use engine::metrics::{MetricsSource, RateMeter, render_prometheus};
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn table_has_a_row_per_shard_and_the_totals() {

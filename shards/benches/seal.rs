@@ -2,9 +2,9 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 //! one AEAD operation, then open and decode it. Run: `cargo bench -p shards --bench seal`.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use shards::seal::{Opener, SealKey, Sealer};
-use shards::wire::{decode_batch, encode_batch, Message, PeerId, Record};
+use shards::wire::{Message, PeerId, Record, decode_batch, encode_batch};
 
 fn batch(n: usize, size: usize) -> Vec<Record> {
     (0..n)

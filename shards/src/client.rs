@@ -25,7 +25,7 @@ use crate::cid;
 use crate::identity::Identity;
 use crate::session::{self, CloseInfo, Session, SessionError, TransportConfig};
 use crate::shard::Delivery;
-use crate::wire::{close_code, Message, PeerId, Record};
+use crate::wire::{Message, PeerId, Record, close_code};
 
 /// Client tuning.
 #[derive(Debug, Clone)]

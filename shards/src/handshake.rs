@@ -26,7 +26,7 @@ use std::fmt;
 
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::identity::{peer_id_of, Identity};
+use crate::identity::{Identity, peer_id_of};
 use crate::wire::PeerId;
 
 /// QUIC ALPN of this protocol; the version is in the name so incompatible peers fail at

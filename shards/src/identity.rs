@@ -266,7 +266,7 @@ impl Identity {
                     return Err(malformed(
                         lineno,
                         &format!("unknown key `{}`", other.escape_debug()),
-                    ))
+                    ));
                 }
             };
             if slot.is_some() {

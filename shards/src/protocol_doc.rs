@@ -8,11 +8,11 @@
 
 use std::collections::HashMap;
 
-use crate::identity::{peer_id_of, Identity};
+use crate::identity::{Identity, peer_id_of};
 use crate::seal::{
-    nonce_bytes, vector_records, Opener, SealError, SealKey, Sealer, HEADER_LEN, TAG_LEN,
+    HEADER_LEN, Opener, SealError, SealKey, Sealer, TAG_LEN, nonce_bytes, vector_records,
 };
-use crate::wire::{close_code, decode_batch, encode_batch, ErrorCode, PeerId};
+use crate::wire::{ErrorCode, PeerId, close_code, decode_batch, encode_batch};
 
 const DOC: &str = include_str!("../../docs/PROTOCOL.md");
 

@@ -32,10 +32,14 @@ const COMMAND_CAPACITY: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The kernel has no io_uring, or it is disabled.
-    #[error("io_uring is not available ({0}); glommio needs Linux 5.8+ with io_uring enabled (check sysctl kernel.io_uring_disabled and seccomp profiles)")]
+    #[error(
+        "io_uring is not available ({0}); glommio needs Linux 5.8+ with io_uring enabled (check sysctl kernel.io_uring_disabled and seccomp profiles)"
+    )]
     IoUringUnavailable(String),
     /// RLIMIT_MEMLOCK is below what the executors need.
-    #[error("locked-memory limit is {have} bytes but {shards} shard(s) need {need}; raise it with `ulimit -l {need_kib}` (or LimitMEMLOCK= in a systemd unit), or run fewer shards")]
+    #[error(
+        "locked-memory limit is {have} bytes but {shards} shard(s) need {need}; raise it with `ulimit -l {need_kib}` (or LimitMEMLOCK= in a systemd unit), or run fewer shards"
+    )]
     MemlockTooLow {
         /// Current soft limit in bytes.
         have: u64,
@@ -240,13 +244,13 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
             Err(_) => {
                 // A thread died before reporting: find out why.
                 for (index, t) in threads.into_iter().enumerate() {
-                    if t.thread().id() != std::thread::current().id() {
-                        if let Err(e) = t.join() {
-                            return Err(StartError::Shard {
-                                index,
-                                why: e.to_string(),
-                            });
-                        }
+                    if t.thread().id() != std::thread::current().id()
+                        && let Err(e) = t.join()
+                    {
+                        return Err(StartError::Shard {
+                            index,
+                            why: e.to_string(),
+                        });
                     }
                 }
                 return Err(StartError::Shard {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::handshake::{Handshake, HandshakeError, Role};
 use crate::identity::Identity;
 use crate::seal::{self, Opener, SealError, SealKey, Sealer};
-use crate::wire::{self, close_code, PeerId, Record, WireError};
+use crate::wire::{self, PeerId, Record, WireError, close_code};
 
 /// The QUIC stream that carries the handshake and then the sealed frames.
 pub const SESSION_STREAM: u64 = 0;
@@ -355,10 +355,10 @@ impl Session {
     /// (a stray or undecryptable datagram) are ignored, as QUIC requires.
     pub fn recv(&mut self, buf: &mut [u8], from: SocketAddr, to: SocketAddr) {
         let _ = self.conn.recv(buf, quiche::RecvInfo { from, to });
-        if self.conn.is_established() {
-            if let Err(e) = self.advance_handshake() {
-                self.fail(&e);
-            }
+        if self.conn.is_established()
+            && let Err(e) = self.advance_handshake()
+        {
+            self.fail(&e);
         }
     }
 

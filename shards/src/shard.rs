@@ -11,8 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::Senders;
@@ -25,8 +25,8 @@ use crate::hist::{Histograms, SharedHistograms};
 use crate::identity::Identity;
 use crate::lifecycle::{BackoffPolicy, ConnState, Event as LifeEvent, Lifecycle};
 use crate::session::{self, Session, TransportConfig};
-use crate::sockstat::{kernel_queue_delay, socket_inode, Notify};
-use crate::wire::{close_code, ErrorCode, ErrorRecord, Message, PeerId, Record};
+use crate::sockstat::{Notify, kernel_queue_delay, socket_inode};
+use crate::wire::{ErrorCode, ErrorRecord, Message, PeerId, Record, close_code};
 
 /// Largest UDP datagram the shard reads.
 const MAX_DATAGRAM: usize = 65_535;
@@ -677,10 +677,10 @@ impl Shard {
     /// than the one it sleeps towards (while it runs, it recomputes anyway).
     fn poke(&self) {
         let hint = self.st.borrow_mut().wake_hint.take();
-        if let (Some(h), Some(t)) = (hint, self.timer_at.get()) {
-            if h < t {
-                let _ = self.wake.0.try_send(());
-            }
+        if let (Some(h), Some(t)) = (hint, self.timer_at.get())
+            && h < t
+        {
+            let _ = self.wake.0.try_send(());
         }
     }
 
@@ -698,12 +698,12 @@ impl Shard {
                     {
                         let mut st = self.st.borrow_mut();
                         st.rx_count += 1;
-                        if st.rx_count % RX_DELAY_SAMPLE == 1 {
-                            if let Some(d) = kernel_queue_delay(fd) {
-                                st.hist
-                                    .receive_delay_ns
-                                    .saturating_record(d.as_nanos() as u64);
-                            }
+                        if st.rx_count % RX_DELAY_SAMPLE == 1
+                            && let Some(d) = kernel_queue_delay(fd)
+                        {
+                            st.hist
+                                .receive_delay_ns
+                                .saturating_record(d.as_nanos() as u64);
                         }
                         if let Some(pkt) = buf.get_mut(..n) {
                             st.on_datagram(pkt, from);
@@ -1016,11 +1016,11 @@ impl State {
 
     /// Lists `key` as having stopped reading for lack of room.
     fn mark_blocked(&mut self, key: ConnKey) {
-        if let Some(c) = self.conns.get_mut(&key) {
-            if !c.blocked {
-                c.blocked = true;
-                self.blocked.push(key);
-            }
+        if let Some(c) = self.conns.get_mut(&key)
+            && !c.blocked
+        {
+            c.blocked = true;
+            self.blocked.push(key);
         }
     }
 
@@ -1214,7 +1214,7 @@ impl State {
 
     /// Applies a lifecycle event to the pool entry of `addr`, records and counts it.
     fn transition(&mut self, addr: SocketAddr, ev: LifeEvent, now: Instant) {
-        let unit: f64 = rand::Rng::gen(&mut self.rng);
+        let unit: f64 = rand::Rng::r#gen(&mut self.rng);
         let Some(ob) = self.outbound.get_mut(&addr) else {
             return;
         };
@@ -1425,11 +1425,12 @@ impl State {
         }
         for k in keys {
             self.flush_queue(k, now, true);
-            if let Some(c) = self.conns.get_mut(&k) {
-                if c.queue.is_empty() && c.stalled.is_empty() {
-                    c.session.finish();
-                    c.finished = true;
-                }
+            if let Some(c) = self.conns.get_mut(&k)
+                && c.queue.is_empty()
+                && c.stalled.is_empty()
+            {
+                c.session.finish();
+                c.finished = true;
             }
             self.drive(k);
         }
@@ -1510,10 +1511,10 @@ impl State {
         keys.sort_unstable();
         keys.dedup();
         for k in keys {
-            if let Some(c) = self.conns.get_mut(&k) {
-                if c.session.timeout_at().is_some_and(|t| t <= now) {
-                    c.session.on_timeout();
-                }
+            if let Some(c) = self.conns.get_mut(&k)
+                && c.session.timeout_at().is_some_and(|t| t <= now)
+            {
+                c.session.on_timeout();
             }
             self.pool_work(k, now);
             self.service(k, now);
@@ -1683,17 +1684,18 @@ impl State {
                     // Peer finished its direction: finish ours once our queue is out.
                     if c.session.peer_finished() && !c.finished {
                         self.flush_queue(key, now, true);
-                        if let Some(c) = self.conns.get_mut(&key) {
-                            if c.queue.is_empty() {
-                                c.session.finish();
-                                c.finished = true;
-                            }
+                        if let Some(c) = self.conns.get_mut(&key)
+                            && c.queue.is_empty()
+                        {
+                            c.session.finish();
+                            c.finished = true;
                         }
                     }
-                    if let Some(c) = self.conns.get_mut(&key) {
-                        if c.session.is_client() && c.session.is_complete() {
-                            c.session.close(close_code::NO_ERROR, "done");
-                        }
+                    if let Some(c) = self.conns.get_mut(&key)
+                        && c.session.is_client()
+                        && c.session.is_complete()
+                    {
+                        c.session.close(close_code::NO_ERROR, "done");
                     }
                     return;
                 }
@@ -1976,10 +1978,10 @@ impl State {
 
     fn deliver_local(&mut self, origin: Origin, r: Record, received: Instant) -> RouteOutcome {
         let Record::Message(m) = r else {
-            if let Record::Error(e) = r {
-                if let App::Channel(tx) = &self.cfg.app {
-                    let _ = tx.try_send(Delivery::Error(e));
-                }
+            if let Record::Error(e) = r
+                && let App::Channel(tx) = &self.cfg.app
+            {
+                let _ = tx.try_send(Delivery::Error(e));
             }
             return RouteOutcome::Done;
         };
@@ -2133,11 +2135,11 @@ impl State {
 
     /// Notes that `key`'s queue got records this turn (once per connection per turn).
     fn mark_dirty(&mut self, key: ConnKey) {
-        if let Some(c) = self.conns.get_mut(&key) {
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(key);
-            }
+        if let Some(c) = self.conns.get_mut(&key)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(key);
         }
     }
 

@@ -61,7 +61,9 @@ pub enum SteeringError {
         source: io::Error,
     },
     /// The kernel refused the CID steering program.
-    #[error("cannot attach the SO_REUSEPORT CID steering program (SO_ATTACH_REUSEPORT_CBPF, needs Linux >= 4.5): {0}")]
+    #[error(
+        "cannot attach the SO_REUSEPORT CID steering program (SO_ATTACH_REUSEPORT_CBPF, needs Linux >= 4.5): {0}"
+    )]
     Bpf(io::Error),
     /// More shards than a one-byte routing key can address (max [`MAX_SHARDS`]).
     #[error("{0} shards requested, at most {MAX_SHARDS} can be steered by CID")]
@@ -214,10 +216,10 @@ pub fn bind_group(
         sock.bind(&bound.into()).map_err(|e| bind_err(addr, e))?;
         socks.push(sock);
     }
-    if n > 1 {
-        if let Some(last) = socks.last() {
-            attach_program(last, n)?;
-        }
+    if n > 1
+        && let Some(last) = socks.last()
+    {
+        attach_program(last, n)?;
     }
     let socks: Vec<UdpSocket> = socks.into_iter().map(UdpSocket::from).collect();
     tracing::debug!(%bound, shards = n, "bound steered SO_REUSEPORT group");

@@ -133,12 +133,16 @@ mod tests {
         let dir;
         {
             let t = TlsFiles::self_signed().unwrap();
-            assert!(std::fs::read_to_string(&t.cert)
-                .unwrap()
-                .contains("BEGIN CERTIFICATE"));
-            assert!(std::fs::read_to_string(&t.key)
-                .unwrap()
-                .contains("PRIVATE KEY"));
+            assert!(
+                std::fs::read_to_string(&t.cert)
+                    .unwrap()
+                    .contains("BEGIN CERTIFICATE")
+            );
+            assert!(
+                std::fs::read_to_string(&t.key)
+                    .unwrap()
+                    .contains("PRIVATE KEY")
+            );
             dir = t.cert.parent().unwrap().to_path_buf();
         }
         assert!(!dir.exists());
@@ -147,8 +151,9 @@ mod tests {
     #[test]
     fn missing_files_are_clear_errors() {
         let e = TlsFiles::from_files(Path::new("/nonexistent/c.pem"), Path::new("/x")).unwrap_err();
-        assert!(e
-            .to_string()
-            .contains("certificate file /nonexistent/c.pem"));
+        assert!(
+            e.to_string()
+                .contains("certificate file /nonexistent/c.pem")
+        );
     }
 }

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use engine::{Engine, EngineConfig};
 use shards::client::ClientConfig;
 use shards::shard::Delivery;
-use shards::wire::{close_code, ErrorCode};
+use shards::wire::{ErrorCode, close_code};
 
 use crate::common::*;
 

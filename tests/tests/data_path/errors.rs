@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use engine::{Engine, EngineConfig};
 use shards::shard::Delivery;
-use shards::wire::{close_code, ErrorCode, Message, PeerId, Record};
+use shards::wire::{ErrorCode, Message, PeerId, Record, close_code};
 
 use crate::common::*;
 
@@ -17,10 +17,10 @@ fn echo_ok(c: &mut shards::client::Client, seq: u64) {
 
 fn wait_closed(c: &mut shards::client::Client) -> shards::session::CloseInfo {
     for _ in 0..200 {
-        if let Some(info) = c.close_info() {
-            if c.is_closed() || info.by_peer {
-                return info;
-            }
+        if let Some(info) = c.close_info()
+            && (c.is_closed() || info.by_peer)
+        {
+            return info;
         }
         let _ = c.poll(Duration::from_millis(25));
     }
@@ -122,9 +122,10 @@ fn unknown_destination_and_oversized_message_errors() {
     assert_eq!((errors[0].seq, errors[0].dst), (41, nobody));
     assert_eq!(errors[1].code, ErrorCode::MessageTooLarge);
     assert_eq!((errors[1].seq, errors[1].dst), (42, c.node_id()));
-    assert!(got
-        .iter()
-        .any(|d| matches!(d, Delivery::Message { seq: 43, .. })));
+    assert!(
+        got.iter()
+            .any(|d| matches!(d, Delivery::Message { seq: 43, .. }))
+    );
     let s = e.stats();
     assert_eq!(s.dropped_unknown_destination, 1);
     assert_eq!(s.dropped_too_large, 1);
