@@ -82,7 +82,7 @@ pub enum EngineError {
     Stopped,
     /// Shutdown did not finish cleanly.
     #[error("shutdown: {0}")]
-    Shutdown(String),
+    Shutdown(#[from] shards::runtime::StopError),
 }
 
 /// A running node: shards on every core, one UDP port.

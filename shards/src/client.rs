@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{BatchPolicy, BatchQueue};
 use crate::cid;
+use crate::endpoint::Delivery;
 use crate::identity::Identity;
 use crate::session::{self, CloseInfo, Session, SessionError, TransportConfig};
-use crate::shard::Delivery;
 use crate::wire::{Message, PeerId, Record, close_code};
 
 /// Client tuning.

@@ -13,8 +13,8 @@ use crate::hist::SharedHistograms;
 use crate::identity::Identity;
 use crate::session::TransportConfig;
 use crate::shard::{
-    self, App, Command, ConnectionSlots, PeerDirectory, PoolConfig, ShardConfig, ShardHandle,
-    ShardMsg, ShardStats,
+    self, App, Command, ConnectionSlots, PeerDirectory, PoolConfig, ShardConfig, ShardError,
+    ShardHandle, ShardMsg, ShardStats,
 };
 use crate::steering::{self, SteeringError};
 use crate::tls::{TlsError, TlsFiles};
@@ -69,6 +69,29 @@ pub enum StartError {
     },
 }
 
+/// Why a node did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StopError {
+    /// A shard ended with an error.
+    #[error("shard {index}: {source}")]
+    Shard {
+        /// Which shard.
+        index: usize,
+        /// What went wrong.
+        #[source]
+        source: ShardError,
+    },
+    /// A shard's thread panicked or its executor failed.
+    #[error("shard {index}: {why}")]
+    Executor {
+        /// Which shard.
+        index: usize,
+        /// What the executor said.
+        why: String,
+    },
+}
+
 /// Configuration of a node's data plane.
 pub struct RuntimeConfig {
     /// UDP address to bind (port 0 picks one).
@@ -106,7 +129,7 @@ pub struct RuntimeConfig {
 pub struct Runtime {
     local_addr: SocketAddr,
     handles: Vec<ShardHandle>,
-    threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    threads: Vec<glommio::ExecutorJoinHandle<Result<(), ShardError>>>,
     _tls: TlsFiles,
 }
 
@@ -226,8 +249,11 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
             .name(&format!("shard-{index}"))
             .io_memory(IO_MEMORY_PER_SHARD)
             .spawn(move || async move {
-                let _ = ready.send((index, Ok(())));
-                shard::run(shard_cfg, socket, cmd_rx, mesh).await
+                // Ready once the shard's endpoint (TLS, QUIC) is built and the mesh joined.
+                let report = move |r: Result<(), String>| {
+                    let _ = ready.send((index, r));
+                };
+                shard::run(shard_cfg, socket, cmd_rx, mesh, report).await
             })
             .map_err(|e| StartError::Shard {
                 index,
@@ -280,20 +306,23 @@ impl Runtime {
     }
 
     /// Drains every shard (flush queues, finish sessions) and waits up to `timeout`.
-    pub fn shutdown(self, timeout: Duration) -> Result<(), String> {
+    pub fn shutdown(self, timeout: Duration) -> Result<(), StopError> {
         let deadline = Instant::now() + timeout;
         for h in &self.handles {
             let _ = h.commands.send(Command::Shutdown { deadline });
         }
         let mut first_err = None;
-        for (i, t) in self.threads.into_iter().enumerate() {
+        for (index, t) in self.threads.into_iter().enumerate() {
             match t.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    first_err.get_or_insert(format!("shard {i}: {e}"));
+                Ok(Err(source)) => {
+                    first_err.get_or_insert(StopError::Shard { index, source });
                 }
                 Err(e) => {
-                    first_err.get_or_insert(format!("shard {i}: {e}"));
+                    first_err.get_or_insert(StopError::Executor {
+                        index,
+                        why: e.to_string(),
+                    });
                 }
             }
         }

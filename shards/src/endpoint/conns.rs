@@ -1,0 +1,504 @@
+//! Connections and their indexes: by key, by connection ID (every CID a connection was
+//! given, so any datagram finds it) and by authenticated peer; and what happens to a
+//! connection at its ends (accept, insert, finish, removal with its accounting).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::batch::BatchQueue;
+use crate::cid;
+use crate::session::Session;
+use crate::wire::{ErrorCode, PeerId, Record, close_code};
+
+use super::Endpoint;
+use super::interface::PeerActivity;
+use super::pool::PoolConfig;
+use super::routing::{Origin, RouteOutcome};
+use super::stats::{add, inc, sub};
+use super::timers::TimerKey;
+
+/// A connection's key, unique within its shard.
+pub(super) type ConnKey = u64;
+
+/// What a queued record is, for the counters and histograms kept when it is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A message relayed for another peer (relay-delay histogram).
+    Relayed,
+    /// The echo handler's reply: the message counts as delivered once this is sealed.
+    EchoReply,
+    /// Anything else (the local application's messages, ERROR records).
+    Other,
+}
+
+/// A record in a destination's batch queue.
+#[derive(Debug)]
+pub(super) struct Queued {
+    pub(super) record: Record,
+    /// When it reached this node.
+    pub(super) received: Instant,
+    pub(super) kind: Kind,
+}
+
+/// One QUIC connection and what the endpoint keeps for it.
+pub(super) struct Conn {
+    pub(super) session: Session,
+    pub(super) queue: BatchQueue<Queued>,
+    /// Records decoded from this session but not yet routed (destination was full), with
+    /// when they arrived.
+    pub(super) stalled: VecDeque<(Record, Instant)>,
+    pub(super) scids: Vec<Vec<u8>>,
+    pub(super) peer: Option<PeerId>,
+    pub(super) finished: bool,
+    /// Over the connection cap: close with CONNECTION_LIMIT once QUIC is established.
+    pub(super) refused: bool,
+    /// Listed in `Endpoint::dirty` this turn.
+    pub(super) dirty: bool,
+    /// Listed in `Endpoint::blocked`: it stopped reading because a destination (or its own
+    /// queue) was full, and is serviced again when room appears.
+    pub(super) blocked: bool,
+    /// When the peer last made flow-control progress (or nothing waited for it).
+    pub(super) progress_at: Instant,
+    /// [`Session::accepted_bytes`] when progress was last seen.
+    pub(super) accepted_mark: u64,
+    /// Closed by the stall detector: what it still holds counts as `stalled`.
+    pub(super) stall_closed: bool,
+    /// Frames sealed into the session that QUIC has not taken whole yet, oldest first.
+    pub(super) sealed: VecDeque<SealedFrame>,
+    /// The pool entry (dialed address) this connection serves, for outbound connections.
+    pub(super) outbound: Option<SocketAddr>,
+    /// Whether this connection holds a slot of the connection cap.
+    pub(super) holds_slot: bool,
+    /// When a keep-alive PING was last sent.
+    pub(super) last_ping: Instant,
+    /// Traffic counters published to the peer index each period.
+    pub(super) activity: PeerActivity,
+    pub(super) last_activity: Instant,
+    pub(super) published: PeerActivity,
+}
+
+/// A frame sealed into a session but possibly not yet taken by QUIC: what it carried, so
+/// that echo replies count as delivered once QUIC takes them and a connection that closes
+/// first counts them as dropped.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SealedFrame {
+    /// [`Session::accepted_bytes`] once QUIC has taken the whole frame.
+    pub(super) end: u64,
+    pub(super) messages: u64,
+    pub(super) echoes: u64,
+}
+
+impl Conn {
+    /// Whether sealed or queued data waits for this peer's flow-control credit.
+    pub(super) fn output_waiting(&self) -> bool {
+        !self.queue.is_empty() || self.session.pending_bytes() > 0
+    }
+
+    /// Notes flow-control progress: the peer took bytes since the last look, or nothing
+    /// waits for it. Returns the echo replies in frames QUIC has now taken whole (they count
+    /// as delivered).
+    pub(super) fn note_progress(&mut self, now: Instant) -> u64 {
+        let accepted = self.session.accepted_bytes();
+        if accepted != self.accepted_mark || !self.output_waiting() {
+            self.accepted_mark = accepted;
+            self.progress_at = now;
+        }
+        let mut echoes = 0;
+        while self.sealed.front().is_some_and(|f| f.end <= accepted) {
+            if let Some(f) = self.sealed.pop_front() {
+                echoes += f.echoes;
+            }
+        }
+        echoes
+    }
+
+    /// When the stall detector closes this connection if the peer still takes nothing.
+    pub(super) fn stall_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
+        if self.peer.is_none() || self.session.is_closing() || !self.output_waiting() {
+            return None;
+        }
+        Some(self.progress_at + pool.stall_timeout)
+    }
+
+    /// When this connection next needs a turn without a datagram arriving: quiche's timer,
+    /// its batch timeout (unless QUIC holds `backlog` unsent bytes: then ACKs, not time,
+    /// free room), keep-alive, TTL or the stall detector.
+    pub(super) fn deadline(&self, pool: &PoolConfig, backlog: usize) -> Option<Instant> {
+        let queue = (self.session.is_open() && self.session.pending_bytes() < backlog)
+            .then(|| self.queue.deadline())
+            .flatten();
+        [
+            self.session.timeout_at(),
+            queue,
+            self.pool_deadline(pool),
+            self.stall_deadline(pool),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When the pool next has work on this connection: a keep-alive PING or the TTL.
+    pub(super) fn pool_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
+        if self.peer.is_none() || self.finished || self.session.is_closing() {
+            return None;
+        }
+        Some((self.last_ping + pool.keepalive).min(self.last_activity + pool.ttl))
+    }
+}
+
+/// Connections by key, with their connection-ID and peer indexes.
+#[derive(Default)]
+pub(super) struct ConnIndex {
+    conns: HashMap<ConnKey, Conn>,
+    by_cid: HashMap<Vec<u8>, ConnKey>,
+    by_peer: HashMap<PeerId, ConnKey>,
+    next_key: ConnKey,
+}
+
+impl ConnIndex {
+    pub(super) fn get(&self, key: ConnKey) -> Option<&Conn> {
+        self.conns.get(&key)
+    }
+
+    pub(super) fn get_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
+        self.conns.get_mut(&key)
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&ConnKey, &mut Conn)> {
+        self.conns.iter_mut()
+    }
+
+    pub(super) fn keys(&self) -> Vec<ConnKey> {
+        let mut keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// The connection a datagram's destination CID names.
+    pub(super) fn by_cid(&self, dcid: &[u8]) -> Option<ConnKey> {
+        self.by_cid.get(dcid).copied()
+    }
+
+    /// Routes datagrams for `cid` to `key` as well.
+    pub(super) fn add_cid(&mut self, key: ConnKey, cid: Vec<u8>) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            self.by_cid.insert(cid.clone(), key);
+            c.scids.push(cid);
+        }
+    }
+
+    /// The connection that carries traffic for `peer`.
+    pub(super) fn of_peer(&self, peer: &PeerId) -> Option<ConnKey> {
+        self.by_peer.get(peer).copied()
+    }
+
+    pub(super) fn peer_map(&self) -> &HashMap<PeerId, ConnKey> {
+        &self.by_peer
+    }
+
+    pub(super) fn set_peer(&mut self, peer: PeerId, key: ConnKey) {
+        self.by_peer.insert(peer, key);
+    }
+
+    /// Stops routing `peer`'s traffic to `key` (if it still is).
+    pub(super) fn unset_peer(&mut self, peer: &PeerId, key: ConnKey) {
+        if self.by_peer.get(peer) == Some(&key) {
+            self.by_peer.remove(peer);
+        }
+    }
+
+    fn insert(&mut self, conn: Conn) -> ConnKey {
+        self.next_key += 1;
+        let key = self.next_key;
+        for s in &conn.scids {
+            self.by_cid.insert(s.clone(), key);
+        }
+        self.conns.insert(key, conn);
+        key
+    }
+
+    fn remove(&mut self, key: ConnKey) -> Option<Conn> {
+        let c = self.conns.remove(&key)?;
+        for s in &c.scids {
+            self.by_cid.remove(s);
+        }
+        if let Some(peer) = c.peer {
+            self.unset_peer(&peer, key);
+        }
+        Some(c)
+    }
+}
+
+impl Endpoint {
+    /// A new Initial from `from` for the unknown connection ID `odcid`: a server session
+    /// (refused over the connection cap once QUIC is up).
+    pub(super) fn accept(
+        &mut self,
+        odcid: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) -> Option<ConnKey> {
+        if self.draining.is_some() {
+            return None;
+        }
+        let server_cfg = self.server_cfg.as_mut()?;
+        let scid = cid::new_cid(self.cfg.index as u8, &mut self.rng);
+        let session = match Session::accept(
+            server_cfg,
+            &self.cfg.identity,
+            &scid,
+            self.local_addr,
+            from,
+            now,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("accept from {from} failed: {e}");
+                return None;
+            }
+        };
+        inc(&self.stats().accepted);
+        let holds_slot = self.cfg.slots.try_acquire(self.cfg.pool.max_connections);
+        let key = self.insert_conn(session, scid.to_vec(), now);
+        if let Some(c) = self.conns.get_mut(key) {
+            c.holds_slot = holds_slot;
+            c.refused = !holds_slot;
+        }
+        if !holds_slot {
+            inc(&self.stats().refused);
+        }
+        self.conns.add_cid(key, odcid.to_vec());
+        Some(key)
+    }
+
+    pub(super) fn insert_conn(&mut self, session: Session, scid: Vec<u8>, now: Instant) -> ConnKey {
+        add(&self.cfg.stats.connections, 1);
+        self.conns.insert(Conn {
+            session,
+            queue: BatchQueue::new(self.cfg.batch),
+            stalled: VecDeque::new(),
+            scids: vec![scid],
+            peer: None,
+            finished: false,
+            refused: false,
+            dirty: false,
+            blocked: false,
+            progress_at: now,
+            accepted_mark: 0,
+            stall_closed: false,
+            sealed: VecDeque::new(),
+            outbound: None,
+            holds_slot: false,
+            last_ping: now,
+            activity: PeerActivity::default(),
+            last_activity: now,
+            published: PeerActivity::default(),
+        })
+    }
+
+    /// Appends `record` to connection `key`'s batch queue and accounts for its bytes.
+    pub(super) fn enqueue(
+        &mut self,
+        key: ConnKey,
+        record: Record,
+        received: Instant,
+        kind: Kind,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !c.output_waiting() {
+            // The stall clock starts when data starts waiting for this peer.
+            c.progress_at = now;
+            c.accepted_mark = c.session.accepted_bytes();
+        }
+        let size = record.encoded_len();
+        c.queue.push(
+            Queued {
+                record,
+                received,
+                kind,
+            },
+            size,
+            now,
+        );
+        add(&self.cfg.stats.queued_bytes, size as u64);
+        self.mark_dirty(key);
+    }
+
+    /// Notes that `key`'s queue got records this turn (once per connection per turn).
+    pub(super) fn mark_dirty(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Lists `key` as having stopped reading for lack of room.
+    pub(super) fn mark_blocked(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key)
+            && !c.blocked
+        {
+            c.blocked = true;
+            self.blocked.push(key);
+        }
+    }
+
+    /// Finishes connection `key` gracefully: flush its queue, then FIN.
+    /// Used for a connection replaced by another one with the same peer: what it could not
+    /// seal any more is routed again (to the connection that replaced it).
+    pub(super) fn finish_conn(&mut self, key: ConnKey, now: Instant) {
+        self.flush_queue(key, now, true);
+        let mut rest = Vec::new();
+        let mut peer = None;
+        if let Some(c) = self.conns.get_mut(key) {
+            while !c.queue.is_empty() {
+                rest.extend(c.queue.pop_batch());
+            }
+            c.session.finish();
+            c.finished = true;
+            peer = c.peer;
+        }
+        if let Some(peer) = peer {
+            self.conns.unset_peer(&peer, key);
+            for (q, _) in rest {
+                sub(&self.cfg.stats.queued_bytes, q.record.encoded_len() as u64);
+                let origin = self.origin_of(&q.record);
+                if let RouteOutcome::Blocked(r) =
+                    self.route_to_peer(origin, peer, q.record, q.received, now)
+                {
+                    self.waiting.push_back((origin, peer, r, q.received));
+                }
+            }
+        }
+        self.drive(key, now);
+    }
+
+    /// Removes the closed sessions noted since the last call, reporting what they left
+    /// undelivered.
+    pub(super) fn reap(&mut self, now: Instant) {
+        if self.closed.is_empty() {
+            return;
+        }
+        let closed = std::mem::take(&mut self.closed);
+        let mut any = false;
+        for k in closed {
+            if self.conns.get(k).is_some_and(|c| c.session.is_closed()) {
+                self.drop_conn_state(k, ErrorCode::DestinationUnreachable, now);
+                any = true;
+            }
+        }
+        // Senders blocked on a connection that is gone now get their ERROR records.
+        if any && (!self.blocked.is_empty() || !self.waiting.is_empty()) {
+            self.retry_blocked(now);
+            self.end_turn(now);
+        }
+    }
+
+    /// Forgets connection `key`: its slot, indexes and timers, and counts (and reports to
+    /// their senders) what it still held.
+    pub(super) fn drop_conn_state(&mut self, key: ConnKey, code: ErrorCode, now: Instant) {
+        let Some(mut c) = self.conns.remove(key) else {
+            return;
+        };
+        self.timers.cancel(TimerKey::Conn(key));
+        sub(&self.cfg.stats.connections, 1);
+        inc(&self.stats().closed);
+        if c.holds_slot {
+            self.cfg.slots.release();
+        }
+        if let Some(info) = c.session.close_info() {
+            tracing::debug!(conn = key, ?info, "session closed");
+        }
+        if let Some(peer) = c.peer {
+            // Dialed peers stay in the index (as Disconnected) while the pool re-dials.
+            if c.outbound.is_none() || self.draining.is_some() {
+                self.cfg.directory.disconnected(peer, self.cfg.index, key);
+            }
+        }
+        let pool_addr = c
+            .outbound
+            .filter(|a| self.draining.is_none() && self.pool.is_served_by(a, key));
+        if let Some(addr) = pool_addr {
+            // Messages still queued for a dialed peer wait for the re-established
+            // connection, as far as the queue bound allows (not when the peer was closed for
+            // not reading: those count as stalled below).
+            let mut rest = Vec::new();
+            if !c.stall_closed {
+                let mut queued = Vec::new();
+                while !c.queue.is_empty() {
+                    for (q, _) in c.queue.pop_batch() {
+                        sub(&self.cfg.stats.queued_bytes, q.record.encoded_len() as u64);
+                        queued.push((q.record, q.received));
+                    }
+                }
+                rest = self.pool.requeue(addr, queued, self.cfg.queue_capacity);
+            }
+            let graceful = c.finished
+                || c.session
+                    .close_info()
+                    .is_some_and(|i| i.is_app && i.code == close_code::NO_ERROR);
+            let why = c
+                .session
+                .close_info()
+                .map(|i| format!("connection closed (code {:#x}: {})", i.code, i.reason))
+                .unwrap_or_else(|| "connection closed".into());
+            for r in rest {
+                self.undeliverable(Origin::Remote, r, ErrorCode::DestinationUnreachable, now);
+            }
+            self.outbound_lost(addr, graceful, &why, now);
+        }
+        let code = if self.draining.is_some() {
+            ErrorCode::ShuttingDown
+        } else if c.stall_closed {
+            ErrorCode::DestinationStalled
+        } else {
+            code
+        };
+        // Frames sealed into the session that QUIC never took: their messages are lost with
+        // the connection; count them (their records are gone, so no ERROR can be sent).
+        // Frames QUIC took since the last look count as delivered first.
+        let delivered = c.note_progress(now);
+        add(&self.cfg.stats.delivered_local, delivered);
+        let unsent: u64 = c.sealed.iter().map(|f| f.messages).sum();
+        if unsent > 0 {
+            let counter = match code {
+                ErrorCode::ShuttingDown => &self.cfg.stats.dropped_shutting_down,
+                ErrorCode::DestinationStalled => &self.cfg.stats.dropped_stalled,
+                _ => &self.cfg.stats.dropped_unreachable,
+            };
+            add(counter, unsent);
+        }
+        self.room_freed = true;
+        // Undelivered records queued for this peer: count and tell their senders.
+        let mut left = Vec::new();
+        while !c.queue.is_empty() {
+            left.extend(c.queue.pop_batch().into_iter().map(|(q, _)| q.record));
+        }
+        let bytes: usize = left.iter().map(Record::encoded_len).sum();
+        sub(&self.cfg.stats.queued_bytes, bytes as u64);
+        for r in left {
+            let origin = self.origin_of(&r);
+            self.undeliverable(origin, r, code, now);
+        }
+        // Records this peer sent that were never routed.
+        for (r, _) in c.stalled.drain(..) {
+            if matches!(r, Record::Message(_)) {
+                inc(&self.stats().dropped_sender_gone);
+            }
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! The shard's endpoint, sans I/O: every QUIC session whose connection IDs name this shard,
+//! their batch queues, the connection pool, routing between peers and shards, drain, and
+//! the shard's counters, driven entirely by its caller.
+//!
+//! Input comes in through `handle_*` calls, each given the current time:
+//! [`Endpoint::handle_datagram`], [`Endpoint::handle_command`], [`Endpoint::handle_hop`]
+//! and [`Endpoint::handle_timeout`]. Output is collected with `poll_*` calls:
+//! [`Endpoint::poll_transmit`] (datagrams to send), [`Endpoint::poll_hop`] (records for
+//! other shards) and [`Endpoint::poll_timeout`] (when to call `handle_timeout` next).
+//! The endpoint never reads a clock and never touches a socket; its randomness (connection
+//! IDs, reset tokens, backoff jitter) comes from a seeded generator, so tests drive two
+//! endpoints in memory with simulated time. (quiche keeps its own loss-recovery and idle
+//! timers on the real clock; the endpoint's pool, TTL, keep-alive, stall, backoff, batch
+//! and drain timers all run on the time passed in.)
+//!
+//! The glommio driver ([`crate::shard`]) owns the socket and the cross-shard channels
+//! and does nothing else.
+//!
+//! Modules, by responsibility: `conns` (connections and their CID and peer indexes),
+//! `service` (one connection's turn: read, route, seal, send), `routing` (where a record
+//! goes), `pool` (dialed peers, backoff, connection cap, keep-alive, TTL, stall),
+//! `drain`, `timers` (deadlines ordered by time) and `stats`.
+//!
+//! ```
+//! use shards::endpoint::{Endpoint, ShardConfig};
+//! # fn drive(ep: &mut Endpoint, socket: &std::net::UdpSocket) -> std::io::Result<()> {
+//! let now = std::time::Instant::now();
+//! let mut buf = [0u8; 65_535];
+//! let (n, from) = socket.recv_from(&mut buf)?;
+//! ep.handle_datagram(now, from, &mut buf[..n]);
+//! while let Some(t) = ep.poll_transmit() {
+//!     socket.send_to(&t.data, t.to)?;
+//!     ep.recycle(t.data);
+//! }
+//! // ... sleep until ep.poll_timeout(), then ep.handle_timeout(now)
+//! # Ok(()) }
+//! ```
+
+mod conns;
+mod drain;
+mod interface;
+mod pool;
+mod routing;
+mod service;
+mod stats;
+mod timers;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::cid::{self, CID_LEN};
+use crate::hist::Histograms;
+use crate::session;
+use crate::wire::{ErrorCode, Message, PeerId, Record};
+
+use conns::{ConnIndex, ConnKey};
+use routing::{Origin, RouteOutcome, Router};
+use stats::inc;
+use timers::{TimerKey, Timers};
+
+pub use interface::{
+    App, Command, Delivery, Hop, PeerActivity, PeerDirectory, ShardConfig, ShardMsg,
+};
+pub use pool::{ConnectionSlots, DEFAULT_STALL_TIMEOUT, PoolConfig};
+pub use stats::ShardStats;
+
+/// Frames opened per session per turn, for fairness between connections.
+const FRAMES_PER_TURN: usize = 16;
+/// Sealed bytes a session may hold beyond what QUIC accepted before the shard stops sealing.
+const MAX_SESSION_BACKLOG: usize = 256 * 1024;
+/// Records from the app or other shards held while their destination is full, before the
+/// shard stops taking more from the mesh.
+const WAITING_LIMIT: usize = 1024;
+/// How often a record blocked on the embedding program's full delivery channel is retried
+/// (that channel cannot say when it has room). Records blocked on a peer's flow control or
+/// on the mesh are retried when room appears, never on a timer.
+const APP_RETRY: Duration = Duration::from_millis(1);
+/// How often a draining endpoint looks at its sessions again.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// Spare datagram buffers kept for reuse.
+const SPARE_BUFFERS: usize = 256;
+
+/// Where the answer to a dial goes.
+pub type DialReply = flume::Sender<Result<PeerId, String>>;
+
+/// A datagram the endpoint wants sent.
+#[derive(Debug)]
+pub struct Transmit {
+    /// Destination address.
+    pub to: SocketAddr,
+    /// The datagram; hand the buffer back with [`Endpoint::recycle`] once sent.
+    pub data: Vec<u8>,
+}
+
+/// Why an endpoint could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The TLS certificate or key could not be loaded into QUIC.
+    #[error("TLS certificate or key not usable: {0}")]
+    Tls(String),
+    /// The QUIC client configuration could not be built.
+    #[error("QUIC client configuration: {0}")]
+    Quic(String),
+}
+
+/// One shard's QUIC endpoint and everything it routes, without I/O (see the module docs).
+pub struct Endpoint {
+    cfg: ShardConfig,
+    self_id: PeerId,
+    local_addr: SocketAddr,
+    server_cfg: Option<quiche::Config>,
+    client_cfg: quiche::Config,
+    conns: ConnIndex,
+    router: Router,
+    pool: pool::Pool,
+    timers: Timers<TimerKey>,
+    outbox: VecDeque<Transmit>,
+    spare: Vec<Vec<u8>>,
+    /// Conns with queued records that may be due at the end of this turn.
+    dirty: Vec<ConnKey>,
+    /// Records for other shards not yet taken by the driver.
+    hop_backlog: VecDeque<(usize, ShardMsg)>,
+    /// The hop backlog was at its limit when the driver last took from it: senders it
+    /// paused are retried once the driver says the record went out.
+    hop_unblocked: bool,
+    /// Records from the local app or other shards waiting for a full destination.
+    waiting: VecDeque<(Origin, PeerId, Record, Instant)>,
+    draining: Option<Instant>,
+    /// Connections that still have readable data after their per-turn frame budget.
+    resume: Vec<ConnKey>,
+    /// Connections that stopped reading for lack of room somewhere.
+    blocked: Vec<ConnKey>,
+    /// Connections whose session closed this turn, removed at its end.
+    closed: Vec<ConnKey>,
+    /// A record waits for the embedding program's delivery channel (retried on a timer).
+    app_blocked: bool,
+    /// Room may have appeared somewhere other than the connection a datagram is for (a
+    /// connection closed, a dialed peer's waiting messages moved): retry what is blocked.
+    room_freed: bool,
+    /// `waiting` shrank: the driver may take commands and hops again.
+    room_signal: bool,
+    decode_buf: Vec<Record>,
+    batch_buf: Vec<(conns::Queued, Instant)>,
+    /// Shard-local histograms, added into `cfg.histograms` every publish period.
+    hist: Histograms,
+    last_publish: Instant,
+    /// Peer traffic changed since the last publish.
+    activity_dirty: bool,
+    rng: StdRng,
+    /// A monotonic instant and the wall-clock time it corresponds to, for the wall-clock
+    /// times published to the peer index.
+    epoch: (Instant, SystemTime),
+    /// The time of the latest `handle_*` call.
+    last_now: Instant,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("shard", &self.cfg.index)
+            .field("local_addr", &self.local_addr)
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint for shard `cfg.index` reachable at `local_addr`. `seed` feeds every
+    /// random choice; `now` and `wall` are the same moment on the monotonic and the wall
+    /// clock.
+    pub fn new(
+        cfg: ShardConfig,
+        local_addr: SocketAddr,
+        seed: u64,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<Endpoint, EndpointError> {
+        let server_cfg = if cfg.accept {
+            Some(
+                session::server_config(&cfg.transport, &cfg.cert_pem, &cfg.key_pem)
+                    .map_err(|e| EndpointError::Tls(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let client_cfg = session::client_config(&cfg.transport)
+            .map_err(|e| EndpointError::Quic(e.to_string()))?;
+        let self_id = cfg.identity.peer_id();
+        Ok(Endpoint {
+            router: Router::new(self_id, cfg.index),
+            pool: pool::Pool::new(cfg.reconnect),
+            self_id,
+            local_addr,
+            server_cfg,
+            client_cfg,
+            conns: ConnIndex::default(),
+            timers: Timers::default(),
+            outbox: VecDeque::new(),
+            spare: Vec::new(),
+            dirty: Vec::new(),
+            hop_backlog: VecDeque::new(),
+            hop_unblocked: false,
+            waiting: VecDeque::new(),
+            draining: None,
+            resume: Vec::new(),
+            blocked: Vec::new(),
+            closed: Vec::new(),
+            app_blocked: false,
+            room_freed: false,
+            room_signal: false,
+            decode_buf: Vec::new(),
+            batch_buf: Vec::new(),
+            hist: Histograms::new(),
+            last_publish: now,
+            activity_dirty: false,
+            rng: StdRng::seed_from_u64(seed),
+            epoch: (now, wall),
+            last_now: now,
+            cfg,
+        })
+    }
+
+    /// This shard's counters.
+    pub fn stats(&self) -> &ShardStats {
+        &self.cfg.stats
+    }
+
+    /// This shard's index.
+    pub fn index(&self) -> usize {
+        self.cfg.index
+    }
+
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.self_id
+    }
+
+    /// Connections held (in any state).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The drain deadline, once a shutdown started.
+    pub fn draining(&self) -> Option<Instant> {
+        self.draining
+    }
+
+    /// Whether the driver should take more commands: nothing waits for room (or the node
+    /// is draining, when commands are refused anyway).
+    pub fn accepts_commands(&self) -> bool {
+        self.waiting.is_empty() || self.draining.is_some()
+    }
+
+    /// Whether the driver should take more records from other shards.
+    pub fn accepts_hops(&self) -> bool {
+        self.waiting.len() < WAITING_LIMIT
+    }
+
+    /// Whether records for other shards wait for [`Endpoint::poll_hop`].
+    pub fn hops_pending(&self) -> bool {
+        !self.hop_backlog.is_empty()
+    }
+
+    /// Whether room appeared for commands and hops since the last call.
+    pub fn take_room_signal(&mut self) -> bool {
+        std::mem::take(&mut self.room_signal)
+    }
+
+    /// Records one sample of the time a datagram spent in the kernel's receive queue.
+    pub fn record_receive_delay(&mut self, delay: Duration) {
+        self.hist
+            .receive_delay_ns
+            .saturating_record(delay.as_nanos() as u64);
+    }
+
+    /// The wall-clock time of `now`.
+    fn wall_clock(&self, now: Instant) -> SystemTime {
+        let (t0, w0) = self.epoch;
+        match now.checked_duration_since(t0) {
+            Some(d) => w0 + d,
+            None => w0.checked_sub(t0 - now).unwrap_or(w0),
+        }
+    }
+
+    /// A UDP datagram arrived from `from`. `pkt` is decrypted in place.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, pkt: &mut [u8]) {
+        self.last_now = now;
+        inc(&self.stats().datagrams_in);
+        let hdr = match quiche::Header::from_slice(pkt, CID_LEN) {
+            Ok(h) => h,
+            Err(_) => {
+                inc(&self.stats().unknown_datagrams);
+                return;
+            }
+        };
+        let key = match self.conns.by_cid(hdr.dcid.as_ref()) {
+            Some(k) => k,
+            None => {
+                let dcid = hdr.dcid.as_ref().to_vec();
+                if hdr.ty != quiche::Type::Initial {
+                    if cid::shard_of(&dcid, self.cfg.shards) != Some(self.cfg.index) {
+                        inc(&self.stats().misrouted);
+                    }
+                    inc(&self.stats().unknown_datagrams);
+                    return;
+                }
+                if !quiche::version_is_supported(hdr.version) {
+                    let mut out = self.spare.pop().unwrap_or_default();
+                    out.resize(1500, 0);
+                    if let Ok(n) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
+                        out.truncate(n);
+                        self.outbox.push_back(Transmit {
+                            to: from,
+                            data: out,
+                        });
+                    }
+                    return;
+                }
+                match self.accept(&dcid, from, now) {
+                    Some(k) => k,
+                    None => return,
+                }
+            }
+        };
+        let local = self.local_addr;
+        let accepted_before = self
+            .conns
+            .get(key)
+            .map_or(0, |c| c.session.accepted_bytes());
+        if let Some(c) = self.conns.get_mut(key) {
+            c.session.recv(pkt, from, local);
+        }
+        self.service(key, now);
+        // ACKs may have opened the window: seal what is due, then run the send loop.
+        self.flush_queue(key, now, false);
+        self.drive(key, now);
+        // If the peer granted credit (QUIC took more of our bytes), room appeared for the
+        // senders that stopped reading because this connection was full.
+        let credit = self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.session.accepted_bytes() > accepted_before);
+        if (credit || self.room_freed) && (!self.blocked.is_empty() || !self.waiting.is_empty()) {
+            self.retry_blocked(now);
+        }
+        self.end_turn(now);
+        self.reap(now);
+    }
+
+    /// A command from the embedding program or the engine.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        self.last_now = now;
+        match cmd {
+            Command::Dial { addr, reply } => self.dial(addr, reply, now),
+            Command::Send { dst, seq, payload } => {
+                let src = self.self_id;
+                let r = Record::Message(Message {
+                    dst,
+                    src,
+                    seq,
+                    payload,
+                });
+                if let RouteOutcome::Blocked(r) =
+                    self.route_to_peer(Origin::Local, dst, r, now, now)
+                {
+                    self.waiting.push_back((Origin::Local, dst, r, now));
+                }
+            }
+            Command::Shutdown { deadline } => self.begin_drain(deadline, now),
+        }
+        self.end_turn(now);
+        self.reap(now);
+    }
+
+    /// A record or request from another shard.
+    pub fn handle_hop(&mut self, now: Instant, msg: ShardMsg) {
+        self.last_now = now;
+        match msg {
+            ShardMsg::Deliver(hop) => {
+                if !self.waiting.is_empty() {
+                    self.waiting
+                        .push_back((Origin::Remote, hop.to, hop.record, hop.received));
+                } else if let RouteOutcome::Blocked(r) =
+                    self.route_to_peer(Origin::Remote, hop.to, hop.record, hop.received, now)
+                {
+                    self.waiting
+                        .push_back((Origin::Remote, hop.to, r, hop.received));
+                }
+            }
+            ShardMsg::Finish(conn) => self.finish_conn(conn, now),
+        }
+        self.end_turn(now);
+        self.reap(now);
+    }
+
+    /// A record from [`Endpoint::poll_hop`] could not be handed to its shard because that
+    /// shard stopped (drain): its sender is told.
+    pub fn handle_hop_failed(&mut self, now: Instant, msg: ShardMsg) {
+        self.last_now = now;
+        if let ShardMsg::Deliver(h) = msg {
+            let origin = self.origin_of(&h.record);
+            self.undeliverable(origin, h.record, ErrorCode::ShuttingDown, now);
+        }
+        self.end_turn(now);
+    }
+
+    /// A record from [`Endpoint::poll_hop`] was handed to its shard: if the backlog had
+    /// been full, the senders it paused are retried.
+    pub fn handle_hop_sent(&mut self, now: Instant) {
+        if std::mem::take(&mut self.hop_unblocked) {
+            self.last_now = now;
+            self.retry_blocked(now);
+            self.end_turn(now);
+            self.reap(now);
+        }
+    }
+
+    /// Time passed: runs every deadline due at `now` (QUIC timers, batch timeouts,
+    /// keep-alive, TTL, stall detection, reconnection backoff, publication).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        let mut keys: Vec<ConnKey> = std::mem::take(&mut self.resume);
+        let mut redials = Vec::new();
+        for k in self.timers.expired(now) {
+            match k {
+                TimerKey::Conn(c) => keys.push(c),
+                TimerKey::Redial(addr) => redials.push(addr),
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        for k in keys {
+            if let Some(c) = self.conns.get_mut(k)
+                && c.session.timeout_at().is_some_and(|t| t <= now)
+            {
+                c.session.on_timeout();
+            }
+            self.pool_work(k, now);
+            self.service(k, now);
+            self.flush_queue(k, now, false);
+            self.drive(k, now);
+        }
+        self.retry_blocked(now);
+        for addr in redials {
+            self.redial_if_due(addr, now);
+        }
+        self.end_turn(now);
+        self.reap(now);
+        if self.publish_deadline().is_some_and(|t| t <= now) {
+            self.publish(now);
+        }
+    }
+
+    /// The next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop_front()
+    }
+
+    /// Hands back a sent datagram's buffer for reuse.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// The next record for another shard, with that shard's index. Report the outcome with
+    /// [`Endpoint::handle_hop_sent`] or [`Endpoint::handle_hop_failed`].
+    #[must_use]
+    pub fn poll_hop(&mut self) -> Option<(usize, ShardMsg)> {
+        let full = self.hop_backlog.len() >= routing::HOP_BACKLOG_LIMIT;
+        let next = self.hop_backlog.pop_front();
+        if full && next.is_some() {
+            self.hop_unblocked = true;
+        }
+        next
+    }
+
+    /// When [`Endpoint::handle_timeout`] is next due (`None`: only input can make work).
+    #[must_use]
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        // (A reconnection deadline passing during a drain fires once and is not re-armed.)
+        let mut next = self.timers.next();
+        let consider = |next: &mut Option<Instant>, t: Option<Instant>| {
+            if let Some(t) = t {
+                *next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        if !self.resume.is_empty() {
+            consider(&mut next, Some(self.last_now));
+        }
+        if self.app_blocked {
+            consider(&mut next, Some(self.last_now + APP_RETRY));
+        }
+        if self.draining.is_some() {
+            consider(&mut next, Some(self.last_now + DRAIN_POLL));
+        }
+        consider(&mut next, self.publish_deadline());
+        next
+    }
+
+    /// Routes what waited for room: records from the application and other shards, then
+    /// the connections that stopped reading. Called when room may have appeared (a
+    /// datagram, the hop backlog draining, a connection closing, a tick).
+    fn retry_blocked(&mut self, now: Instant) {
+        self.app_blocked = false;
+        self.room_freed = false;
+        self.retry_waiting(now);
+        let keys = std::mem::take(&mut self.blocked);
+        for k in keys {
+            if let Some(c) = self.conns.get_mut(k) {
+                c.blocked = false;
+            } else {
+                continue;
+            }
+            self.service(k, now);
+            self.flush_queue(k, now, false);
+            self.drive(k, now);
+        }
+    }
+
+    /// Flushes queues that became due during this turn (batch timeout 0, or full).
+    fn end_turn(&mut self, now: Instant) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for k in dirty {
+            if let Some(c) = self.conns.get_mut(k) {
+                c.dirty = false;
+            }
+            self.flush_queue(k, now, false);
+            self.drive(k, now);
+        }
+    }
+}

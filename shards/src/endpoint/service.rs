@@ -1,0 +1,291 @@
+//! One connection's turn: complete its handshake, read and route what it sent (as far as
+//! destinations have room), seal its due batches, and collect the datagrams quiche wants
+//! sent, then re-arm its deadline.
+
+use std::time::Instant;
+
+use rand::RngCore;
+
+use crate::cid;
+use crate::wire::{PeerId, Record, close_code};
+
+use super::conns::{ConnKey, Kind, SealedFrame};
+use super::interface::ShardMsg;
+use super::routing::{Origin, RouteOutcome};
+use super::stats::{add, inc, sub};
+use super::timers::TimerKey;
+use super::{Endpoint, FRAMES_PER_TURN, MAX_SESSION_BACKLOG, Transmit};
+
+impl Endpoint {
+    /// Reads and routes what a session has for us, as far as destinations have room.
+    pub(super) fn service(&mut self, key: ConnKey, now: Instant) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if c.refused && c.session.quic().is_established() && !c.session.is_closing() {
+                c.session
+                    .close(close_code::CONNECTION_LIMIT, "connection limit reached");
+                return;
+            }
+            if c.refused {
+                return;
+            }
+        }
+        // Handshake completion.
+        let ready = self.conns.get_mut(key).and_then(|c| c.session.take_ready());
+        if let Some(peer) = ready {
+            self.on_ready(key, peer, now);
+        }
+        let mut frames = 0;
+        loop {
+            // First route what this session already had decoded.
+            while let Some((r, t)) = self.conns.get_mut(key).and_then(|c| c.stalled.pop_front()) {
+                if let RouteOutcome::Blocked(r) = self.route(Origin::Conn(key), r, t, now) {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.stalled.push_front((r, t));
+                    }
+                    self.mark_blocked(key);
+                    return;
+                }
+            }
+            if frames >= FRAMES_PER_TURN {
+                // More may be readable with no datagram coming to prompt us: resume soon.
+                if !self.resume.contains(&key) {
+                    self.resume.push(key);
+                }
+                return;
+            }
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
+            // Replies and errors go to this session's own queue: keep room for them.
+            if c.queue.bytes() + c.session.pending_bytes() >= self.cfg.queue_capacity {
+                self.mark_blocked(key);
+                return;
+            }
+            let mut buf = std::mem::take(&mut self.decode_buf);
+            buf.clear();
+            let res = c.session.read_records(&mut buf, 1);
+            match res {
+                Ok(0) => {
+                    self.decode_buf = buf;
+                    // Peer finished its direction: finish ours once our queue is out.
+                    if c.session.peer_finished() && !c.finished {
+                        self.flush_queue(key, now, true);
+                        if let Some(c) = self.conns.get_mut(key)
+                            && c.queue.is_empty()
+                        {
+                            c.session.finish();
+                            c.finished = true;
+                        }
+                    }
+                    if let Some(c) = self.conns.get_mut(key)
+                        && c.session.is_client()
+                        && c.session.is_complete()
+                    {
+                        c.session.close(close_code::NO_ERROR, "done");
+                    }
+                    return;
+                }
+                Ok(_) => {
+                    frames += 1;
+                    for r in &buf {
+                        if matches!(r, Record::Message(_)) {
+                            c.activity.messages_in += 1;
+                            self.activity_dirty = true;
+                        }
+                        c.activity.bytes_in += r.encoded_len() as u64;
+                    }
+                    c.last_activity = now;
+                    c.stalled.extend(buf.drain(..).map(|r| (r, now)));
+                    self.decode_buf = buf;
+                }
+                Err(e) => {
+                    self.decode_buf = buf;
+                    match e.close_code() {
+                        close_code::SEAL_FAILED | close_code::FRAME_TOO_LARGE => {
+                            inc(&self.stats().seal_failures)
+                        }
+                        close_code::HANDSHAKE_FAILED => inc(&self.stats().handshake_failures),
+                        _ => inc(&self.stats().protocol_errors),
+                    }
+                    tracing::info!(conn = key, "closing session: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The Noise handshake of `key` finished with `peer`: index it, give the peer spare
+    /// CIDs, settle duplicates, and hand a dialed peer what waited for it.
+    pub(super) fn on_ready(&mut self, key: ConnKey, peer: PeerId, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        c.peer = Some(peer);
+        let addr = c.session.peer_addr().unwrap_or(self.local_addr);
+        let outbound = c.session.is_client();
+        let pool_addr = c.outbound;
+        if let Some(d) = c.session.handshake_duration() {
+            self.hist
+                .handshake_ns
+                .saturating_record(d.as_nanos() as u64);
+        }
+        // Give the peer spare connection IDs (all naming this shard) for migration.
+        let mut issued = Vec::new();
+        while c.session.quic().scids_left() > 0 && issued.len() < 3 {
+            let scid = cid::new_cid(self.cfg.index as u8, &mut self.rng);
+            let token = u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64());
+            let id = quiche::ConnectionId::from_ref(&scid);
+            if c.session.quic_mut().new_scid(&id, token, false).is_err() {
+                break;
+            }
+            issued.push(scid.to_vec());
+        }
+        for s in issued {
+            self.conns.add_cid(key, s);
+        }
+        // Two connections with one peer (both sides dialed at once): both nodes keep the
+        // one initiated by the smaller peer id and finish the other.
+        // A connection in the same direction as an existing one is a reconnection (the peer
+        // restarted, or its old connection is dying): the new one wins.
+        let existing = self
+            .cfg
+            .directory
+            .owner(&peer)
+            .filter(|&(shard, conn, _)| (shard, conn) != (self.cfg.index, key));
+        let mut replaced = None;
+        if let Some((shard, conn, existing_outbound)) = existing {
+            let initiator = if outbound { self.self_id } else { peer };
+            let keep_new = existing_outbound == outbound || initiator == self.self_id.min(peer);
+            if !keep_new {
+                tracing::debug!(%peer, "duplicate connection: keeping the existing one");
+                if let Some(pool_addr) = pool_addr {
+                    self.outbound_superseded(pool_addr, peer, now);
+                }
+                self.finish_conn(key, now);
+                return;
+            }
+            tracing::debug!(%peer, "duplicate connection: replacing the existing one");
+            replaced = Some((shard, conn));
+        }
+        self.conns.set_peer(peer, key);
+        self.router.forget(&peer);
+        self.cfg
+            .directory
+            .connected(peer, self.cfg.index, key, addr, outbound);
+        // Retire the replaced connection after the new one is registered, so what it
+        // still had queued is routed to the new one.
+        match replaced {
+            Some((shard, conn)) if shard == self.cfg.index => self.finish_conn(conn, now),
+            Some((shard, conn)) => self.push_hop(shard, ShardMsg::Finish(conn)),
+            None => {}
+        }
+        if let Some(pool_addr) = pool_addr {
+            self.outbound_ready(pool_addr, key, peer, now);
+        }
+        tracing::debug!(shard = self.cfg.index, %peer, %addr, "peer connected");
+    }
+
+    /// Seals due batches of `key`'s queue into its session while the session has room.
+    pub(super) fn flush_queue(&mut self, key: ConnKey, now: Instant, force: bool) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        // Nothing more goes into a session that is closing (its frames would never leave).
+        if !c.session.is_open() || c.session.is_closing() || c.stall_closed {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch_buf);
+        while !c.queue.is_empty()
+            && (force || c.queue.is_due(now))
+            && c.session.pending_bytes() < MAX_SESSION_BACKLOG
+        {
+            batch.clear();
+            c.queue.pop_batch_into(&mut batch);
+            let mut bytes = 0usize;
+            let mut msgs = 0u64;
+            let mut echoes = 0u64;
+            for (q, enqueued) in &batch {
+                bytes += q.record.encoded_len();
+                if matches!(q.record, Record::Message(_)) {
+                    msgs += 1;
+                    let waited = now.saturating_duration_since(*enqueued);
+                    self.hist
+                        .queue_delay_ns
+                        .saturating_record(waited.as_nanos() as u64);
+                    if q.kind == Kind::EchoReply {
+                        echoes += 1;
+                    }
+                    if q.kind == Kind::Relayed {
+                        let since = now.saturating_duration_since(q.received);
+                        self.hist
+                            .relay_delay_ns
+                            .saturating_record(since.as_nanos() as u64);
+                    }
+                }
+            }
+            sub(&self.cfg.stats.queued_bytes, bytes as u64);
+            match c.session.send_batch(batch.iter().map(|(q, _)| &q.record)) {
+                Ok(()) => {
+                    self.hist.batch_size.saturating_record(batch.len() as u64);
+                    inc(&self.cfg.stats.batches_out);
+                    add(&self.cfg.stats.messages_out, msgs);
+                    // Echo replies count as delivered once QUIC takes the frame.
+                    c.sealed.push_back(SealedFrame {
+                        end: c.session.accepted_bytes() + c.session.pending_bytes() as u64,
+                        messages: msgs,
+                        echoes,
+                    });
+                    c.activity.messages_out += msgs;
+                    self.activity_dirty = true;
+                    c.activity.bytes_out += bytes as u64;
+                    c.last_activity = now;
+                    c.last_ping = now;
+                }
+                Err(e) => {
+                    tracing::debug!(conn = key, "batch not sent: {e}");
+                    add(&self.cfg.stats.dropped_unreachable, msgs);
+                    break;
+                }
+            }
+        }
+        batch.clear();
+        self.batch_buf = batch;
+    }
+
+    /// Runs the session's send loop until quiche has nothing more to send, counts the
+    /// frames QUIC took, and re-arms the connection's deadline.
+    pub(super) fn drive(&mut self, key: ConnKey, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let payload = self.cfg.transport.max_udp_payload.max(1500);
+        loop {
+            let mut buf = self.spare.pop().unwrap_or_default();
+            buf.resize(payload, 0);
+            match c.session.send(&mut buf) {
+                Some((n, info)) => {
+                    buf.truncate(n);
+                    self.outbox.push_back(Transmit {
+                        to: info.to,
+                        data: buf,
+                    });
+                }
+                None => {
+                    buf.clear();
+                    self.spare.push(buf);
+                    break;
+                }
+            }
+        }
+        let delivered = c.note_progress(now);
+        add(&self.cfg.stats.delivered_local, delivered);
+        let deadline = if c.session.is_closed() {
+            // Removed at the end of this turn.
+            self.closed.push(key);
+            None
+        } else {
+            c.deadline(&self.cfg.pool, MAX_SESSION_BACKLOG)
+        };
+        self.timers.set(TimerKey::Conn(key), deadline);
+    }
+}

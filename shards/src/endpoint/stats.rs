@@ -1,0 +1,129 @@
+//! Counters a shard keeps without locks, and the periodic publication of its histograms
+//! and per-peer traffic.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::Endpoint;
+use super::interface::PeerActivity;
+
+/// How often a shard publishes histograms and peer activity.
+pub(super) const PUBLISH_PERIOD: Duration = Duration::from_millis(250);
+
+/// Counters a shard keeps without locks; the engine sums them across shards.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// UDP datagrams received.
+    pub datagrams_in: AtomicU64,
+    /// UDP datagrams sent.
+    pub datagrams_out: AtomicU64,
+    /// Datagrams whose connection ID names another shard (steering failure).
+    pub misrouted: AtomicU64,
+    /// Datagrams for no known connection that were not a new Initial.
+    pub unknown_datagrams: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections dialed.
+    pub dialed: AtomicU64,
+    /// Connections currently held (gauge).
+    pub connections: AtomicU64,
+    /// Connections closed for any reason.
+    pub closed: AtomicU64,
+    /// Connections that failed the Noise handshake.
+    pub handshake_failures: AtomicU64,
+    /// Connections closed because a sealed frame failed authentication.
+    pub seal_failures: AtomicU64,
+    /// Connections closed for other protocol violations.
+    pub protocol_errors: AtomicU64,
+    /// Messages received from peers.
+    pub messages_in: AtomicU64,
+    /// Messages handed to the node's own application.
+    pub delivered_local: AtomicU64,
+    /// Messages queued towards another peer (relay), on this shard or another.
+    pub relayed: AtomicU64,
+    /// Messages sealed and written to a connection.
+    pub messages_out: AtomicU64,
+    /// Batches sealed and written.
+    pub batches_out: AtomicU64,
+    /// Error records sent back to senders.
+    pub errors_out: AtomicU64,
+    /// Error records received.
+    pub errors_in: AtomicU64,
+    /// Dropped: destination unknown.
+    pub dropped_unknown_destination: AtomicU64,
+    /// Dropped: larger than the message size limit.
+    pub dropped_too_large: AtomicU64,
+    /// Dropped: the destination's connection ended before delivery.
+    pub dropped_unreachable: AtomicU64,
+    /// Dropped: the node was shutting down.
+    pub dropped_shutting_down: AtomicU64,
+    /// Dropped: the sender's own connection ended before its messages were routed.
+    pub dropped_sender_gone: AtomicU64,
+    /// Dropped: the destination stopped reading and its connection was closed for it
+    /// ([`close_code::STALLED`]) with these messages still queued.
+    pub dropped_stalled: AtomicU64,
+    /// Connections closed because the peer made no flow-control progress for the stall
+    /// timeout while data waited for it.
+    pub stalled_closed: AtomicU64,
+    /// Inode of this shard's UDP socket (0 = unknown), so the engine can read the kernel's
+    /// receive-queue drops for it from `/proc/net/udp`.
+    pub socket_inode: AtomicU64,
+    /// Bytes held in batch queues, not yet sealed (gauge).
+    pub queued_bytes: AtomicU64,
+    /// Connections refused (connection limit, draining).
+    pub refused: AtomicU64,
+    /// Connections closed by the pool TTL.
+    pub ttl_closed: AtomicU64,
+    /// Lifecycle transitions of dialed peers into each state, indexed like `ConnState::ALL`.
+    pub transitions: [AtomicU64; 5],
+}
+
+/// Adds one to a counter.
+pub(super) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds `n` to a counter.
+pub(super) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Subtracts `n` from a gauge.
+pub(super) fn sub(c: &AtomicU64, n: u64) {
+    c.fetch_sub(n, Ordering::Relaxed);
+}
+
+impl Endpoint {
+    /// Adds local histograms into the shared copy (one short lock per period) and reports
+    /// each connection's traffic to the peer index if it changed.
+    pub fn publish(&mut self, now: Instant) {
+        self.last_publish = now;
+        self.activity_dirty = false;
+        if !self.hist.is_empty() {
+            self.cfg.histograms.lock().add(&self.hist);
+            self.hist.clear();
+        }
+        let wall = self.wall_clock(now);
+        for (key, c) in self.conns.iter_mut() {
+            let Some(peer) = c.peer else { continue };
+            let mut a: PeerActivity = c.activity;
+            a.addr = c.session.peer_addr();
+            a.last_activity = wall.checked_sub(now.saturating_duration_since(c.last_activity));
+            if (a.messages_in, a.messages_out, a.addr)
+                != (
+                    c.published.messages_in,
+                    c.published.messages_out,
+                    c.published.addr,
+                )
+            {
+                self.cfg.directory.activity(peer, self.cfg.index, *key, a);
+                c.published = a;
+            }
+        }
+    }
+
+    /// When the next publication is due: only while something changed since the last.
+    pub(super) fn publish_deadline(&self) -> Option<Instant> {
+        (!self.hist.is_empty() || self.activity_dirty).then(|| self.last_publish + PUBLISH_PERIOD)
+    }
+}
