@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use engine::metrics::MetricsServer;
-use engine::{Engine, EngineConfig};
 use engine::metrics::families::{BATCH_SIZE_BUCKETS, SECONDS_BUCKETS};
+use engine::{Engine, EngineConfig};
 use prometheus_parse::{HistogramCount, Sample, Scrape, Value};
 use shards::client::{Client, ClientConfig};
 use shards::identity::Identity;

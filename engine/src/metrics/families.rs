@@ -13,8 +13,8 @@
 //! [`MetricEncoder`], which write names (including the `_total` suffix of counters), label
 //! escaping, float formatting and histogram buckets. The collector can be registered into
 //! any `prometheus_client::registry::Registry`, so an embedding program can expose the
-//! engine's metrics next to its own; [`render_prometheus`] and the [`MetricsServer`]
-//! (super::MetricsServer) encode a registry holding only it.
+//! engine's metrics next to its own; [`render_prometheus`] and the
+//! [`MetricsServer`](super::MetricsServer) encode a registry holding only it.
 //!
 //! Adding a metric means adding one [`MetricDef`] to [`METRICS`] and one row to the table
 //! below; a unit test fails if the two disagree.
@@ -564,7 +564,9 @@ fn encode_family(def: &MetricDef, snap: &Snapshot, mut metric: MetricEncoder<'_>
                     .collect();
                 let mut m = metric.encode_family(&labels)?;
                 match (def.kind, *value) {
-                    (Kind::Counter, Value::Int(v)) => m.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+                    (Kind::Counter, Value::Int(v)) => {
+                        m.encode_counter::<NoLabelSet, _, u64>(&v, None)?
+                    }
                     (Kind::Counter, Value::Float(v)) => {
                         m.encode_counter::<NoLabelSet, _, f64>(&v, None)?
                     }
@@ -767,7 +769,12 @@ mod tests {
         assert_eq!(names.len(), METRICS.len(), "a name declared twice");
         for d in &METRICS {
             assert!(d.name.starts_with("engine_"), "{}", d.name);
-            assert_eq!(d.kind == Kind::Counter, d.name.ends_with("_total"), "{}", d.name);
+            assert_eq!(
+                d.kind == Kind::Counter,
+                d.name.ends_with("_total"),
+                "{}",
+                d.name
+            );
             assert!(d.help.ends_with('.'), "{}", d.name);
         }
         // Every series of a busy source carries exactly the declared labels.
@@ -806,7 +813,10 @@ mod tests {
         // An idle source still declares every family.
         let idle = families(&render_prometheus(&source(1), &mut RateMeter::default()));
         for d in &METRICS {
-            assert_eq!(idle.get(d.name).map(|t| t.0.as_str()), Some(d.kind.as_str()));
+            assert_eq!(
+                idle.get(d.name).map(|t| t.0.as_str()),
+                Some(d.kind.as_str())
+            );
         }
     }
 
@@ -937,7 +947,11 @@ mod tests {
         // Empty histograms: zero everywhere.
         assert_eq!(get("engine_handshake_seconds_count", &[]), 0.0);
         assert_eq!(get("engine_handshake_seconds_sum", &[]), 0.0);
-        assert!(hist("engine_handshake_seconds").iter().all(|c| c.count == 0.0));
+        assert!(
+            hist("engine_handshake_seconds")
+                .iter()
+                .all(|c| c.count == 0.0)
+        );
     }
 
     #[test]

@@ -207,8 +207,10 @@ mod tests {
 
     #[test]
     fn quantiles_interpolate_inside_buckets() {
-        let h = doc("h_bucket{le=\"1\"} 2\nh_bucket{le=\"2\"} 6\nh_bucket{le=\"4\"} 8\n\
-                     h_bucket{le=\"+Inf\"} 10\nh_sum 30\nh_count 10\n");
+        let h = doc(
+            "h_bucket{le=\"1\"} 2\nh_bucket{le=\"2\"} 6\nh_bucket{le=\"4\"} 8\n\
+                     h_bucket{le=\"+Inf\"} 10\nh_sum 30\nh_count 10\n",
+        );
         // Rank 1 of 10 is halfway through the first bucket, which starts at 0.
         assert_eq!(quantile(&h, "h", 0.1), Some(0.5));
         // Rank 5: 3 of the second bucket's 4.
