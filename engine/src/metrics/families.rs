@@ -263,7 +263,7 @@ macro_rules! histogram {
 }
 
 /// Every exported family, in exposition order.
-pub static METRICS: [MetricDef; 30] = [
+pub static METRICS: &[MetricDef] = &[
     MetricDef {
         name: "engine_shards",
         help: "Number of shards (one executor and UDP socket each).",
@@ -591,7 +591,7 @@ fn encode_family(def: &MetricDef, snap: &Snapshot, mut metric: MetricEncoder<'_>
 
 /// Encodes every family of [`METRICS`] from `snap`.
 fn encode_snapshot(snap: &Snapshot, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-    for def in &METRICS {
+    for def in METRICS {
         let metric =
             encoder.encode_descriptor(def.base_name(), def.help, None, def.kind.metric_type())?;
         encode_family(def, snap, metric)?;
@@ -767,7 +767,7 @@ mod tests {
     fn declarations_are_well_formed() {
         let names: BTreeSet<&str> = METRICS.iter().map(|d| d.name).collect();
         assert_eq!(names.len(), METRICS.len(), "a name declared twice");
-        for d in &METRICS {
+        for d in METRICS {
             assert!(d.name.starts_with("engine_"), "{}", d.name);
             assert_eq!(
                 d.kind == Kind::Counter,
@@ -779,7 +779,7 @@ mod tests {
         }
         // Every series of a busy source carries exactly the declared labels.
         let snap = Snapshot::take(&busy_source(), &mut RateMeter::default());
-        for d in &METRICS {
+        for d in METRICS {
             if let Read::Values(read) = &d.read {
                 let mut s = Series::default();
                 read(&snap, &mut s);
@@ -797,7 +797,7 @@ mod tests {
         // An independent parser reads the whole document.
         let scrape = prometheus_parse::Scrape::parse(doc.lines().map(|l| Ok(l.to_string())))
             .expect("the exposition parses");
-        for d in &METRICS {
+        for d in METRICS {
             let (kind, samples) = types.get(d.name).unwrap_or_else(|| panic!("{}", d.name));
             assert_eq!(kind, d.kind.as_str(), "{}", d.name);
             // With a busy source (and a real socket for shard 0) every family has samples.
@@ -812,7 +812,7 @@ mod tests {
         assert_eq!(types.len(), METRICS.len());
         // An idle source still declares every family.
         let idle = families(&render_prometheus(&source(1), &mut RateMeter::default()));
-        for d in &METRICS {
+        for d in METRICS {
             assert_eq!(
                 idle.get(d.name).map(|t| t.0.as_str()),
                 Some(d.kind.as_str())
