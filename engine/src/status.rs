@@ -1,5 +1,6 @@
 //! `engine status` (part of the `engine` binary, not the library): fetch a node's
-//! `/metrics` with a plain HTTP/1.0 GET and print a human-readable summary.
+//! `/metrics` with a plain HTTP/1.0 GET, parse the exposition ([`parse`]) and print a
+//! human-readable summary. Latency quantiles are estimated from the histograms' buckets.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -7,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use engine::metrics::{Sample, parse_exposition};
+
+mod parse;
+
+use parse::{Sample, parse_exposition, quantile};
 
 /// Largest response accepted.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -226,13 +230,7 @@ pub(crate) fn render(samples: &[Sample]) -> String {
         .filter(|s| s.name == "engine_connections")
         .filter_map(|s| Some(format!("{} {}", s.label("state")?, count(Some(s.value)))))
         .collect();
-    let q = |quantile| {
-        seconds(sum(
-            samples,
-            "engine_queue_delay_seconds",
-            &[("quantile", quantile)],
-        ))
-    };
+    let q = |q| seconds(quantile(samples, "engine_queue_delay_seconds", q));
     let delayed = count(sum(samples, "engine_queue_delay_seconds_count", &[]));
     let rate = sum(samples, "engine_messages_per_second", &[])
         .map_or_else(|| "-".to_string(), |r| format!("{r:.1}"));
@@ -247,8 +245,8 @@ pub(crate) fn render(samples: &[Sample]) -> String {
     ));
     out.push_str(&format!(
         "queue delay:       p50 {}, p99 {} (over {delayed} messages)\n",
-        q("0.5"),
-        q("0.99")
+        q(0.5),
+        q(0.99)
     ));
     out.push_str(&format!(
         "messages/s:        {rate} (received, moving average over 10 s)\n"
@@ -261,19 +259,13 @@ pub(crate) fn render(samples: &[Sample]) -> String {
         "queued:            {}\n",
         bytes(sum(samples, "engine_queued_bytes", &[]))
     ));
-    let rq = |quantile| {
-        seconds(sum(
-            samples,
-            "engine_receive_delay_seconds",
-            &[("quantile", quantile)],
-        ))
-    };
+    let rq = |q| seconds(quantile(samples, "engine_receive_delay_seconds", q));
     // A saturated engine shows here first: datagrams wait in (and fall out of) the kernel's
     // socket queues before the shards read them.
     out.push_str(&format!(
         "socket receive:    delay p50 {}, p99 {}; queued {}; kernel drops {}\n",
-        rq("0.5"),
-        rq("0.99"),
+        rq(0.5),
+        rq(0.99),
         bytes(sum(samples, "engine_socket_receive_queue_bytes", &[])),
         count(sum(samples, "engine_socket_receive_drops_total", &[]))
     ));
@@ -320,7 +312,11 @@ mod tests {
         assert_eq!(rows[2], ["1", "4", "3", "8", "3", "0", "0", "2"]);
         assert_eq!(rows[3], ["total", "4", "10", "8", "3", "5", "2", "2"]);
         assert!(table.contains("connection states: new 0, connecting 0, connected 0"));
-        assert!(table.contains("queue delay:       p50 2.00 ms, p99 2.00 ms (over 1 messages)"));
+        // One 2 ms delay, in the (1 ms, 2.5 ms] bucket: p50 is interpolated halfway in.
+        assert!(
+            table.contains("queue delay:       p50 1.75 ms, p99 2.49 ms (over 1 messages)"),
+            "{table}"
+        );
         assert!(table.contains("messages/s:        0.0"));
         assert!(table.contains("resident memory:   "));
         assert!(!table.contains("resident memory:   -"));

@@ -9,8 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use engine::metrics::MetricsServer;
+use engine::metrics::families::{BATCH_SIZE_BUCKETS, SECONDS_BUCKETS};
 use engine::{Engine, EngineConfig};
-use prometheus_parse::{Sample, Scrape, Value};
+use prometheus_parse::{HistogramCount, Sample, Scrape, Value};
 use shards::client::{Client, ClientConfig};
 use shards::identity::Identity;
 use shards::shard::Delivery;
@@ -41,7 +42,8 @@ fn one<'a>(scrape: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> &'a Sampl
     hits[0]
 }
 
-/// The value of a counter, gauge or untyped sample (`_sum` / `_count` lines are untyped).
+/// The value of a counter, gauge or untyped sample (histograms' `_sum` / `_count` lines are
+/// untyped).
 fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     match &one(scrape, name, labels).value {
         Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
@@ -206,18 +208,30 @@ fn metrics_count_exactly_the_traffic_sent() {
     assert!(counter(&scrape, "engine_datagrams_total", &[("direction", "in")]) >= 1.0);
     assert!(counter(&scrape, "engine_datagrams_total", &[("direction", "out")]) >= 1.0);
 
-    // Summaries: four quantiles, and counts that match the counters.
-    for name in [
-        "engine_batch_size",
-        "engine_queue_delay_seconds",
-        "engine_relay_delay_seconds",
-        "engine_handshake_seconds",
-    ] {
-        let Value::Summary(qs) = &one(&scrape, name, &[]).value else {
-            panic!("{name} is not a summary");
+    // Histograms: the documented buckets, and counts that match the counters.
+    let buckets = |name: &str| -> Vec<HistogramCount> {
+        let Value::Histogram(b) = &one(&scrape, name, &[]).value else {
+            panic!("{name} is not a histogram");
         };
-        let got: Vec<f64> = qs.iter().map(|q| q.quantile).collect();
-        assert_eq!(got, [0.5, 0.9, 0.99, 0.999], "{name}");
+        b.clone()
+    };
+    for (name, bounds) in [
+        ("engine_batch_size", &BATCH_SIZE_BUCKETS[..]),
+        ("engine_queue_delay_seconds", &SECONDS_BUCKETS[..]),
+        ("engine_relay_delay_seconds", &SECONDS_BUCKETS[..]),
+        ("engine_handshake_seconds", &SECONDS_BUCKETS[..]),
+        ("engine_receive_delay_seconds", &SECONDS_BUCKETS[..]),
+    ] {
+        let b = buckets(name);
+        let mut want = bounds.to_vec();
+        want.push(f64::INFINITY);
+        let got: Vec<f64> = b.iter().map(|c| c.less_than).collect();
+        assert_eq!(got, want, "{name}");
+        assert_eq!(
+            b.last().map(|c| c.count),
+            Some(value(&scrape, &format!("{name}_count"), &[])),
+            "{name}: +Inf is the count"
+        );
         assert!(scrape.docs.contains_key(name), "HELP for {name}");
     }
     assert_eq!(value(&scrape, "engine_batch_size_count", &[]), batches);
@@ -225,13 +239,12 @@ fn metrics_count_exactly_the_traffic_sent() {
     assert_eq!(value(&scrape, "engine_queue_delay_seconds_count", &[]), n);
     assert_eq!(value(&scrape, "engine_relay_delay_seconds_count", &[]), 0.0);
     assert_eq!(value(&scrape, "engine_handshake_seconds_count", &[]), 1.0);
-    let Value::Summary(qs) = &one(&scrape, "engine_queue_delay_seconds", &[]).value else {
-        unreachable!()
-    };
-    for q in qs {
-        // Batches flush after 1 ms here; nothing should wait anywhere near a second.
-        assert!(q.count > 0.0 && q.count < 1.0, "{q:?}");
-    }
+    // Batches flush after 1 ms here; no message waited anywhere near a second.
+    let le_one_second = buckets("engine_queue_delay_seconds")
+        .iter()
+        .find(|c| c.less_than == 1.0)
+        .map(|c| c.count);
+    assert_eq!(le_one_second, Some(n));
 
     // The kernel's view of each shard socket: found by inode, nothing dropped, and the
     // sampled receive delay (one datagram in 64; the first sample only turns timestamps on).
@@ -376,7 +389,7 @@ fn serve_prints_and_serves_the_metrics_address() {
 
 /// One datagram in 64 has its wait in the kernel's receive queue measured (the kernel's
 /// receive timestamp against the time the shard read it): after a few hundred datagrams the
-/// summary has samples, each far below a second on an idle loopback.
+/// histogram has samples, each far below a second on an idle loopback.
 #[test]
 fn receive_delay_is_sampled_from_kernel_timestamps() {
     let engine = Engine::start(EngineConfig::loopback(1)).expect("engine starts");
