@@ -4,10 +4,11 @@
 //! [`seal`] (ChaCha20-Poly1305 per batch with per-direction counters), [`batch`] (flush
 //! policy), [`handshake`] (Noise XX over the session stream), [`identity`] (static keys and
 //! peer ids), [`cid`] (connection IDs that carry the shard index), [`session`] (one QUIC
-//! connection: quiche + handshake + sealed frames).
+//! connection: quiche + handshake + sealed frames), [`endpoint`] (a shard's whole state
+//! machine: connections, routing, pool, drain, timers, counters).
 //!
 //! I/O drivers: [`steering`] (SO_REUSEPORT group with a CBPF program that steers by CID),
-//! [`shard`] (the glommio executor per core) and [`client`] (a blocking single-connection client).
+//! [`shard`] (the glommio executor per core, driving an endpoint) and [`client`] (a blocking single-connection client).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod batch;
