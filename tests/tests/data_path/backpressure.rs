@@ -138,6 +138,13 @@ fn a_peer_that_never_reads_again_is_closed_as_stalled() {
     );
     let (sent, _) = push_without_reading(&e, &mut c, Duration::from_millis(100));
     assert!(sent > 0);
+    // Push until the engine stops taking more: its queue for the client is then full. (On
+    // a busy machine the client can be refused for a while only because the engine had no
+    // CPU yet; another round then gets more out.)
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while push_without_reading(&e, &mut c, Duration::from_millis(300)).0 > 0 {
+        assert!(Instant::now() < give_up, "the engine kept taking messages");
+    }
     // Wait until the engine has stopped reading the client (its queue for the client is
     // full), so what the relayer sends next waits for room instead of being sealed.
     let mut last = e.stats().messages_in;
