@@ -28,6 +28,7 @@ pub const THROUGHPUT_PNG: &str = "latency_vs_throughput.png";
 
 /// Errors from comparing runs.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CompareError {
     /// No inputs were given.
     #[error("no inputs to compare")]

@@ -27,6 +27,7 @@ pub const DEFAULT_TICKS_PER_HALF_DISTANCE: u32 = 5;
 
 /// Errors from parsing `.hgrm` text.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HgrmError {
     /// A line is neither a header, a data row nor a `#[...]` footer.
     #[error("line {line}: not a percentile-distribution row: {text:?}")]

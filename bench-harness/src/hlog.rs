@@ -29,6 +29,7 @@ pub type Interval = (Duration, Duration, Histogram<u64>);
 
 /// Errors from writing or reading interval logs.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HlogError {
     /// The underlying reader or writer failed.
     #[error("interval log i/o")]

@@ -73,6 +73,7 @@ pub struct LoadConfig {
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// Bad configuration.
     #[error("invalid load configuration: {0}")]

@@ -14,6 +14,7 @@ const NS_PER_MS: f64 = 1_000_000.0;
 
 /// Why a run directory could not be written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OutputError {
     /// File system trouble.
     #[error("{0}: {1}")]

@@ -61,6 +61,7 @@ const COLOURS: [RGBColor; 20] = [
 
 /// Errors from plotting.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlotError {
     /// The font for PNG text could not be loaded.
     #[error("{0}")]

@@ -25,6 +25,7 @@ const HEADERS: [&str; 14] = [
 
 /// Errors from writing the comparison files.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReportError {
     /// Writing a file failed.
     #[error("writing {path}")]

@@ -22,6 +22,7 @@ pub const NS_PER_MS: f64 = 1_000_000.0;
 
 /// Errors from reading or writing summaries.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SummaryError {
     /// File access failed.
     #[error("summary file {path}")]

@@ -34,6 +34,7 @@ pub struct SweepConfig {
 
 /// Why a sweep failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SweepError {
     /// Bad configuration.
     #[error("invalid sweep: {0}")]

@@ -59,6 +59,7 @@ impl Default for ClientConfig {
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Socket trouble.
     #[error("io: {0}")]

@@ -43,6 +43,7 @@ impl ConnState {
 /// Why a lifecycle operation was refused. Returned instead of panicking so a shard can log
 /// a misbehaving driver and carry on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LifecycleError {
     /// The event makes no sense in the current state (e.g. `Established` while `New`); the
     /// state is left unchanged, so a stray event cannot corrupt the machine.

@@ -30,6 +30,7 @@ const COMMAND_CAPACITY: usize = 1024;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The kernel has no io_uring, or it is disabled.
     #[error(

@@ -84,6 +84,7 @@ impl fmt::Debug for SealKey {
 
 /// Why a frame could not be sealed or opened.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
 pub enum SealError {
     /// The frame length L (ciphertext + tag) would exceed [`MAX_SEALED_LEN`].
     #[error("sealed frame length {len} exceeds {MAX_SEALED_LEN}")]

@@ -19,6 +19,7 @@ pub const SESSION_STREAM: u64 = 0;
 
 /// Why a session failed; each maps to the QUIC application close code sent to the peer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SessionError {
     /// quiche refused an operation.
     #[error("quic: {0}")]

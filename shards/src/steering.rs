@@ -43,6 +43,7 @@ pub const MAX_SHARDS: usize = 256;
 
 /// Why the steered socket group could not be created.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SteeringError {
     /// Some socket (of any process) is already bound to the address. Checked explicitly
     /// because `SO_REUSEPORT` would otherwise silently join an existing group of the same

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Why the certificate could not be prepared.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// Certificate generation failed.
     #[error("generating a self-signed certificate: {0}")]

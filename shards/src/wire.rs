@@ -119,6 +119,7 @@ impl fmt::Debug for PeerId {
 
 /// Why a string is not a valid [`PeerId`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
 pub enum ParsePeerIdError {
     /// The string is not exactly 32 characters long.
     #[error("peer id must be 32 hex characters, got {len}")]
@@ -347,6 +348,7 @@ impl Record {
 
 /// Why a batch plaintext could not be decoded (or an error record built).
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
 pub enum WireError {
     /// The plaintext holds no record at all; batches are never empty.
     #[error("empty batch")]
