@@ -31,7 +31,7 @@ pub struct PoolConfig {
     pub keepalive: Duration,
     /// Cap on connections across all shards (accepted and dialed); `None` = no cap.
     pub max_connections: Option<usize>,
-    /// Close a connection with [`close_code::STALLED`] when data has waited for the peer
+    /// Close a connection with [`crate::wire::close_code::STALLED`] when data has waited for the peer
     /// this long without the peer granting any flow-control credit (it stopped reading).
     pub stall_timeout: Duration,
 }

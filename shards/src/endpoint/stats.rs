@@ -60,7 +60,7 @@ pub struct ShardStats {
     /// Dropped: the sender's own connection ended before its messages were routed.
     pub dropped_sender_gone: AtomicU64,
     /// Dropped: the destination stopped reading and its connection was closed for it
-    /// ([`close_code::STALLED`]) with these messages still queued.
+    /// ([`crate::wire::close_code::STALLED`]) with these messages still queued.
     pub dropped_stalled: AtomicU64,
     /// Connections closed because the peer made no flow-control progress for the stall
     /// timeout while data waited for it.
