@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod cid;
 pub mod client;
+pub mod config;
 pub mod handshake;
 pub mod hist;
 pub mod identity;
