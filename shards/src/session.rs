@@ -781,7 +781,7 @@ mod tests {
             seq: 7,
             payload: b"whole".to_vec(),
         });
-        let frame = client.seal_detached(&[record.clone()]).unwrap();
+        let frame = client.seal_detached(std::slice::from_ref(&record)).unwrap();
         client.send_raw(&frame).unwrap();
         client.finish();
         pump(&mut client, &mut server);
