@@ -649,14 +649,20 @@ mod tests {
         let mut cfg = EngineConfig::default();
         cfg.transport.window = 0;
         assert_eq!(cfg.validate().unwrap_err().field(), "transport.window");
-        let mut cfg = EngineConfig::default();
-        cfg.shards = Some(0);
+        let cfg = EngineConfig {
+            shards: Some(0),
+            ..EngineConfig::default()
+        };
         assert_eq!(cfg.validate().unwrap_err().field(), "shards");
-        let mut cfg = EngineConfig::default();
-        cfg.channel_capacity = 0;
+        let cfg = EngineConfig {
+            channel_capacity: 0,
+            ..EngineConfig::default()
+        };
         assert_eq!(cfg.validate().unwrap_err().field(), "channel_capacity");
-        let mut cfg = EngineConfig::default();
-        cfg.queue_capacity = 100;
+        let cfg = EngineConfig {
+            queue_capacity: 100,
+            ..EngineConfig::default()
+        };
         assert_eq!(cfg.validate().unwrap_err().field(), "queue_capacity");
         let mut cfg = EngineConfig::default();
         cfg.reconnect.max = Duration::from_millis(1);
