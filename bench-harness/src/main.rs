@@ -40,7 +40,18 @@ enum Command {
     },
 }
 
+/// Log filter used when `RUST_LOG` is unset: the warnings of the in-process engines
+/// (`sweep`, `knee`) reach stderr without drowning the harness's own output.
+const DEFAULT_LOG_FILTER: &str = "warn";
+
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

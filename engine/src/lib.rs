@@ -53,7 +53,11 @@ use shards::wire::PeerId;
 
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
+    /// The configuration breaks a rule ([`EngineConfig::validate`]).
+    #[error("invalid configuration: {0}")]
+    Config(#[from] config::ConfigError),
     /// The identity file could not be loaded or created.
     #[error("identity: {0}")]
     Identity(#[from] IdentityError),
@@ -99,8 +103,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the shards and returns once every one is serving.
+    /// Validates `cfg` ([`EngineConfig::validate`]), starts the shards and returns once
+    /// every one is serving.
     pub fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        cfg.validate()?;
         let identity = Arc::new(Identity::load_or_generate(cfg.identity.as_deref())?);
         let index = Arc::new(PeerIndex::new());
         let shards = cfg.shards.unwrap_or_else(default_shards);
@@ -108,7 +114,7 @@ impl Engine {
             AppKind::Echo => (App::Echo, None),
             AppKind::Sink => (App::Sink, None),
             AppKind::Channel => {
-                let (tx, rx) = flume::bounded(cfg.channel_capacity.max(1));
+                let (tx, rx) = flume::bounded(cfg.channel_capacity);
                 (App::Channel(tx), Some(rx))
             }
         };

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use engine::{AppKind, Engine, EngineConfig};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use engine::config::{ConfigError, ConfigFile, ServeConfig, parse_duration};
+use engine::{AppKind, Engine};
 use shards::batch::BatchPolicy;
 use shards::client::{Client, ClientConfig};
 use shards::identity::Identity;
@@ -45,89 +46,182 @@ enum Cmd {
     Status(status::StatusArgs),
 }
 
+/// `engine serve` settings. Each flag (or its `ENGINE_*` variable) overrides the key of
+/// the same name in the `--config` file; the defaults come from the engine library and are
+/// shown by `--help` (see [`command`]).
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// UDP address to listen on.
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    listen: SocketAddr,
-    /// Number of shards (pinned executors); default: one per available core.
+    /// TOML file of settings, keys named like the flags (batch_size = 64, keepalive = "5s").
+    /// Precedence: defaults < this file < ENGINE_* variables < flags.
+    #[arg(long, env = "ENGINE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML (loadable with --config) and exit.
     #[arg(long)]
+    print_config: bool,
+    /// UDP address to listen on.
+    #[arg(long, env = "ENGINE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Number of shards (pinned executors); default: one per available core.
+    #[arg(long, env = "ENGINE_SHARDS")]
     shards: Option<usize>,
     /// Flush a destination's batch when it holds this many messages.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    batch_size: u32,
+    #[arg(long, env = "ENGINE_BATCH_SIZE")]
+    batch_size: Option<usize>,
+    /// Most bytes of records one batch takes (a batch always takes at least one).
+    #[arg(long, env = "ENGINE_BATCH_BYTES")]
+    batch_bytes: Option<usize>,
     /// Flush a batch this long after its oldest message was queued (e.g. 50ms, 2ms, 0).
     /// 0 flushes at the end of every processing turn.
-    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
-    batch_timeout: Duration,
+    #[arg(long, env = "ENGINE_BATCH_TIMEOUT", value_parser = parse_duration)]
+    batch_timeout: Option<Duration>,
     /// What to do with messages addressed to this node.
-    #[arg(long, value_enum, default_value_t = AppArg::Echo)]
-    app: AppArg,
+    #[arg(long, env = "ENGINE_APP", value_enum)]
+    app: Option<AppArg>,
     /// Identity file (created with mode 0600 if missing); default: an ephemeral identity.
-    #[arg(long)]
+    #[arg(long, env = "ENGINE_IDENTITY")]
     identity: Option<PathBuf>,
     /// Largest payload accepted, in bytes; larger messages are refused with an error record.
-    #[arg(long, default_value_t = engine::config::DEFAULT_MAX_MESSAGE_SIZE)]
-    max_message_size: usize,
-    /// TLS certificate chain (PEM). Default: a self-signed certificate made at start.
-    /// Peers are authenticated by their Noise static keys, not by this certificate.
-    #[arg(long, requires = "key")]
+    #[arg(long, env = "ENGINE_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// TLS certificate chain (PEM), with --key. Default: a self-signed certificate made at
+    /// start. Peers are authenticated by their Noise static keys, not by this certificate.
+    #[arg(long, env = "ENGINE_CERT")]
     cert: Option<PathBuf>,
     /// TLS private key (PEM), with --cert.
-    #[arg(long, requires = "cert")]
+    #[arg(long, env = "ENGINE_KEY")]
     key: Option<PathBuf>,
-    /// Another node to dial at start (repeatable).
-    #[arg(long = "peer")]
+    /// Another node to dial at start (repeatable; ENGINE_PEERS takes a comma-separated list).
+    #[arg(long = "peer", env = "ENGINE_PEERS", value_delimiter = ',')]
     peers: Vec<SocketAddr>,
-    /// Do not pin shards to cores.
-    #[arg(long)]
+    /// Do not pin shards to cores (file key: pin = false).
+    #[arg(long, env = "ENGINE_NO_PIN")]
     no_pin: bool,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (e.g. 127.0.0.1:9100),
     /// from one unpinned thread. Off by default. Read them with `engine status`.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "ENGINE_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// How long a graceful drain may take on SIGINT/SIGTERM before connections are closed.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    drain_timeout: Duration,
+    #[arg(long, env = "ENGINE_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    drain_timeout: Option<Duration>,
     /// Close a connection gracefully after this long without messages.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
-    pool_ttl: Duration,
+    #[arg(long, env = "ENGINE_POOL_TTL", value_parser = parse_duration)]
+    pool_ttl: Option<Duration>,
     /// QUIC idle timeout: a peer silent this long (keep-alives unanswered) is gone.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    idle_timeout: Duration,
+    #[arg(long, env = "ENGINE_IDLE_TIMEOUT", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
     /// Send a keep-alive PING after this long without sending; must be below
     /// --idle-timeout. Default: a third of the idle timeout.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "ENGINE_KEEPALIVE", value_parser = parse_duration)]
     keepalive: Option<Duration>,
     /// Refuse connections (accepted or dialed) beyond this many across all shards; refused
-    /// peers are closed with application code 0x5 (CONNECTION_LIMIT).
-    #[arg(long)]
+    /// peers are closed with application code 0x5 (CONNECTION_LIMIT). Default: no cap.
+    #[arg(long, env = "ENGINE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
-    /// First delay before re-dialing a lost --peer (doubles per attempt, with ±20% jitter).
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    reconnect_initial: Duration,
+    /// First delay before re-dialing a lost --peer (doubles per attempt, with jitter).
+    #[arg(long, env = "ENGINE_RECONNECT_INITIAL", value_parser = parse_duration)]
+    reconnect_initial: Option<Duration>,
     /// Longest delay between re-dial attempts.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    reconnect_max: Duration,
+    #[arg(long, env = "ENGINE_RECONNECT_MAX", value_parser = parse_duration)]
+    reconnect_max: Option<Duration>,
     /// Re-dial attempts before the peer is marked failed and its messages refused
     /// (0 = never give up).
-    #[arg(long, default_value_t = 10)]
-    reconnect_attempts: u32,
+    #[arg(long, env = "ENGINE_RECONNECT_ATTEMPTS")]
+    reconnect_attempts: Option<u32>,
+    /// Jitter of the re-dial delays as a fraction (0.2 = ±20 %), within 0.0..=1.0.
+    #[arg(long, env = "ENGINE_RECONNECT_JITTER")]
+    reconnect_jitter: Option<f64>,
     /// Bytes one destination may have queued (batch queue plus sealed bytes not yet taken
     /// by QUIC) before the node stops reading the senders feeding it; back-pressure then
     /// reaches them through QUIC flow control.
-    #[arg(long, default_value_t = engine::config::DEFAULT_QUEUE_CAPACITY)]
-    queue_capacity: usize,
+    #[arg(long, env = "ENGINE_QUEUE_CAPACITY")]
+    queue_capacity: Option<usize>,
     /// Close a connection with code 0x7 (STALLED) when data has waited this long for the
     /// peer without the peer granting any flow-control credit (it stopped reading). Its
     /// queued messages are counted as dropped with reason "stalled".
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    stall_timeout: Duration,
+    #[arg(long, env = "ENGINE_STALL_TIMEOUT", value_parser = parse_duration)]
+    stall_timeout: Option<Duration>,
     /// QUIC connection and stream receive window in bytes: how much a peer may have in
     /// flight towards this node. Bounds the standing queue in front of a saturated node
     /// (connections x window); raise it for paths with a large bandwidth-delay product.
-    #[arg(long, default_value_t = shards::session::DEFAULT_WINDOW)]
-    window: u64,
+    #[arg(long, env = "ENGINE_WINDOW")]
+    window: Option<u64>,
+    /// Largest UDP payload sent and received, in bytes (1200..=65527).
+    #[arg(long, env = "ENGINE_MAX_UDP_PAYLOAD")]
+    max_udp_payload: Option<usize>,
+}
+
+impl ServeArgs {
+    /// The settings given by flags and `ENGINE_*` variables, as one layer over the file.
+    fn overrides(&self) -> ConfigFile {
+        ConfigFile {
+            listen: self.listen,
+            shards: self.shards,
+            pin: self.no_pin.then_some(false),
+            identity: self.identity.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            app: self.app.map(|a| match a {
+                AppArg::Echo => AppKind::Echo,
+                AppArg::Sink => AppKind::Sink,
+            }),
+            peers: (!self.peers.is_empty()).then(|| self.peers.clone()),
+            metrics: self.metrics,
+            drain_timeout: self.drain_timeout,
+            batch_size: self.batch_size,
+            batch_bytes: self.batch_bytes,
+            batch_timeout: self.batch_timeout,
+            max_message_size: self.max_message_size,
+            queue_capacity: self.queue_capacity,
+            idle_timeout: self.idle_timeout,
+            window: self.window,
+            max_udp_payload: self.max_udp_payload,
+            keepalive: self.keepalive,
+            pool_ttl: self.pool_ttl,
+            stall_timeout: self.stall_timeout,
+            max_connections: self.max_connections,
+            reconnect_initial: self.reconnect_initial,
+            reconnect_max: self.reconnect_max,
+            reconnect_attempts: self.reconnect_attempts,
+            reconnect_jitter: self.reconnect_jitter,
+        }
+    }
+}
+
+/// The `serve` argument that sets config key `key` (they share names, except `pin`).
+fn arg_id(key: &str) -> &str {
+    if key == "pin" { "no_pin" } else { key }
+}
+
+/// The command line, with each `serve` flag's help ending in its default as the engine
+/// library defines it (the flags themselves have no clap defaults, so that an absent flag
+/// does not override the config file).
+fn command() -> clap::Command {
+    let defaults =
+        toml::Table::try_from(ConfigFile::from(&ServeConfig::default())).unwrap_or_default();
+    Cli::command().mut_subcommand("serve", |mut serve| {
+        for (key, value) in &defaults {
+            // keepalive's default is derived; its help says so.
+            if key == "keepalive" || !serve.get_arguments().any(|a| a.get_id() == arg_id(key)) {
+                continue;
+            }
+            let shown = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Array(a) if a.is_empty() => continue,
+                toml::Value::Boolean(_) => continue,
+                other => other.to_string(),
+            };
+            serve = serve.mut_arg(arg_id(key), |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let long = a.get_long_help().map(|h| h.to_string());
+                let a = a.help(format!("{help} [default: {shown}]"));
+                match long {
+                    Some(l) => a.long_help(format!("{l}\n[default: {shown}]")),
+                    None => a,
+                }
+            });
+        }
+        serve
+    })
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -170,13 +264,6 @@ struct PingArgs {
     identity: Option<PathBuf>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 0, 500us, 50ms, 2s)"))
-}
-
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -185,8 +272,10 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let code = match run(cli) {
+    let matches = command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let serve_matches = matches.subcommand_matches("serve");
+    let code = match run(cli, serve_matches) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -196,9 +285,9 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(cli: Cli) -> Result<i32> {
+fn run(cli: Cli, serve_matches: Option<&clap::ArgMatches>) -> Result<i32> {
     match cli.command {
-        Cmd::Serve(a) => serve(a),
+        Cmd::Serve(a) => serve(a, serve_matches),
         Cmd::Keygen(a) => keygen(a),
         Cmd::Ping(a) => ping(a),
         Cmd::Status(a) => status::run(a),
@@ -238,70 +327,70 @@ fn wait_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
-fn serve(a: ServeArgs) -> Result<i32> {
+/// Where a setting that broke a rule came from, for the error message: the flag or
+/// variable that set it, the config file, or the default.
+fn provenance(
+    e: &ConfigError,
+    file: Option<(&std::path::Path, &ConfigFile)>,
+    cli: &ConfigFile,
+    matches: Option<&clap::ArgMatches>,
+) -> String {
+    let cmd = command();
+    let serve = cmd.find_subcommand("serve");
+    let mut from = Vec::new();
+    for key in engine::config::keys_for_field(e.field()) {
+        let arg = serve.and_then(|s| s.get_arguments().find(|a| a.get_id() == arg_id(key)));
+        if cli.sets(key) {
+            let source = matches.and_then(|m| m.value_source(arg_id(key)));
+            match (source, arg) {
+                (Some(clap::parser::ValueSource::EnvVariable), Some(arg)) => {
+                    if let Some(env) = arg.get_env() {
+                        from.push(format!("${}", env.to_string_lossy()));
+                    }
+                }
+                (_, Some(arg)) => {
+                    if let Some(long) = arg.get_long() {
+                        from.push(format!("--{long}"));
+                    }
+                }
+                _ => {}
+            }
+        } else if let Some((path, layer)) = file
+            && layer.sets(key)
+        {
+            from.push(format!("`{key}` in {}", path.display()));
+        }
+    }
+    if from.is_empty() {
+        String::new()
+    } else {
+        format!(" (set by {})", from.join(", "))
+    }
+}
+
+fn serve(a: ServeArgs, matches: Option<&clap::ArgMatches>) -> Result<i32> {
+    let file = match &a.config {
+        Some(path) => Some((path.as_path(), ConfigFile::load(path)?)),
+        None => None,
+    };
+    let cli = a.overrides();
+    let layers = file.iter().map(|(_, f)| f).chain(std::iter::once(&cli));
+    let provenance_of =
+        |e: &ConfigError| provenance(e, file.as_ref().map(|(p, f)| (*p, f)), &cli, matches);
+    let cfg = ServeConfig::layered(layers)
+        .and_then(|c| c.validate().map(|()| c))
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}{}", provenance_of(&e)))?;
+    if a.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(0);
+    }
     let set = block_signals();
-    let keepalive = a.keepalive.unwrap_or(a.idle_timeout / 3);
-    if a.idle_timeout.is_zero() || keepalive.is_zero() || keepalive >= a.idle_timeout {
-        bail!(
-            "--keepalive ({keepalive:?}) must be above zero and below --idle-timeout ({:?})",
-            a.idle_timeout
-        );
-    }
-    if a.pool_ttl.is_zero() {
-        bail!("--pool-ttl must be above zero");
-    }
-    if a.window < 16 * 1024 {
-        bail!("--window ({}) must be at least 16384 bytes", a.window);
-    }
-    if a.stall_timeout.is_zero() {
-        bail!("--stall-timeout must be above zero");
-    }
-    if a.queue_capacity < 4096 {
-        bail!(
-            "--queue-capacity ({}) must be at least 4096 bytes",
-            a.queue_capacity
-        );
-    }
-    let reconnect = shards::lifecycle::BackoffPolicy {
-        initial: a.reconnect_initial,
-        max: a.reconnect_max,
-        attempts: a.reconnect_attempts,
-        ..Default::default()
-    };
-    reconnect
-        .validate()
-        .map_err(|e| anyhow::anyhow!("--reconnect-initial/--reconnect-max: {e}"))?;
-    let cfg = EngineConfig {
-        transport: shards::session::TransportConfig {
-            idle_timeout: a.idle_timeout,
-            window: a.window,
-            ..Default::default()
-        },
-        pool: shards::shard::PoolConfig {
-            ttl: a.pool_ttl,
-            keepalive,
-            max_connections: a.max_connections,
-            stall_timeout: a.stall_timeout,
-        },
-        reconnect,
-        listen: a.listen,
-        shards: a.shards,
-        pin: !a.no_pin,
-        identity: a.identity,
-        tls: a.cert.zip(a.key),
-        batch: BatchPolicy {
-            max_messages: a.batch_size as usize,
-            timeout: a.batch_timeout,
-            ..BatchPolicy::default()
-        },
-        max_message_size: a.max_message_size,
-        queue_capacity: a.queue_capacity,
-        app: match a.app {
-            AppArg::Echo => AppKind::Echo,
-            AppArg::Sink => AppKind::Sink,
-        },
-        ..EngineConfig::default()
-    };
+    let ServeConfig {
+        engine: cfg,
+        peers,
+        metrics,
+        drain_timeout,
+    } = cfg;
     let engine = Engine::start(cfg)?;
     println!(
         "listening on {} with {} shard(s); peer id {}",
@@ -309,7 +398,7 @@ fn serve(a: ServeArgs) -> Result<i32> {
         engine.shard_count(),
         engine.peer_id()
     );
-    let metrics = match a.metrics {
+    let metrics = match metrics {
         Some(addr) => {
             let server = engine::metrics::MetricsServer::start(addr, engine.metrics_source())
                 .with_context(|| format!("starting the metrics server on {addr}"))?;
@@ -318,7 +407,7 @@ fn serve(a: ServeArgs) -> Result<i32> {
         }
         None => None,
     };
-    for p in &a.peers {
+    for p in &peers {
         match engine.dial(*p, Duration::from_secs(10)) {
             Ok(id) => println!("connected to {p}: peer id {id}"),
             Err(e) => eprintln!("warning: could not connect to {p}: {e}"),
@@ -327,9 +416,9 @@ fn serve(a: ServeArgs) -> Result<i32> {
     let sig = wait_signal(&set);
     eprintln!(
         "signal {sig} received: draining (up to {:?})",
-        a.drain_timeout
+        drain_timeout
     );
-    let stats = engine.shutdown(a.drain_timeout)?;
+    let stats = engine.shutdown(drain_timeout)?;
     eprintln!(
         "stopped: {} messages in, {} delivered locally, {} relayed, {} dropped",
         stats.messages_in,
@@ -446,15 +535,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_with_zero_and_units() {
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("50ms").unwrap(), Duration::from_millis(50));
-        assert!(parse_duration("fast").is_err());
+    fn cli_is_well_formed() {
+        command().debug_assert();
     }
 
     #[test]
-    fn cli_is_well_formed() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+    fn serve_help_shows_the_library_defaults() {
+        let mut cmd = command();
+        let help = cmd
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let d = ServeConfig::default();
+        for shown in [
+            format!("[default: {}]", d.engine.batch.max_messages),
+            format!("[default: {}]", d.engine.transport.window),
+            format!("[default: {}]", d.engine.listen),
+            format!(
+                "[default: {}]",
+                engine::config::format_duration(d.engine.pool.ttl)
+            ),
+            format!(
+                "[default: {}]",
+                engine::config::format_duration(d.drain_timeout)
+            ),
+        ] {
+            assert!(help.contains(&shown), "{shown} missing from\n{help}");
+        }
+        assert!(help.contains("ENGINE_BATCH_SIZE"), "{help}");
+    }
+
+    #[test]
+    fn absent_flags_override_nothing() {
+        let m = command()
+            .try_get_matches_from(["engine", "serve", "--window", "65536"])
+            .unwrap();
+        let Cmd::Serve(a) = Cli::from_arg_matches(&m).unwrap().command else {
+            panic!("not serve");
+        };
+        let layer = a.overrides();
+        assert_eq!(
+            layer,
+            ConfigFile {
+                window: Some(65_536),
+                ..ConfigFile::default()
+            }
+        );
     }
 }

@@ -155,3 +155,136 @@ fn low_locked_memory_limit_is_a_clear_error() {
     assert!(err.contains("locked-memory limit"), "{err}");
     assert!(err.contains("ulimit -l"), "{err}");
 }
+
+/// `engine serve` with `ENGINE_*` variables of the caller's environment removed, so each
+/// test sees only the ones it sets.
+fn serve_cmd() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ENGINE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn print_config(cmd: &mut Command) -> toml::Table {
+    let out = cmd.arg("--print-config").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().parse().unwrap()
+}
+
+#[test]
+fn printed_config_loads_back_to_the_same_config() {
+    let first = serve_cmd()
+        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--no-pin"])
+        .args(["--batch-timeout", "1500us", "--max-connections", "7"])
+        .args(["--peer", "127.0.0.1:5000", "--peer", "127.0.0.1:5001"])
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{first:?}");
+    let text = String::from_utf8(first.stdout).unwrap();
+    let path = temp_path("roundtrip.toml");
+    std::fs::write(&path, &text).unwrap();
+    let second = serve_cmd()
+        .arg("--config")
+        .arg(&path)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{second:?}");
+    assert_eq!(String::from_utf8(second.stdout).unwrap(), text);
+    let t: toml::Table = text.parse().unwrap();
+    assert_eq!(t["shards"].as_integer(), Some(2));
+    assert_eq!(t["pin"].as_bool(), Some(false));
+    assert_eq!(t["batch_timeout"].as_str(), Some("1ms 500us"));
+    assert_eq!(t["peers"].as_array().map(Vec::len), Some(2));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn flags_beat_environment_beats_file_beats_defaults() {
+    let path = temp_path("precedence.toml");
+    std::fs::write(
+        &path,
+        "batch_size = 10\nwindow = 20000\npool_ttl = \"1m\"\nidle_timeout = \"9s\"\n",
+    )
+    .unwrap();
+    let t = print_config(
+        serve_cmd()
+            .arg("--config")
+            .arg(&path)
+            .env("ENGINE_BATCH_SIZE", "20")
+            .env("ENGINE_WINDOW", "30000")
+            .args(["--batch-size", "30"]),
+    );
+    assert_eq!(
+        t["batch_size"].as_integer(),
+        Some(30),
+        "flag over env and file"
+    );
+    assert_eq!(t["window"].as_integer(), Some(30_000), "env over file");
+    assert_eq!(t["pool_ttl"].as_str(), Some("1m"), "file over default");
+    // Unset keys keep the library defaults; keepalive follows the idle timeout.
+    assert_eq!(t["batch_timeout"].as_str(), Some("50ms"));
+    assert_eq!(t["keepalive"].as_str(), Some("3s"));
+    // The config file itself can come from the environment.
+    let t = print_config(serve_cmd().env("ENGINE_CONFIG", &path));
+    assert_eq!(t["batch_size"].as_integer(), Some(10));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn unknown_key_in_file_is_a_one_line_error_naming_file_and_key() {
+    let path = temp_path("unknown.toml");
+    std::fs::write(&path, "batch_size = 8\nbatch_sise = 8\n").unwrap();
+    let out = serve_cmd().arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("{}:2", path.display())), "{err}");
+    assert!(err.contains("batch_sise"), "{err}");
+    // A value of the wrong type names its key too.
+    std::fs::write(&path, "window = \"big\"\n").unwrap();
+    let out = serve_cmd().arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("key `window`"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn invalid_values_are_rejected_with_the_rule_and_where_they_came_from() {
+    let path = temp_path("invalid.toml");
+    std::fs::write(&path, "keepalive = \"0s\"\n").unwrap();
+    let out = serve_cmd().arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("pool.keepalive must be above zero"), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    std::fs::remove_file(&path).unwrap();
+
+    let out = serve_cmd().env("ENGINE_KEEPALIVE", "40s").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("must be below transport.idle_timeout"),
+        "{err}"
+    );
+    assert!(err.contains("ENGINE_KEEPALIVE"), "{err}");
+
+    for args in [
+        ["--batch-size", "0"],
+        ["--window", "1000"],
+        ["--pool-ttl", "0"],
+    ] {
+        let out = serve_cmd().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("invalid configuration"), "{err}");
+        assert!(err.contains(args[0]), "{err}");
+    }
+}

@@ -37,9 +37,10 @@ pub const ALPN: &[u8] = b"qme/1";
 /// other protocol cannot be replayed into ours.
 pub const PROLOGUE: &[u8] = b"qme/1";
 
-/// The Noise protocol name. XX because neither side knows the other's static key in
-/// advance; both learn and authenticate it during the handshake.
-pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+/// The Noise protocol name; defined next to the static keys it implies (X25519) in
+/// [`crate::identity`] and re-exported here, so this module depends on `identity` and not
+/// the other way round.
+pub use crate::identity::NOISE_PARAMS;
 
 /// Largest handshake message accepted (length prefix value). The real messages are at most
 /// 96 bytes; the limit leaves room for future payloads while bounding buffering before the
@@ -51,6 +52,7 @@ pub const LEN_PREFIX: usize = 2;
 
 /// Why a handshake failed. Every variant is terminal for the connection.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// The Noise library rejected a message (bad MAC, bad key, truncated message...).
     #[error("noise handshake failed: {0}")]

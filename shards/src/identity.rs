@@ -29,6 +29,11 @@ use zeroize::Zeroizing;
 
 use crate::wire::PeerId;
 
+/// The Noise protocol name of every handshake. XX because neither side knows the other's
+/// static key in advance; both learn and authenticate it during the handshake. Identities
+/// are key pairs of its DH function (X25519), which is why the name lives here.
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+
 /// Domain separation prefix of the peer id hash, so a peer id can never collide with any
 /// other SHA-256 use of the same public key.
 pub const PEER_ID_CONTEXT: &[u8] = b"qme peer id v1";
@@ -42,6 +47,7 @@ const MAX_FILE_LEN: u64 = 64 * 1024;
 
 /// Why an identity could not be created, loaded or saved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdentityError {
     /// The file could not be opened, read, written or synced.
     #[error("identity file {}: {source}", path.display())]
@@ -150,7 +156,7 @@ impl Identity {
     ///
     /// Fails only if the OS random source or snow's X25519 implementation is unavailable.
     pub fn generate() -> Result<Identity, IdentityError> {
-        let params = crate::handshake::NOISE_PARAMS
+        let params = NOISE_PARAMS
             .parse()
             .map_err(|e: snow::Error| IdentityError::Noise(e.to_string()))?;
         let kp = snow::Builder::new(params)

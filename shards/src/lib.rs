@@ -14,6 +14,7 @@
 pub mod batch;
 pub mod cid;
 pub mod client;
+pub mod config;
 pub mod endpoint;
 pub mod handshake;
 pub mod hist;

@@ -188,12 +188,7 @@ pub fn check_memlock(shards: usize) -> Result<(), StartError> {
 
 /// Starts the shards and returns once every one of them is serving.
 pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
-    if cfg.shards == 0 || cfg.shards > 256 {
-        return Err(StartError::Config(format!(
-            "shard count must be 1..=256, got {}",
-            cfg.shards
-        )));
-    }
+    cfg.validate()?;
     check_io_uring()?;
     check_memlock(cfg.shards)?;
     let tls = match &cfg.tls {

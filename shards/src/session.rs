@@ -39,7 +39,14 @@ pub enum SessionError {
     /// A send was attempted before the handshake finished or after the stream finished.
     #[error("session is not open for sending")]
     NotOpen,
+    /// The peer finished the session stream with part of a sealed frame still buffered
+    /// (a truncated frame); closed with `SEAL_FAILED` and reason [`FIN_MID_FRAME`].
+    #[error("{FIN_MID_FRAME}")]
+    FinMidFrame,
 }
+
+/// Close reason text sent when the peer's stream FIN arrives inside a sealed frame.
+pub const FIN_MID_FRAME: &str = "stream finished mid-frame";
 
 impl SessionError {
     /// The QUIC application close code this error is reported with.
@@ -50,7 +57,7 @@ impl SessionError {
             SessionError::Seal(SealError::TooLarge { .. } | SealError::TooShort { .. }) => {
                 close_code::FRAME_TOO_LARGE
             }
-            SessionError::Seal(_) => close_code::SEAL_FAILED,
+            SessionError::Seal(_) | SessionError::FinMidFrame => close_code::SEAL_FAILED,
             SessionError::Wire(_) | SessionError::Protocol(_) => close_code::PROTOCOL_VIOLATION,
         }
     }
@@ -566,7 +573,7 @@ impl Session {
                 if self.rx.is_empty() {
                     break;
                 }
-                return Err(SessionError::Seal(SealError::Authentication));
+                return Err(SessionError::FinMidFrame);
             }
             // Read exactly what the frame still lacks, so unread data stays in QUIC.
             let have = self.rx.len();
@@ -675,4 +682,115 @@ fn frame_header(rx: &[u8]) -> [u8; 4] {
         h.copy_from_slice(src);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::TlsFiles;
+    use crate::wire::Message;
+
+    const CLIENT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        40001,
+    ));
+    const SERVER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        40002,
+    ));
+
+    /// Moves every pending datagram between the two sessions until neither has any.
+    fn pump(client: &mut Session, server: &mut Session) {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let mut moved = false;
+            while let Some((n, _)) = client.send(&mut buf) {
+                server.recv(&mut buf[..n], CLIENT, SERVER);
+                moved = true;
+            }
+            while let Some((n, _)) = server.send(&mut buf) {
+                client.recv(&mut buf[..n], SERVER, CLIENT);
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// A client and a server session in memory, both past the Noise handshake.
+    fn open_pair(tls: &TlsFiles) -> (Session, Session) {
+        let transport = TransportConfig::default();
+        let mut ccfg = client_config(&transport).unwrap();
+        let mut scfg = server_config(&transport, &tls.cert_str(), &tls.key_str()).unwrap();
+        let now = Instant::now();
+        let cid = Identity::generate().unwrap();
+        let sid = Identity::generate().unwrap();
+        let mut client = Session::connect(&mut ccfg, &cid, &[1; 16], CLIENT, SERVER, now).unwrap();
+        let mut server = Session::accept(&mut scfg, &sid, &[2; 16], SERVER, CLIENT, now).unwrap();
+        for _ in 0..16 {
+            pump(&mut client, &mut server);
+            if client.is_open() && server.is_open() {
+                break;
+            }
+        }
+        assert!(
+            client.is_open() && server.is_open(),
+            "handshake did not finish"
+        );
+        (client, server)
+    }
+
+    #[test]
+    fn fin_inside_a_frame_closes_with_its_own_reason() {
+        let tls = TlsFiles::self_signed().unwrap();
+        let (mut client, mut server) = open_pair(&tls);
+        let record = Record::Message(Message {
+            src: PeerId([1; 16]),
+            dst: PeerId([2; 16]),
+            seq: 1,
+            payload: b"cut short".to_vec(),
+        });
+        let frame = client.seal_detached(&[record]).unwrap();
+        client.send_raw(&frame[..frame.len() / 2]).unwrap();
+        client.finish();
+        pump(&mut client, &mut server);
+        let mut out = Vec::new();
+        let err = server.read_records(&mut out, 16).unwrap_err();
+        assert!(matches!(err, SessionError::FinMidFrame), "{err}");
+        assert!(out.is_empty());
+        assert_eq!(
+            server.error(),
+            Some(&(close_code::SEAL_FAILED, FIN_MID_FRAME.to_string()))
+        );
+        pump(&mut client, &mut server);
+        let info = client.close_info().unwrap();
+        assert!(info.by_peer && info.is_app);
+        assert_eq!(
+            (info.code, info.reason.as_str()),
+            (close_code::SEAL_FAILED, FIN_MID_FRAME)
+        );
+    }
+
+    #[test]
+    fn whole_frames_before_fin_are_read_and_fin_ends_cleanly() {
+        let tls = TlsFiles::self_signed().unwrap();
+        let (mut client, mut server) = open_pair(&tls);
+        let record = Record::Message(Message {
+            src: PeerId([1; 16]),
+            dst: PeerId([2; 16]),
+            seq: 7,
+            payload: b"whole".to_vec(),
+        });
+        let frame = client.seal_detached(std::slice::from_ref(&record)).unwrap();
+        client.send_raw(&frame).unwrap();
+        client.finish();
+        pump(&mut client, &mut server);
+        let mut out = Vec::new();
+        assert_eq!(server.read_records(&mut out, 16).unwrap(), 1);
+        assert_eq!(server.read_records(&mut out, 16).unwrap(), 0);
+        assert_eq!(out, vec![record]);
+        assert!(server.peer_finished());
+        assert!(server.error().is_none());
+    }
 }

@@ -109,6 +109,9 @@ pub enum EndpointError {
     /// The QUIC client configuration could not be built.
     #[error("QUIC client configuration: {0}")]
     Quic(String),
+    /// A policy in the configuration breaks a rule.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// One shard's QUIC endpoint and everything it routes, without I/O (see the module docs).
@@ -183,6 +186,13 @@ impl Endpoint {
         now: Instant,
         wall: SystemTime,
     ) -> Result<Endpoint, EndpointError> {
+        crate::config::validate_shards(cfg.shards)?;
+        cfg.batch.validate()?;
+        cfg.transport.validate()?;
+        cfg.pool.validate_for(&cfg.transport)?;
+        crate::config::validate_backoff("reconnect", &cfg.reconnect)?;
+        crate::config::validate_max_message_size(cfg.max_message_size)?;
+        crate::config::validate_queue_capacity(cfg.queue_capacity)?;
         let server_cfg = if cfg.accept {
             Some(
                 session::server_config(&cfg.transport, &cfg.cert_pem, &cfg.key_pem)
