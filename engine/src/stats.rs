@@ -12,6 +12,12 @@ pub struct EngineStats {
     pub datagrams_in: u64,
     /// UDP datagrams sent.
     pub datagrams_out: u64,
+    /// Receive calls that returned datagrams (datagrams per call = datagrams_in / this).
+    pub receive_calls: u64,
+    /// Send calls (datagrams per call = datagrams_out / this).
+    pub send_calls: u64,
+    /// Datagrams dropped because they did not fit a receive slot.
+    pub truncated_datagrams: u64,
     /// Datagrams whose connection ID named another shard.
     pub misrouted: u64,
     /// Datagrams for no known connection.
@@ -77,6 +83,9 @@ impl EngineStats {
             let r = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
             t.datagrams_in += r(&s.datagrams_in);
             t.datagrams_out += r(&s.datagrams_out);
+            t.receive_calls += r(&s.receive_calls);
+            t.send_calls += r(&s.send_calls);
+            t.truncated_datagrams += r(&s.truncated_datagrams);
             t.misrouted += r(&s.misrouted);
             t.unknown_datagrams += r(&s.unknown_datagrams);
             t.accepted += r(&s.accepted);

@@ -27,6 +27,7 @@ pub mod shard;
 mod sockstat;
 pub mod steering;
 pub mod tls;
+mod udp_batch;
 pub mod wire;
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! ([`ShardStats`]), the peer directory and the channels.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,9 +20,10 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::net::UdpSocket;
 use tracing::Instrument;
 
-use crate::endpoint::{Endpoint, EndpointError};
+use crate::endpoint::{Endpoint, EndpointError, Transmit};
 use crate::hist::SharedHistograms;
 use crate::sockstat::{Notify, kernel_queue_delay, socket_inode};
+use crate::udp_batch::{RecvBatch, send_batch};
 
 pub use crate::endpoint::{
     App, Command, ConnectionSlots, DEFAULT_STALL_TIMEOUT, Delivery, Hop, PeerActivity,
@@ -35,6 +37,10 @@ const RECV_ERROR_PAUSE: Duration = Duration::from_millis(1);
 /// One datagram in this many has its time in the kernel's receive queue measured
 /// (SIOCGSTAMPNS costs a system call).
 const RX_DELAY_SAMPLE: u64 = 64;
+/// Datagrams read with one `recvmmsg` after each awaited receive.
+const RECV_BURST: usize = 32;
+/// Datagrams handed to one `sendmmsg`.
+const SEND_BURST: usize = 64;
 /// How long the timer task sleeps when the endpoint has no deadline at all.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// How often a draining shard looks for new commands between drain checks.
@@ -92,6 +98,8 @@ async fn drive(
     span: tracing::Span,
 ) -> Result<(), ShardError> {
     let stats = cfg.stats.clone();
+    // Receive slots fit the largest datagram QUIC is allowed to send us.
+    let slot = cfg.transport.max_udp_payload.max(1500) + 64;
     let started = (|| -> Result<Endpoint, ShardError> {
         let local_addr = socket.local_addr().map_err(ShardError::Socket)?;
         if let Some(ino) = socket_inode(socket.as_raw_fd()) {
@@ -163,7 +171,7 @@ async fn drive(
     {
         let sh = shard.clone();
         tasks.push(glommio::spawn_local(
-            async move { sh.recv_loop().await }.instrument(span.clone()),
+            async move { sh.recv_loop(slot).await }.instrument(span.clone()),
         ));
     }
     if shard.senders.is_some() {
@@ -226,26 +234,52 @@ impl Shard {
         self.flush_outbox().await;
     }
 
-    async fn recv_loop(self: Rc<Self>) {
+    /// Waits for a datagram, then takes whatever else is already queued with one
+    /// `recvmmsg`, and hands the whole burst to the endpoint as one turn (replies to a
+    /// burst share batches). Yields to the other tasks when its time slice is used up, so
+    /// timers run under a flood.
+    async fn recv_loop(self: Rc<Self>, slot: usize) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut burst = RecvBatch::new(RECV_BURST, slot);
         let fd = self.socket.as_raw_fd();
         let mut count = 0u64;
         loop {
             match self.socket.recv_from(&mut buf).await {
                 Ok((n, from)) => {
+                    count += 1;
+                    let sample = (count % RX_DELAY_SAMPLE == 1)
+                        .then(|| kernel_queue_delay(fd))
+                        .flatten();
+                    let more = match burst.recv(fd) {
+                        Ok(k) => {
+                            self.stats.receive_calls.fetch_add(2, Ordering::Relaxed);
+                            k
+                        }
+                        Err(_) => {
+                            self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
+                            0
+                        }
+                    };
+                    count += more as u64;
                     {
                         let mut ep = self.ep.borrow_mut();
-                        count += 1;
-                        if count % RX_DELAY_SAMPLE == 1
-                            && let Some(d) = kernel_queue_delay(fd)
-                        {
+                        if let Some(d) = sample {
                             ep.record_receive_delay(d);
                         }
-                        if let Some(pkt) = buf.get_mut(..n) {
-                            ep.handle_datagram(Instant::now(), from, pkt);
-                        }
+                        let first = buf.get_mut(..n).map(|pkt| (from, pkt));
+                        let stats = &self.stats;
+                        let rest = burst.iter_mut().filter_map(|(from, pkt, truncated)| {
+                            if truncated || from.is_none() {
+                                stats.truncated_datagrams.fetch_add(1, Ordering::Relaxed);
+                                stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                                return None;
+                            }
+                            from.map(|f| (f, pkt))
+                        });
+                        ep.handle_datagrams(Instant::now(), first.into_iter().chain(rest));
                     }
                     self.settle().await;
+                    glommio::yield_if_needed().await;
                 }
                 Err(e) => {
                     tracing::warn!("udp recv failed: {e}");
@@ -359,17 +393,59 @@ impl Shard {
         }
     }
 
+    /// Sends what the endpoint has queued, up to [`SEND_BURST`] datagrams per `sendmmsg`;
+    /// when the socket buffer is full, waits for room through glommio with one datagram.
     async fn flush_outbox(&self) {
+        let fd = self.socket.as_raw_fd();
+        let mut pending: VecDeque<Transmit> = VecDeque::new();
         loop {
-            let next = self.ep.borrow_mut().poll_transmit();
-            let Some(t) = next else { break };
-            match self.socket.send_to(&t.data, t.to).await {
-                Ok(_) => {
-                    self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut ep = self.ep.borrow_mut();
+                while pending.len() < SEND_BURST {
+                    match ep.poll_transmit() {
+                        Some(t) => pending.push_back(t),
+                        None => break,
+                    }
                 }
-                Err(e) => tracing::debug!("udp send to {} failed: {e}", t.to),
             }
-            self.ep.borrow_mut().recycle(t.data);
+            if pending.is_empty() {
+                return;
+            }
+            let items: Vec<(std::net::SocketAddr, &[u8])> =
+                pending.iter().map(|t| (t.to, t.data.as_slice())).collect();
+            let sent = send_batch(fd, &items);
+            drop(items);
+            match sent {
+                Ok(k) => {
+                    self.stats.send_calls.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .datagrams_out
+                        .fetch_add(k as u64, Ordering::Relaxed);
+                    let mut ep = self.ep.borrow_mut();
+                    for t in pending.drain(..k.min(pending.len())) {
+                        ep.recycle(t.data);
+                    }
+                }
+                Err(e) => {
+                    let Some(t) = pending.pop_front() else {
+                        continue;
+                    };
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        // The socket buffer is full: wait for room with this one.
+                        match self.socket.send_to(&t.data, t.to).await {
+                            Ok(_) => {
+                                self.stats.send_calls.fetch_add(1, Ordering::Relaxed);
+                                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => tracing::debug!("udp send to {} failed: {e}", t.to),
+                        }
+                    } else {
+                        // This datagram cannot be sent (e.g. its destination is unreachable).
+                        tracing::debug!("udp send to {} failed: {e}", t.to);
+                    }
+                    self.ep.borrow_mut().recycle(t.data);
+                }
+            }
         }
     }
 }

@@ -38,6 +38,8 @@
 //! | `engine_datagrams_total` | counter | `direction` = in, out |
 //! | `engine_misrouted_datagrams_total` | counter | |
 //! | `engine_unknown_datagrams_total` | counter | |
+//! | `engine_udp_calls_total` | counter | `direction` = in, out |
+//! | `engine_truncated_datagrams_total` | counter | |
 //! | `engine_messages_total` | counter | `direction`, `outcome`, `reason` (see below) |
 //! | `engine_shard_messages_total` | counter | `shard`, `direction`, `outcome` |
 //! | `engine_error_records_total` | counter | `direction` = in, out |
@@ -377,6 +379,23 @@ pub static METRICS: &[MetricDef] = &[
         Counter,
         "Datagrams for no known connection that were not a new Initial.",
         unknown_datagrams
+    ),
+    MetricDef {
+        name: "engine_udp_calls_total",
+        help: "UDP receive (direction=in) and send (direction=out) calls that moved datagrams; \
+               engine_datagrams_total divided by this is datagrams per call.",
+        kind: Kind::Counter,
+        labels: &["direction"],
+        read: Read::Values(|s, out| {
+            out.int(&["in"], s.totals.receive_calls);
+            out.int(&["out"], s.totals.send_calls);
+        }),
+    },
+    total!(
+        "engine_truncated_datagrams_total",
+        Counter,
+        "Datagrams dropped unread because they were larger than a receive slot (the largest QUIC payload allowed, plus 64 bytes).",
+        truncated_datagrams
     ),
     MetricDef {
         name: "engine_messages_total",

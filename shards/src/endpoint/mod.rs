@@ -302,6 +302,27 @@ impl Endpoint {
 
     /// A UDP datagram arrived from `from`. `pkt` is decrypted in place.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, pkt: &mut [u8]) {
+        self.receive(now, from, pkt);
+        self.end_turn(now);
+        self.reap(now);
+    }
+
+    /// Datagrams that arrived together (one receive burst): each is handled as by
+    /// [`Endpoint::handle_datagram`], but due queues are sealed once, after the last, so
+    /// the replies and relays a burst causes share batches and datagrams.
+    pub fn handle_datagrams<'a>(
+        &mut self,
+        now: Instant,
+        datagrams: impl IntoIterator<Item = (SocketAddr, &'a mut [u8])>,
+    ) {
+        for (from, pkt) in datagrams {
+            self.receive(now, from, pkt);
+        }
+        self.end_turn(now);
+        self.reap(now);
+    }
+
+    fn receive(&mut self, now: Instant, from: SocketAddr, pkt: &mut [u8]) {
         self.last_now = now;
         inc(&self.stats().datagrams_in);
         let hdr = match quiche::Header::from_slice(pkt, CID_LEN) {
@@ -361,8 +382,6 @@ impl Endpoint {
         if (credit || self.room_freed) && (!self.blocked.is_empty() || !self.waiting.is_empty()) {
             self.retry_blocked(now);
         }
-        self.end_turn(now);
-        self.reap(now);
     }
 
     /// A command from the embedding program or the engine.

@@ -17,6 +17,13 @@ pub struct ShardStats {
     pub datagrams_in: AtomicU64,
     /// UDP datagrams sent.
     pub datagrams_out: AtomicU64,
+    /// Receive system calls (and completed io_uring receives) that returned datagrams;
+    /// `datagrams_in / receive_calls` is datagrams per receive.
+    pub receive_calls: AtomicU64,
+    /// Send system calls (and io_uring sends) that sent datagrams.
+    pub send_calls: AtomicU64,
+    /// Datagrams dropped before QUIC saw them because they did not fit a receive slot.
+    pub truncated_datagrams: AtomicU64,
     /// Datagrams whose connection ID names another shard (steering failure).
     pub misrouted: AtomicU64,
     /// Datagrams for no known connection that were not a new Initial.
