@@ -17,7 +17,7 @@ pub enum AppKind {
     Echo,
     /// Count and discard.
     Sink,
-    /// Hand messages to the embedding program ([`crate::Engine::recv`]).
+    /// Hand messages to the embedding program ([`crate::Engine::recv_timeout`]).
     Channel,
 }
 

@@ -906,7 +906,7 @@ const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 
 /// A minimal HTTP/1.x server for `GET /metrics` on one plain (unpinned) thread. Requests
 /// are served one at a time, each bounded by a size limit and a deadline, so a slow or
-/// hostile client delays scrapes by at most [`REQUEST_TIMEOUT`] and cannot grow memory.
+/// hostile client delays scrapes by at most `REQUEST_TIMEOUT` and cannot grow memory.
 /// The thread also samples the message rate every second. Dropping the server stops it.
 #[derive(Debug)]
 pub struct MetricsServer {

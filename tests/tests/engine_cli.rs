@@ -98,7 +98,10 @@ fn serve_ping_and_sigterm_drain() {
     assert!(String::from_utf8_lossy(&clash.stderr).contains("another process is bound"));
 
     let ping = Command::new(bin())
+        // A window of 20: the node's default 50 ms batch timeout would make 200 one-by-one
+        // round trips take 10 s.
         .args(["ping", "--target", &addr, "--count", "200", "--size", "300"])
+        .args(["--window", "20"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&ping.stdout);

@@ -195,12 +195,14 @@ fn saturation_without_loss_exits_two_unless_allowed() {
     for (allow, want) in [(false, 2), (true, 0)] {
         let out = std::env::temp_dir().join(format!("bh-sat-{}-{allow}", std::process::id()));
         let mut cmd = Command::new(bin());
+        // A short measured phase: at this rate the harness is busy the whole time, so
+        // every extra 100 ms costs seconds of wall clock on two cores.
         cmd.args(["run", "--rate", "3000000", "--connections", "8"])
             .args([
                 "--warmup",
-                "200ms",
+                "100ms",
                 "--duration",
-                "1s",
+                "300ms",
                 "--drain",
                 "4s",
                 "--no-pin",
@@ -218,7 +220,7 @@ fn saturation_without_loss_exits_two_unless_allowed() {
         assert!(s.refused > 0, "back-pressure refused messages: {s:?}");
         assert_eq!(s.lost, 0, "a live engine answers everything it took: {s:?}");
         assert_eq!(o.status.code(), Some(want), "{stdout}");
-        assert!(s.wall_time_s <= 0.2 + 1.0 + 4.0 + 2.0, "{s:?}");
+        assert!(s.wall_time_s <= 0.1 + 0.3 + 4.0 + 2.0, "{s:?}");
         let _ = std::fs::remove_dir_all(&out);
     }
     let st = e.stats();

@@ -56,9 +56,10 @@ fn layout() -> Result<Layout, String> {
     };
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     let profile_dir = name(profile).ok_or("no profile directory name")?;
-    // The root of a target directory carries cargo's CACHEDIR.TAG; a `--target` build
-    // puts one more level, the target triple, between the root and the profile.
-    if above.join("CACHEDIR.TAG").is_file() {
+    // The root of a target directory carries cargo's .rustc_info.json (and CACHEDIR.TAG);
+    // a `--target` build puts one more level, the target triple, between the root and the
+    // profile.
+    if above.join(".rustc_info.json").is_file() || above.join("CACHEDIR.TAG").is_file() {
         Ok(Layout {
             target_dir: above.to_path_buf(),
             triple: None,
@@ -87,9 +88,12 @@ fn build() -> Result<HashMap<String, PathBuf>, String> {
             "--locked",
             "--message-format=json-render-diagnostics",
         ])
-        .args([
-            "-p", ENGINE, "--bin", ENGINE, "-p", HARNESS, "--bin", HARNESS,
-        ])
+        // The whole workspace with this test target selected resolves features exactly as
+        // `cargo test --workspace` (and `-p tests`, whose dev-dependencies cover every
+        // member's), so the binaries link the dependencies already built for this test
+        // instead of a second BoringSSL build. This test target is fresh: a no-op.
+        .args(["--workspace", "--test", "integration"])
+        .args(["--bin", ENGINE, "--bin", HARNESS])
         .arg("--target-dir")
         .arg(&l.target_dir);
     match l.profile_dir.as_str() {
