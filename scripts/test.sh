@@ -13,7 +13,7 @@ step() {
   local start=$SECONDS
   echo "test.sh: $*" >&2
   "$@"
-  echo "test.sh: $1 ${2:-} done in $((SECONDS - start)) s" >&2
+  echo "test.sh: done in $((SECONDS - start)) s: $*" >&2
 }
 
 fast_start=$SECONDS
