@@ -1,5 +1,9 @@
 //! Helpers shared by the integration tests.
 
+mod bins;
+
+pub use bins::{engine_bin, harness_bin};
+
 use std::time::{Duration, Instant};
 
 use engine::{Engine, EngineConfig};

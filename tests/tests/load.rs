@@ -15,19 +15,35 @@ use shards::shard::Delivery;
 
 const STALL: Duration = Duration::from_millis(500);
 
+/// The application thread of [`stalling_echo`]; [`StallingEcho::stop`] ends it.
+struct StallingEcho {
+    engine: Arc<Engine>,
+    stalled: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    app: std::thread::JoinHandle<()>,
+}
+
+impl StallingEcho {
+    /// Ends the application thread once the measurement is over (it also ends by itself
+    /// after 3 s without messages).
+    fn stop(self) {
+        self.done.store(true, Ordering::Relaxed);
+        self.app.join().unwrap();
+    }
+}
+
 /// An engine whose application is this test: it echoes every message back, except during
 /// one known stall, when it answers nothing.
-fn stalling_echo() -> (Arc<Engine>, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+fn stalling_echo() -> StallingEcho {
     let mut cfg = EngineConfig::loopback(1);
     cfg.app = AppKind::Channel;
     let e = Arc::new(Engine::start(cfg).unwrap());
     let stalled = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let (e2, s2) = (e.clone(), stalled.clone());
+    let (e2, s2, d2) = (e.clone(), stalled.clone(), done.clone());
     let app = std::thread::spawn(move || {
-        let _keep = done;
         let mut idle = Instant::now();
-        loop {
+        while !d2.load(Ordering::Relaxed) {
             while s2.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -43,7 +59,12 @@ fn stalling_echo() -> (Arc<Engine>, Arc<AtomicBool>, std::thread::JoinHandle<()>
             }
         }
     });
-    (e, stalled, app)
+    StallingEcho {
+        engine: e,
+        stalled,
+        done,
+        app,
+    }
 }
 
 fn stall_after(stalled: &Arc<AtomicBool>, after: Duration) -> std::thread::JoinHandle<()> {
@@ -62,9 +83,9 @@ fn stall_after(stalled: &Arc<AtomicBool>, after: Duration) -> std::thread::JoinH
 #[test]
 fn open_loop_latency_shows_a_stall_that_closed_loop_hides() {
     // Open loop, through the harness.
-    let (e, stalled, app) = stalling_echo();
+    let server = stalling_echo();
     let cfg = LoadConfig {
-        target: e.local_addr(),
+        target: server.engine.local_addr(),
         cores: 1,
         connections: 2,
         rate: 1_000.0,
@@ -75,10 +96,10 @@ fn open_loop_latency_shows_a_stall_that_closed_loop_hides() {
         drain: Duration::from_secs(3),
         pin: false,
     };
-    let staller = stall_after(&stalled, Duration::from_millis(50 + 200 + 700));
+    let staller = stall_after(&server.stalled, Duration::from_millis(50 + 200 + 700));
     let r = load::run(&cfg, Arc::new(Progress::default())).unwrap();
     staller.join().unwrap();
-    app.join().unwrap();
+    server.stop();
     assert_eq!(r.lost(), 0, "{r:?}");
     assert_eq!(r.corrupted, 0);
     let p90_ms = r.latency.value_at_quantile(0.90) as f64 / 1e6;
@@ -88,14 +109,14 @@ fn open_loop_latency_shows_a_stall_that_closed_loop_hides() {
     assert!(p90_ms >= 50.0, "open-loop p90 {p90_ms} ms shows the stall");
 
     // Closed loop: one message in flight, latency from the actual send.
-    let (e, stalled, app) = stalling_echo();
+    let server = stalling_echo();
     let id = Identity::generate().unwrap();
     let mut cfg = ClientConfig::default();
     cfg.batch.timeout = Duration::ZERO;
-    let mut c = Client::connect(e.local_addr(), &id, cfg).unwrap();
+    let mut c = Client::connect(server.engine.local_addr(), &id, cfg).unwrap();
     let node = c.node_id();
     let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-    let staller = stall_after(&stalled, Duration::from_millis(700));
+    let staller = stall_after(&server.stalled, Duration::from_millis(700));
     let start = Instant::now();
     let mut seq = 0;
     while start.elapsed() < Duration::from_secs(2) {
@@ -116,7 +137,7 @@ fn open_loop_latency_shows_a_stall_that_closed_loop_hides() {
     }
     staller.join().unwrap();
     drop(c);
-    app.join().unwrap();
+    server.stop();
     let closed_p99_ms = h.value_at_quantile(0.99) as f64 / 1e6;
     assert!(
         h.max() as f64 / 1e6 >= 400.0,

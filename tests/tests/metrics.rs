@@ -16,7 +16,7 @@ use shards::client::{Client, ClientConfig};
 use shards::identity::Identity;
 use shards::shard::Delivery;
 
-const BIN: &str = env!("CARGO_BIN_EXE_engine");
+use crate::common::engine_bin as bin;
 const MESSAGES: usize = 100;
 
 /// A plain HTTP/1.0 GET; returns the status line, the header block and the body.
@@ -291,7 +291,7 @@ fn metrics_count_exactly_the_traffic_sent() {
     assert!(status.starts_with("HTTP/1.1 404 "), "{status}");
 
     // `engine status` shows the same totals.
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["status", "--metrics", &addr.to_string()])
         .output()
         .unwrap();
@@ -336,7 +336,7 @@ fn metrics_count_exactly_the_traffic_sent() {
 
     // Once the server is gone, `engine status` says so clearly.
     drop(server);
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["status", "--metrics", &addr.to_string()])
         .output()
         .unwrap();
@@ -359,7 +359,7 @@ fn serve_prints_and_serves_the_metrics_address() {
         .unwrap()
         .port();
     let metrics = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args([
             "serve",
             "--listen",

@@ -11,7 +11,7 @@ use shards::lifecycle::{BackoffPolicy, ConnState};
 use shards::shard::Delivery;
 use shards::wire::ErrorCode;
 
-const BIN: &str = env!("CARGO_BIN_EXE_engine");
+use crate::common::engine_bin as bin;
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -23,7 +23,7 @@ fn free_udp_port() -> u16 {
 
 /// Starts `engine serve` (echo) on `addr` with identity file `id`; returns once listening.
 fn spawn_node(addr: SocketAddr, id: &std::path::Path) -> Child {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["serve", "--shards", "1", "--no-pin", "--idle-timeout", "1s"])
         .arg("--listen")
         .arg(addr.to_string())

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_engine");
+use crate::common::engine_bin as bin;
 
 fn temp_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("engine-cli-{}-{name}", std::process::id()))
@@ -16,7 +16,7 @@ fn temp_path(name: &str) -> std::path::PathBuf {
 fn keygen_writes_private_file_and_prints_peer_id() {
     let path = temp_path("id.key");
     let _ = std::fs::remove_file(&path);
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["keygen", "--out"])
         .arg(&path)
         .output()
@@ -29,7 +29,7 @@ fn keygen_writes_private_file_and_prints_peer_id() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     // A second keygen refuses to overwrite the key.
-    let again = Command::new(BIN)
+    let again = Command::new(bin())
         .args(["keygen", "--out"])
         .arg(&path)
         .output()
@@ -41,13 +41,13 @@ fn keygen_writes_private_file_and_prints_peer_id() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["serve", "--batch-timeout", "soon"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--batch-timeout"));
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["ping", "--target", "not-an-address"])
         .output()
         .unwrap();
@@ -58,7 +58,7 @@ fn bad_input_is_a_clear_error() {
 fn serve_ping_and_sigterm_drain() {
     let id = temp_path("serve.key");
     let _ = std::fs::remove_file(&id);
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args([
             "serve",
             "--listen",
@@ -90,15 +90,18 @@ fn serve_ping_and_sigterm_drain() {
     assert_eq!(mode, 0o600);
 
     // A second engine on the same port fails clearly instead of joining the group.
-    let clash = Command::new(BIN)
+    let clash = Command::new(bin())
         .args(["serve", "--listen", &addr, "--shards", "1", "--no-pin"])
         .output()
         .unwrap();
     assert_eq!(clash.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&clash.stderr).contains("another process is bound"));
 
-    let ping = Command::new(BIN)
+    let ping = Command::new(bin())
+        // A window of 20: the node's default 50 ms batch timeout would make 200 one-by-one
+        // round trips take 10 s.
         .args(["ping", "--target", &addr, "--count", "200", "--size", "300"])
+        .args(["--window", "20"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&ping.stdout);
@@ -111,7 +114,7 @@ fn serve_ping_and_sigterm_drain() {
     assert!(text.contains("p99"), "{text}");
 
     // A ping whose messages are over the node's limit fails and says why.
-    let big = Command::new(BIN)
+    let big = Command::new(bin())
         .args(["ping", "--target", &addr, "--count", "3", "--size", "70000"])
         .output()
         .unwrap();
@@ -146,7 +149,8 @@ fn low_locked_memory_limit_is_a_clear_error() {
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "ulimit -l 64 && exec {BIN} serve --listen 127.0.0.1:0 --shards 2 --no-pin"
+            "ulimit -l 64 && exec {} serve --listen 127.0.0.1:0 --shards 2 --no-pin",
+            bin().display()
         ))
         .output()
         .unwrap();
@@ -159,7 +163,7 @@ fn low_locked_memory_limit_is_a_clear_error() {
 /// `engine serve` with `ENGINE_*` variables of the caller's environment removed, so each
 /// test sees only the ones it sets.
 fn serve_cmd() -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.arg("serve");
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("ENGINE_") {
