@@ -287,6 +287,20 @@ impl Net {
             .unwrap_or_default()
     }
 
+    /// Seals `m` straight into node `from`'s first connection, as a peer speaking the
+    /// protocol by hand would, and sends it.
+    fn inject(&mut self, from: usize, m: Message) {
+        let now = self.now;
+        let ep = self.ep(from);
+        let key = ep.conns.keys()[0];
+        let c = ep.conns.get_mut(key).expect("conn");
+        c.session
+            .send_batch([Record::Message(m)].iter())
+            .expect("seal");
+        ep.drive(key, now);
+        self.pump();
+    }
+
     fn transmits_during(&mut self, d: Duration) -> u64 {
         let before = self.sent;
         self.advance(d);
@@ -569,22 +583,15 @@ fn unknown_destination_is_reported_to_the_sender() {
     let id = net.dial(client, server).expect("dial");
     let nobody = PeerId([9; crate::wire::PEER_ID_LEN]);
     // Relay a message through the server to a peer it does not know.
-    let now = net.now;
-    let key = net.ep(client).conns.keys()[0];
-    let c = net.ep(client).conns.get_mut(key).expect("conn");
-    c.session
-        .send_batch(
-            [Record::Message(Message {
-                dst: nobody,
-                src: id,
-                seq: 42,
-                payload: b"lost".to_vec(),
-            })]
-            .iter(),
-        )
-        .expect("seal");
-    net.ep(client).drive(key, now);
-    net.pump();
+    net.inject(
+        client,
+        Message {
+            dst: nobody,
+            src: id,
+            seq: 42,
+            payload: b"lost".to_vec(),
+        },
+    );
     assert_eq!(get(&net.stats(server).dropped_unknown_destination), 1);
     let got = net.deliveries(client);
     assert!(
@@ -622,22 +629,16 @@ fn records_for_a_peer_on_another_shard_hop_there() {
     assert_eq!(net.nodes[relay].directory.shard_of(&b_id), Some(1));
     // a -> relay (shard 0) -> hop -> shard 1 -> b.
     let relay_id = net.nodes[relay].id;
-    let key = net.ep(a).conns.keys()[0];
     let a_id = net.nodes[a].id;
-    let c = net.ep(a).conns.get_mut(key).expect("conn");
-    c.session
-        .send_batch(
-            [Record::Message(Message {
-                dst: b_id,
-                src: a_id,
-                seq: 5,
-                payload: b"via shard 1".to_vec(),
-            })]
-            .iter(),
-        )
-        .expect("seal");
-    net.ep(a).drive(key, now);
-    net.pump();
+    net.inject(
+        a,
+        Message {
+            dst: b_id,
+            src: a_id,
+            seq: 5,
+            payload: b"via shard 1".to_vec(),
+        },
+    );
     // b is a node too: it names the sender it authenticated, the relay.
     let got = net.deliveries(b);
     assert!(
