@@ -631,6 +631,7 @@ impl Endpoint {
                 let origin = self.origin_of(&r);
                 let code = self.gone_code();
                 self.undeliverable(origin, r, code, now);
+                return RouteOutcome::Refused;
             }
         }
         RouteOutcome::Done

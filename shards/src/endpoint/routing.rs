@@ -32,8 +32,10 @@ pub(super) enum Origin {
 /// What became of a record offered to a destination.
 #[derive(Debug)]
 pub(super) enum RouteOutcome {
-    /// Taken (queued, handed over, or refused with an ERROR record).
+    /// Taken: queued, handed to another shard or to the application.
     Done,
+    /// Taken, but refused: counted as dropped and its sender told with an ERROR record.
+    Refused,
     /// Destination full: the record was not consumed.
     Blocked(Record),
 }
@@ -168,6 +170,7 @@ impl Endpoint {
                         stats::sub(&self.stats().messages_in, 1);
                         RouteOutcome::Blocked(Record::Message(m))
                     }
+                    // Relayed only when it went somewhere (not when it was refused).
                     RouteOutcome::Done if dst != self.self_id => {
                         inc(&self.stats().relayed);
                         RouteOutcome::Done
@@ -206,7 +209,7 @@ impl Endpoint {
                 if origin == Origin::Remote {
                     // Stale index on the sending shard: the peer is not here.
                     self.undeliverable(origin, r, ErrorCode::DestinationUnreachable, now);
-                    return RouteOutcome::Done;
+                    return RouteOutcome::Refused;
                 }
                 if self.hop_backlog.len() >= HOP_BACKLOG_LIMIT {
                     return RouteOutcome::Blocked(r);
@@ -225,7 +228,7 @@ impl Endpoint {
             Target::Pool(addr) => self.route_to_pool(addr, r, received, now),
             Target::Unknown => {
                 self.undeliverable(origin, r, ErrorCode::UnknownDestination, now);
-                RouteOutcome::Done
+                RouteOutcome::Refused
             }
         }
     }
@@ -251,7 +254,7 @@ impl Endpoint {
                     self.gone_code()
                 };
                 self.undeliverable(origin, r, code, now);
-                return RouteOutcome::Done;
+                return RouteOutcome::Refused;
             }
             if c.queue.bytes() + c.session.pending_bytes() >= cap {
                 return RouteOutcome::Blocked(r);
@@ -301,6 +304,7 @@ impl Endpoint {
                 // Counted as delivered when the reply is sealed (flush_queue), not here.
                 match self.route_to_peer(origin, to, reply, received, now) {
                     RouteOutcome::Done => RouteOutcome::Done,
+                    RouteOutcome::Refused => RouteOutcome::Refused,
                     RouteOutcome::Blocked(Record::Message(reply)) => {
                         RouteOutcome::Blocked(Record::Message(Message {
                             dst: self.self_id,

@@ -593,6 +593,9 @@ fn unknown_destination_is_reported_to_the_sender() {
         },
     );
     assert_eq!(get(&net.stats(server).dropped_unknown_destination), 1);
+    // Refused, so not counted as relayed.
+    assert_eq!(get(&net.stats(server).relayed), 0);
+    assert_eq!(get(&net.stats(server).messages_in), 1);
     let got = net.deliveries(client);
     assert!(
         got.iter().any(|d| matches!(d, Delivery::Error(e)
