@@ -22,6 +22,8 @@ pub struct EngineStats {
     pub misrouted: u64,
     /// Datagrams for no known connection.
     pub unknown_datagrams: u64,
+    /// New-connection datagrams dropped unanswered: under 1200 bytes or a short DCID.
+    pub rejected_initials: u64,
     /// Connections accepted.
     pub accepted: u64,
     /// Connections dialed.
@@ -88,6 +90,7 @@ impl EngineStats {
             t.truncated_datagrams += r(&s.truncated_datagrams);
             t.misrouted += r(&s.misrouted);
             t.unknown_datagrams += r(&s.unknown_datagrams);
+            t.rejected_initials += r(&s.rejected_initials);
             t.accepted += r(&s.accepted);
             t.dialed += r(&s.dialed);
             t.connections += r(&s.connections);

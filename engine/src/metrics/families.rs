@@ -38,6 +38,7 @@
 //! | `engine_datagrams_total` | counter | `direction` = in, out |
 //! | `engine_misrouted_datagrams_total` | counter | |
 //! | `engine_unknown_datagrams_total` | counter | |
+//! | `engine_rejected_initials_total` | counter | |
 //! | `engine_udp_calls_total` | counter | `direction` = in, out |
 //! | `engine_truncated_datagrams_total` | counter | |
 //! | `engine_messages_total` | counter | `direction`, `outcome`, `reason` (see below) |
@@ -379,6 +380,12 @@ pub static METRICS: &[MetricDef] = &[
         Counter,
         "Datagrams for no known connection that were not a new Initial.",
         unknown_datagrams
+    ),
+    total!(
+        "engine_rejected_initials_total",
+        Counter,
+        "Datagrams that would start a connection dropped unanswered and without state: under 1200 bytes or a destination connection ID under 8 bytes (RFC 9000 14.1, 7.2).",
+        rejected_initials
     ),
     MetricDef {
         name: "engine_udp_calls_total",

@@ -84,6 +84,10 @@ const WAITING_LIMIT: usize = 1024;
 const APP_RETRY: Duration = Duration::from_millis(1);
 /// How often a draining endpoint looks at its sessions again.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// Smallest datagram that may carry a client's first Initial (RFC 9000 14.1).
+const MIN_INITIAL_DATAGRAM: usize = 1200;
+/// Shortest destination connection ID of a client's first Initial (RFC 9000 7.2).
+const MIN_INITIAL_DCID: usize = 8;
 /// Spare datagram buffers kept for reuse.
 const SPARE_BUFFERS: usize = 256;
 
@@ -341,6 +345,13 @@ impl Endpoint {
                         inc(&self.stats().misrouted);
                     }
                     inc(&self.stats().unknown_datagrams);
+                    return;
+                }
+                // RFC 9000 14.1 and 7.2: a client's first datagram is at least 1200 bytes
+                // and its DCID at least 8. Anything smaller gets no answer and no state, so
+                // small spoofed datagrams cannot be amplified or fill the table.
+                if pkt.len() < MIN_INITIAL_DATAGRAM || dcid.len() < MIN_INITIAL_DCID {
+                    inc(&self.stats().rejected_initials);
                     return;
                 }
                 if !quiche::version_is_supported(hdr.version) {

@@ -28,6 +28,9 @@ pub struct ShardStats {
     pub misrouted: AtomicU64,
     /// Datagrams for no known connection that were not a new Initial.
     pub unknown_datagrams: AtomicU64,
+    /// Long-header datagrams for no known connection dropped before any state or answer
+    /// (Version Negotiation included): under 1200 bytes, or a DCID under 8 bytes.
+    pub rejected_initials: AtomicU64,
     /// Connections accepted.
     pub accepted: AtomicU64,
     /// Connections dialed.

@@ -693,3 +693,52 @@ fn each_connection_has_one_armed_deadline() {
     let next = net.ep(client).poll_timeout().expect("deadline");
     assert!(next > net.now);
 }
+
+/// A long-header Initial of `len` bytes with `version` and a DCID of `dcid_len` bytes
+/// (garbage after the header: it never gets as far as decryption).
+fn initial(version: u32, dcid_len: u8, len: usize) -> Vec<u8> {
+    let mut p = vec![0xc0];
+    p.extend_from_slice(&version.to_be_bytes());
+    p.push(dcid_len);
+    p.extend(std::iter::repeat_n(0x11, dcid_len as usize));
+    p.push(0); // SCID length
+    p.push(0); // token length
+    p.extend_from_slice(&[0x40, 0x20]); // payload length (varint)
+    p.resize(len, 0);
+    p
+}
+
+#[test]
+fn small_initials_and_short_dcids_get_no_answer_and_no_state() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec::default());
+    let now = net.now;
+    let from = SocketAddr::from(([127, 0, 0, 1], 9));
+    let unsupported = 0x1a2a_3a4a;
+    let mut cases = [
+        initial(1, 8, 100),              // QUIC v1, too small
+        initial(1, 4, 1200),             // DCID too short
+        initial(unsupported, 8, 8 + 30), // a small version probe: no Version Negotiation
+    ];
+    for pkt in cases.iter_mut() {
+        net.ep(node).handle_datagram(now, from, pkt);
+    }
+    assert_eq!(get(&net.stats(node).rejected_initials), 3);
+    assert!(
+        net.ep(node).poll_transmit().is_none(),
+        "nothing is answered"
+    );
+    assert_eq!(net.ep(node).connections(), 0);
+    assert_eq!(get(&net.stats(node).accepted), 0);
+    // A full-size probe with an unknown version is answered with Version Negotiation.
+    let mut pkt = initial(unsupported, 8, 1200);
+    net.ep(node).handle_datagram(now, from, &mut pkt);
+    let vn = net.ep(node).poll_transmit().expect("version negotiation");
+    assert_eq!(vn.to, from);
+    assert_eq!(
+        vn.data.get(1..5),
+        Some(&[0u8, 0, 0, 0][..]),
+        "version 0 = VN"
+    );
+    assert_eq!(net.ep(node).connections(), 0);
+}
