@@ -159,6 +159,11 @@ fn base_config(t: &TransportConfig) -> Result<quiche::Config, quiche::Error> {
     Ok(cfg)
 }
 
+/// Most bytes of a partial frame read from QUIC per step.
+const RX_CHUNK: usize = 64 * 1024;
+/// Receive-buffer capacity kept after a larger frame has been consumed.
+const RX_KEEP: usize = 256 * 1024;
+
 /// One engine session over one QUIC connection.
 pub struct Session {
     conn: quiche::Connection,
@@ -566,6 +571,10 @@ impl Session {
                     .ok_or(SessionError::Protocol("frame bounds"))?;
                 wire::decode_batch(plain, out)?;
                 self.rx.drain(..need);
+                // A large frame must not pin its buffer for the connection's lifetime.
+                if self.rx.capacity() > RX_KEEP && self.rx.len() <= RX_KEEP {
+                    self.rx.shrink_to(RX_KEEP);
+                }
                 frames += 1;
                 continue;
             }
@@ -575,10 +584,13 @@ impl Session {
                 }
                 return Err(SessionError::FinMidFrame);
             }
-            // Read exactly what the frame still lacks, so unread data stays in QUIC.
+            // Read what the frame still lacks, so unread data stays in QUIC, a chunk at a
+            // time: the buffer grows with bytes that arrived, not with what a header
+            // announces (up to 16 MiB).
             let have = self.rx.len();
-            self.rx.resize(need, 0);
-            let dst = self.rx.get_mut(have..need).unwrap_or(&mut []);
+            let upto = need.min(have + RX_CHUNK);
+            self.rx.resize(upto, 0);
+            let dst = self.rx.get_mut(have..upto).unwrap_or(&mut []);
             match self.conn.stream_recv(SESSION_STREAM, dst) {
                 Ok((n, fin)) => {
                     self.rx.truncate(have + n);
@@ -770,6 +782,58 @@ mod tests {
             (info.code, info.reason.as_str()),
             (close_code::SEAL_FAILED, FIN_MID_FRAME)
         );
+    }
+
+    #[test]
+    fn a_frame_header_announcing_16_mib_costs_only_the_bytes_that_arrived() {
+        let tls = TlsFiles::self_signed().unwrap();
+        let (mut client, mut server) = open_pair(&tls);
+        let announced = u32::try_from(seal::MAX_SEALED_LEN).unwrap();
+        let mut raw = announced.to_be_bytes().to_vec();
+        raw.extend_from_slice(&[0u8; 1000]);
+        client.send_raw(&raw).unwrap();
+        pump(&mut client, &mut server);
+        let mut out = Vec::new();
+        assert_eq!(server.read_records(&mut out, 16).unwrap(), 0);
+        assert!(out.is_empty());
+        // Amortized growth: at most twice what arrived plus one chunk, not 16 MiB.
+        assert!(
+            server.rx.capacity() <= 2 * (1004 + RX_CHUNK),
+            "buffer of {} bytes for 1004 received",
+            server.rx.capacity()
+        );
+        assert_eq!(server.rx.len(), 1004);
+    }
+
+    #[test]
+    fn a_large_frame_arrives_whole_and_its_buffer_is_given_back() {
+        let tls = TlsFiles::self_signed().unwrap();
+        let (mut client, mut server) = open_pair(&tls);
+        let records: Vec<Record> = (0..20)
+            .map(|seq| {
+                Record::Message(Message {
+                    src: PeerId([1; 16]),
+                    dst: PeerId([2; 16]),
+                    seq,
+                    payload: vec![seq as u8; 60 * 1024],
+                })
+            })
+            .collect();
+        let frame = client.seal_detached(&records).unwrap();
+        assert!(frame.len() > RX_KEEP);
+        // Larger than the stream window: it arrives as the reader consumes it.
+        client.send_raw(&frame).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            pump(&mut client, &mut server);
+            server.read_records(&mut out, 16).unwrap();
+            if !out.is_empty() {
+                break;
+            }
+            client.send_raw(&[]).unwrap();
+        }
+        assert_eq!(out, records);
+        assert!(server.rx.capacity() <= RX_KEEP, "{}", server.rx.capacity());
     }
 
     #[test]
