@@ -62,6 +62,8 @@ pub(super) struct Conn {
     pub(super) progress_at: Instant,
     /// [`Session::accepted_bytes`] when progress was last seen.
     pub(super) accepted_mark: u64,
+    /// The session's protocol failure (if any) has been counted.
+    pub(super) failure_counted: bool,
     /// Closed by the stall detector: what it still holds counts as `stalled`.
     pub(super) stall_closed: bool,
     /// Frames sealed into the session that QUIC has not taken whole yet, oldest first.
@@ -296,6 +298,7 @@ impl Endpoint {
             progress_at: now,
             accepted_mark: 0,
             stall_closed: false,
+            failure_counted: false,
             sealed: VecDeque::new(),
             outbound: None,
             holds_slot: false,

@@ -99,14 +99,8 @@ impl Endpoint {
                     self.decode_buf = buf;
                 }
                 Err(e) => {
+                    // Counted by `drive`, with failures found outside reads.
                     self.decode_buf = buf;
-                    match e.close_code() {
-                        close_code::SEAL_FAILED | close_code::FRAME_TOO_LARGE => {
-                            inc(&self.stats().seal_failures)
-                        }
-                        close_code::HANDSHAKE_FAILED => inc(&self.stats().handshake_failures),
-                        _ => inc(&self.stats().protocol_errors),
-                    }
                     tracing::info!(conn = key, "closing session: {e}");
                     return;
                 }
@@ -279,6 +273,21 @@ impl Endpoint {
         }
         let delivered = c.note_progress(now);
         add(&self.cfg.stats.delivered_local, delivered);
+        // A protocol failure closed the session (in the handshake, a sealed frame, a
+        // batch): count it once, by kind.
+        if !c.failure_counted
+            && let Some((code, _)) = c.session.error()
+        {
+            c.failure_counted = true;
+            let counter = match *code {
+                close_code::SEAL_FAILED | close_code::FRAME_TOO_LARGE => {
+                    &self.cfg.stats.seal_failures
+                }
+                close_code::HANDSHAKE_FAILED => &self.cfg.stats.handshake_failures,
+                _ => &self.cfg.stats.protocol_errors,
+            };
+            inc(counter);
+        }
         let deadline = if c.session.is_closed() {
             // Removed at the end of this turn.
             self.closed.push(key);

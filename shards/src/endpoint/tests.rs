@@ -742,3 +742,56 @@ fn small_initials_and_short_dcids_get_no_answer_and_no_state() {
     );
     assert_eq!(net.ep(node).connections(), 0);
 }
+
+#[test]
+fn a_handshake_failure_is_counted_once() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec::default());
+    let server = net.addr(node);
+    let me = SocketAddr::from(([127, 0, 0, 1], 7));
+    // A plain QUIC client speaking qme/1 whose first Noise message announces 2000 bytes
+    // (the limit is 1024).
+    let mut cfg = crate::session::client_config(&TransportConfig::default()).unwrap();
+    let scid = [7u8; 16];
+    let scid = quiche::ConnectionId::from_ref(&scid);
+    let mut quic = quiche::connect(None, &scid, me, server, &mut cfg).unwrap();
+    let mut sent_bad = false;
+    for _ in 0..200 {
+        let mut out = [0u8; 1500];
+        while let Ok((n, _)) = quic.send(&mut out) {
+            let now = net.now;
+            net.ep(node).handle_datagram(now, me, &mut out[..n]);
+        }
+        let mut moved = false;
+        while let Some(mut t) = net.ep(node).poll_transmit() {
+            let _ = quic.recv(
+                &mut t.data,
+                quiche::RecvInfo {
+                    from: server,
+                    to: me,
+                },
+            );
+            moved = true;
+        }
+        if quic.is_established() && !sent_bad {
+            quic.stream_send(0, &[0x07, 0xd0, 0, 0, 0], false).unwrap();
+            sent_bad = true;
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(sent_bad, "QUIC never came up");
+    let s = net.stats(node);
+    assert_eq!(get(&s.handshake_failures), 1);
+    assert_eq!(get(&s.protocol_errors), 0);
+    let peer_error = quic.peer_error().map(|e| (e.is_app, e.error_code));
+    assert_eq!(
+        peer_error,
+        Some((true, crate::wire::close_code::HANDSHAKE_FAILED))
+    );
+    // More datagrams from the failed peer do not count it again.
+    net.advance(Duration::from_millis(10));
+    assert_eq!(get(&net.stats(node).handshake_failures), 1);
+}
