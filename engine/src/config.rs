@@ -327,6 +327,9 @@ pub struct ConfigFile {
     /// [`PoolConfig::stall_timeout`].
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub stall_timeout: Option<Duration>,
+    /// [`PoolConfig::handshake_timeout`].
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    pub handshake_timeout: Option<Duration>,
     /// [`PoolConfig::max_connections`]; unset = no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
@@ -404,6 +407,7 @@ impl ConfigFile {
         set(&mut e.pool.keepalive, &self.keepalive);
         set(&mut e.pool.ttl, &self.pool_ttl);
         set(&mut e.pool.stall_timeout, &self.stall_timeout);
+        set(&mut e.pool.handshake_timeout, &self.handshake_timeout);
         if self.max_connections.is_some() {
             e.pool.max_connections = self.max_connections;
         }
@@ -445,6 +449,7 @@ impl From<&ServeConfig> for ConfigFile {
             keepalive: Some(e.pool.keepalive),
             pool_ttl: Some(e.pool.ttl),
             stall_timeout: Some(e.pool.stall_timeout),
+            handshake_timeout: Some(e.pool.handshake_timeout),
             max_connections: e.pool.max_connections,
             reconnect_initial: Some(e.reconnect.initial),
             reconnect_max: Some(e.reconnect.max),
@@ -468,6 +473,7 @@ pub fn keys_for_field(field: &str) -> &'static [&'static str] {
         "pool.ttl" => &["pool_ttl"],
         "pool.keepalive" => &["keepalive", "idle_timeout"],
         "pool.stall_timeout" => &["stall_timeout"],
+        "pool.handshake_timeout" => &["handshake_timeout"],
         "pool.max_connections" => &["max_connections"],
         "reconnect" => &[
             "reconnect_initial",
@@ -788,6 +794,7 @@ mod tests {
             "pool.ttl",
             "pool.keepalive",
             "pool.stall_timeout",
+            "pool.handshake_timeout",
             "pool.max_connections",
             "reconnect",
             "max_message_size",

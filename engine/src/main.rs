@@ -140,6 +140,10 @@ struct ServeArgs {
     /// queued messages are counted as dropped with reason "stalled".
     #[arg(long, env = "ENGINE_STALL_TIMEOUT", value_parser = parse_duration)]
     stall_timeout: Option<Duration>,
+    /// Close a connection whose QUIC and Noise handshakes have not both finished this long
+    /// after it was opened (code HANDSHAKE_FAILED), freeing its slot under the connection cap.
+    #[arg(long, env = "ENGINE_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    handshake_timeout: Option<Duration>,
     /// QUIC connection and stream receive window in bytes: how much a peer may have in
     /// flight towards this node. Bounds the standing queue in front of a saturated node
     /// (connections x window); raise it for paths with a large bandwidth-delay product.
@@ -178,6 +182,7 @@ impl ServeArgs {
             keepalive: self.keepalive,
             pool_ttl: self.pool_ttl,
             stall_timeout: self.stall_timeout,
+            handshake_timeout: self.handshake_timeout,
             max_connections: self.max_connections,
             reconnect_initial: self.reconnect_initial,
             reconnect_max: self.reconnect_max,

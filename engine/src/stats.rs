@@ -24,6 +24,8 @@ pub struct EngineStats {
     pub unknown_datagrams: u64,
     /// New-connection datagrams dropped unanswered: under 1200 bytes or a short DCID.
     pub rejected_initials: u64,
+    /// Connections closed because their handshakes did not finish in time.
+    pub handshake_timeouts: u64,
     /// Connections accepted.
     pub accepted: u64,
     /// Connections dialed.
@@ -91,6 +93,7 @@ impl EngineStats {
             t.misrouted += r(&s.misrouted);
             t.unknown_datagrams += r(&s.unknown_datagrams);
             t.rejected_initials += r(&s.rejected_initials);
+            t.handshake_timeouts += r(&s.handshake_timeouts);
             t.accepted += r(&s.accepted);
             t.dialed += r(&s.dialed);
             t.connections += r(&s.connections);

@@ -200,12 +200,14 @@ impl TransportConfig {
 }
 
 impl PoolConfig {
-    /// Checks the pool policy on its own: non-zero `ttl`, `keepalive` and `stall_timeout`,
+    /// Checks the pool policy on its own: non-zero `ttl`, `keepalive`, `stall_timeout` and
+    /// `handshake_timeout`,
     /// and a `max_connections` cap, if any, of at least 1.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_nonzero("pool.ttl", self.ttl)?;
         check_nonzero("pool.keepalive", self.keepalive)?;
         check_nonzero("pool.stall_timeout", self.stall_timeout)?;
+        check_nonzero("pool.handshake_timeout", self.handshake_timeout)?;
         if let Some(cap) = self.max_connections {
             check_range("pool.max_connections", as_u64(cap), 1, u64::MAX)?;
         }

@@ -26,8 +26,8 @@ use crate::sockstat::{Notify, kernel_queue_delay, socket_inode};
 use crate::udp_batch::{RecvBatch, send_batch};
 
 pub use crate::endpoint::{
-    App, Command, ConnectionSlots, DEFAULT_STALL_TIMEOUT, Delivery, Hop, PeerActivity,
-    PeerDirectory, PoolConfig, ShardConfig, ShardMsg, ShardStats,
+    App, Command, ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_STALL_TIMEOUT, Delivery, Hop,
+    PeerActivity, PeerDirectory, PoolConfig, ShardConfig, ShardMsg, ShardStats,
 };
 
 /// Largest UDP datagram the shard reads.

@@ -39,6 +39,7 @@
 //! | `engine_misrouted_datagrams_total` | counter | |
 //! | `engine_unknown_datagrams_total` | counter | |
 //! | `engine_rejected_initials_total` | counter | |
+//! | `engine_handshake_timeouts_total` | counter | |
 //! | `engine_udp_calls_total` | counter | `direction` = in, out |
 //! | `engine_truncated_datagrams_total` | counter | |
 //! | `engine_messages_total` | counter | `direction`, `outcome`, `reason` (see below) |
@@ -380,6 +381,12 @@ pub static METRICS: &[MetricDef] = &[
         Counter,
         "Datagrams for no known connection that were not a new Initial.",
         unknown_datagrams
+    ),
+    total!(
+        "engine_handshake_timeouts_total",
+        Counter,
+        "Connections closed (HANDSHAKE_FAILED) because their QUIC and Noise handshakes did not finish within the handshake timeout; also counted in engine_handshake_failures_total.",
+        handshake_timeouts
     ),
     total!(
         "engine_rejected_initials_total",

@@ -62,6 +62,8 @@ pub(super) struct Conn {
     pub(super) progress_at: Instant,
     /// [`Session::accepted_bytes`] when progress was last seen.
     pub(super) accepted_mark: u64,
+    /// When the connection was accepted or dialed.
+    pub(super) opened_at: Instant,
     /// The session's protocol failure (if any) has been counted.
     pub(super) failure_counted: bool,
     /// Closed by the stall detector: what it still holds counts as `stalled`.
@@ -115,6 +117,14 @@ impl Conn {
         echoes
     }
 
+    /// When an unauthenticated connection is closed if its handshakes have not finished.
+    pub(super) fn handshake_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
+        if self.peer.is_some() || self.session.is_closing() {
+            return None;
+        }
+        Some(self.opened_at + pool.handshake_timeout)
+    }
+
     /// When the stall detector closes this connection if the peer still takes nothing.
     pub(super) fn stall_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
         if self.peer.is_none() || self.session.is_closing() || !self.output_waiting() {
@@ -135,6 +145,7 @@ impl Conn {
             queue,
             self.pool_deadline(pool),
             self.stall_deadline(pool),
+            self.handshake_deadline(pool),
         ]
         .into_iter()
         .flatten()
@@ -299,6 +310,7 @@ impl Endpoint {
             accepted_mark: 0,
             stall_closed: false,
             failure_counted: false,
+            opened_at: now,
             sealed: VecDeque::new(),
             outbound: None,
             holds_slot: false,

@@ -68,7 +68,7 @@ use timers::{TimerKey, Timers};
 pub use interface::{
     App, Command, Delivery, Hop, PeerActivity, PeerDirectory, ShardConfig, ShardMsg,
 };
-pub use pool::{ConnectionSlots, DEFAULT_STALL_TIMEOUT, PoolConfig};
+pub use pool::{ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_STALL_TIMEOUT, PoolConfig};
 pub use stats::ShardStats;
 
 /// Frames opened per session per turn, for fairness between connections.

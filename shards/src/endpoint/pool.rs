@@ -34,10 +34,16 @@ pub struct PoolConfig {
     /// Close a connection with [`crate::wire::close_code::STALLED`] when data has waited for the peer
     /// this long without the peer granting any flow-control credit (it stopped reading).
     pub stall_timeout: Duration,
+    /// Close a connection whose QUIC and Noise handshakes have not both finished this long
+    /// after it was opened (with `HANDSHAKE_FAILED`), freeing its slot: an unauthenticated
+    /// peer cannot hold connection state longer than this.
+    pub handshake_timeout: Duration,
 }
 
 /// Default [`PoolConfig::stall_timeout`].
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`PoolConfig::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -46,6 +52,7 @@ impl Default for PoolConfig {
             keepalive: Duration::from_secs(10),
             max_connections: None,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -374,6 +381,8 @@ impl Outbound {
 pub(super) enum Upkeep {
     /// Nothing is due.
     Nothing,
+    /// The handshakes did not finish in time: close with HANDSHAKE_FAILED.
+    HandshakeTimeout,
     /// Data waited the stall timeout without the peer taking any: close with STALLED.
     Stalled,
     /// Idle past the TTL: finish gracefully.
@@ -387,6 +396,9 @@ pub(super) enum Upkeep {
 
 /// Decides the pool's work on connection `c` at `now`.
 pub(super) fn upkeep(c: &Conn, cfg: &PoolConfig, now: Instant) -> Upkeep {
+    if c.handshake_deadline(cfg).is_some_and(|t| t <= now) {
+        return Upkeep::HandshakeTimeout;
+    }
     if c.stall_deadline(cfg).is_some_and(|t| t <= now) {
         return Upkeep::Stalled;
     }
@@ -572,6 +584,20 @@ impl Endpoint {
         add(&self.cfg.stats.delivered_local, delivered);
         match upkeep(c, pool, now) {
             Upkeep::Nothing => {}
+            Upkeep::HandshakeTimeout => {
+                tracing::debug!(conn = key, "handshake did not finish in time: closing");
+                inc(&self.cfg.stats.handshake_failures);
+                inc(&self.cfg.stats.handshake_timeouts);
+                let reason = format!(
+                    "handshake did not finish within {} ms",
+                    pool.handshake_timeout.as_millis()
+                );
+                c.session.close(close_code::HANDSHAKE_FAILED, &reason);
+                // The slot is free now, not once QUIC's closing period ends.
+                if std::mem::take(&mut c.holds_slot) {
+                    self.cfg.slots.release();
+                }
+            }
             Upkeep::Stalled => {
                 // Data has waited this long without the peer granting any credit: it
                 // stopped reading. What it still holds is counted as `stalled` when it is

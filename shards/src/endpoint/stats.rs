@@ -39,8 +39,11 @@ pub struct ShardStats {
     pub connections: AtomicU64,
     /// Connections closed for any reason.
     pub closed: AtomicU64,
-    /// Connections that failed the Noise handshake.
+    /// Connections that failed the Noise handshake (including handshake timeouts).
     pub handshake_failures: AtomicU64,
+    /// Connections closed because their handshakes did not finish within the handshake
+    /// timeout (also counted in `handshake_failures`).
+    pub handshake_timeouts: AtomicU64,
     /// Connections closed because a sealed frame failed authentication.
     pub seal_failures: AtomicU64,
     /// Connections closed for other protocol violations.

@@ -795,3 +795,45 @@ fn a_handshake_failure_is_counted_once() {
     net.advance(Duration::from_millis(10));
     assert_eq!(get(&net.stats(node).handshake_failures), 1);
 }
+
+#[test]
+fn an_unfinished_handshake_is_closed_at_its_deadline_and_frees_its_slot() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec {
+        pool: PoolConfig {
+            max_connections: Some(1),
+            handshake_timeout: Duration::from_secs(10),
+            ..PoolConfig::default()
+        },
+        ..NodeSpec::default()
+    });
+    let server = net.addr(node);
+    let me = SocketAddr::from(([127, 0, 0, 1], 8));
+    // One real Initial, then silence: QUIC never completes.
+    let mut cfg = crate::session::client_config(&TransportConfig::default()).unwrap();
+    let scid = [8u8; 16];
+    let scid = quiche::ConnectionId::from_ref(&scid);
+    let mut quic = quiche::connect(None, &scid, me, server, &mut cfg).unwrap();
+    let mut out = [0u8; 1500];
+    let (n, _) = quic.send(&mut out).unwrap();
+    let now = net.now;
+    net.ep(node).handle_datagram(now, me, &mut out[..n]);
+    while net.ep(node).poll_transmit().is_some() {}
+    assert_eq!(net.ep(node).connections(), 1);
+    assert_eq!(net.nodes[node].slots.used(), 1);
+    net.advance(Duration::from_secs(9));
+    assert_eq!(get(&net.stats(node).handshake_timeouts), 0);
+    assert_eq!(net.nodes[node].slots.used(), 1);
+    net.advance(Duration::from_secs(2));
+    let s = net.stats(node);
+    assert_eq!(get(&s.handshake_timeouts), 1);
+    assert_eq!(get(&s.handshake_failures), 1);
+    assert_eq!(net.nodes[node].slots.used(), 0, "the slot is free at once");
+    // The close is on the wire for the client.
+    assert!(
+        net.ep(node)
+            .conns
+            .iter_mut()
+            .all(|(_, c)| c.session.is_closing())
+    );
+}
