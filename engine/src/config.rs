@@ -330,6 +330,9 @@ pub struct ConfigFile {
     /// [`PoolConfig::handshake_timeout`].
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub handshake_timeout: Option<Duration>,
+    /// [`PoolConfig::max_handshakes`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_handshakes: Option<usize>,
     /// [`PoolConfig::max_connections`]; unset = no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
@@ -408,6 +411,7 @@ impl ConfigFile {
         set(&mut e.pool.ttl, &self.pool_ttl);
         set(&mut e.pool.stall_timeout, &self.stall_timeout);
         set(&mut e.pool.handshake_timeout, &self.handshake_timeout);
+        set(&mut e.pool.max_handshakes, &self.max_handshakes);
         if self.max_connections.is_some() {
             e.pool.max_connections = self.max_connections;
         }
@@ -450,6 +454,7 @@ impl From<&ServeConfig> for ConfigFile {
             pool_ttl: Some(e.pool.ttl),
             stall_timeout: Some(e.pool.stall_timeout),
             handshake_timeout: Some(e.pool.handshake_timeout),
+            max_handshakes: Some(e.pool.max_handshakes),
             max_connections: e.pool.max_connections,
             reconnect_initial: Some(e.reconnect.initial),
             reconnect_max: Some(e.reconnect.max),
@@ -474,6 +479,7 @@ pub fn keys_for_field(field: &str) -> &'static [&'static str] {
         "pool.keepalive" => &["keepalive", "idle_timeout"],
         "pool.stall_timeout" => &["stall_timeout"],
         "pool.handshake_timeout" => &["handshake_timeout"],
+        "pool.max_handshakes" => &["max_handshakes"],
         "pool.max_connections" => &["max_connections"],
         "reconnect" => &[
             "reconnect_initial",
@@ -795,6 +801,7 @@ mod tests {
             "pool.keepalive",
             "pool.stall_timeout",
             "pool.handshake_timeout",
+            "pool.max_handshakes",
             "pool.max_connections",
             "reconnect",
             "max_message_size",

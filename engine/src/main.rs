@@ -144,6 +144,10 @@ struct ServeArgs {
     /// after it was opened (code HANDSHAKE_FAILED), freeing its slot under the connection cap.
     #[arg(long, env = "ENGINE_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
     handshake_timeout: Option<Duration>,
+    /// Most handshakes in progress per shard; a new peer's Initial beyond it is dropped
+    /// without state (counted in engine_handshake_budget_drops_total).
+    #[arg(long, env = "ENGINE_MAX_HANDSHAKES")]
+    max_handshakes: Option<usize>,
     /// QUIC connection and stream receive window in bytes: how much a peer may have in
     /// flight towards this node. Bounds the standing queue in front of a saturated node
     /// (connections x window); raise it for paths with a large bandwidth-delay product.
@@ -183,6 +187,7 @@ impl ServeArgs {
             pool_ttl: self.pool_ttl,
             stall_timeout: self.stall_timeout,
             handshake_timeout: self.handshake_timeout,
+            max_handshakes: self.max_handshakes,
             max_connections: self.max_connections,
             reconnect_initial: self.reconnect_initial,
             reconnect_max: self.reconnect_max,

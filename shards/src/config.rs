@@ -208,6 +208,12 @@ impl PoolConfig {
         check_nonzero("pool.keepalive", self.keepalive)?;
         check_nonzero("pool.stall_timeout", self.stall_timeout)?;
         check_nonzero("pool.handshake_timeout", self.handshake_timeout)?;
+        check_range(
+            "pool.max_handshakes",
+            as_u64(self.max_handshakes),
+            1,
+            u64::MAX,
+        )?;
         if let Some(cap) = self.max_connections {
             check_range("pool.max_connections", as_u64(cap), 1, u64::MAX)?;
         }

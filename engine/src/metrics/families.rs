@@ -40,6 +40,7 @@
 //! | `engine_unknown_datagrams_total` | counter | |
 //! | `engine_rejected_initials_total` | counter | |
 //! | `engine_handshake_timeouts_total` | counter | |
+//! | `engine_handshake_budget_drops_total` | counter | |
 //! | `engine_udp_calls_total` | counter | `direction` = in, out |
 //! | `engine_truncated_datagrams_total` | counter | |
 //! | `engine_messages_total` | counter | `direction`, `outcome`, `reason` (see below) |
@@ -387,6 +388,12 @@ pub static METRICS: &[MetricDef] = &[
         Counter,
         "Connections closed (HANDSHAKE_FAILED) because their QUIC and Noise handshakes did not finish within the handshake timeout; also counted in engine_handshake_failures_total.",
         handshake_timeouts
+    ),
+    total!(
+        "engine_handshake_budget_drops_total",
+        Counter,
+        "New peers' Initials dropped without state because their shard already had --max-handshakes handshakes in progress.",
+        handshake_budget_drops
     ),
     total!(
         "engine_rejected_initials_total",

@@ -62,6 +62,8 @@ pub(super) struct Conn {
     pub(super) progress_at: Instant,
     /// [`Session::accepted_bytes`] when progress was last seen.
     pub(super) accepted_mark: u64,
+    /// Counted in `Endpoint::handshaking` (not authenticated yet, not given up on).
+    pub(super) handshaking: bool,
     /// When the connection was accepted or dialed.
     pub(super) opened_at: Instant,
     /// The session's protocol failure (if any) has been counted.
@@ -264,6 +266,10 @@ impl Endpoint {
         if self.draining.is_some() {
             return None;
         }
+        if self.handshaking >= self.cfg.pool.max_handshakes {
+            inc(&self.stats().handshake_budget_drops);
+            return None;
+        }
         let server_cfg = self.server_cfg.as_mut()?;
         let scid = cid::new_cid(self.cfg.index as u8, &mut self.rng);
         let session = match Session::accept(
@@ -296,6 +302,7 @@ impl Endpoint {
 
     pub(super) fn insert_conn(&mut self, session: Session, scid: Vec<u8>, now: Instant) -> ConnKey {
         add(&self.cfg.stats.connections, 1);
+        self.handshaking += 1;
         self.conns.insert(Conn {
             session,
             queue: BatchQueue::new(self.cfg.batch),
@@ -311,6 +318,7 @@ impl Endpoint {
             stall_closed: false,
             failure_counted: false,
             opened_at: now,
+            handshaking: true,
             sealed: VecDeque::new(),
             outbound: None,
             holds_slot: false,
@@ -431,6 +439,9 @@ impl Endpoint {
         };
         self.timers.cancel(TimerKey::Conn(key));
         sub(&self.cfg.stats.connections, 1);
+        if c.handshaking {
+            self.handshaking = self.handshaking.saturating_sub(1);
+        }
         inc(&self.stats().closed);
         if c.holds_slot {
             self.cfg.slots.release();

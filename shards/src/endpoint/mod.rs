@@ -68,7 +68,10 @@ use timers::{TimerKey, Timers};
 pub use interface::{
     App, Command, Delivery, Hop, PeerActivity, PeerDirectory, ShardConfig, ShardMsg,
 };
-pub use pool::{ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_STALL_TIMEOUT, PoolConfig};
+pub use pool::{
+    ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, DEFAULT_STALL_TIMEOUT,
+    PoolConfig,
+};
 pub use stats::ShardStats;
 
 /// Frames opened per session per turn, for fairness between connections.
@@ -145,6 +148,8 @@ pub struct Endpoint {
     resume: Vec<ConnKey>,
     /// Connections that stopped reading for lack of room somewhere.
     blocked: Vec<ConnKey>,
+    /// Connections whose handshakes are in progress (bounded by `PoolConfig::max_handshakes`).
+    handshaking: usize,
     /// Connections whose session closed this turn, removed at its end.
     closed: Vec<ConnKey>,
     /// A record waits for the embedding program's delivery channel (retried on a timer).
@@ -227,6 +232,7 @@ impl Endpoint {
             resume: Vec::new(),
             blocked: Vec::new(),
             closed: Vec::new(),
+            handshaking: 0,
             app_blocked: false,
             room_freed: false,
             room_signal: false,

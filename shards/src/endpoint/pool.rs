@@ -38,12 +38,18 @@ pub struct PoolConfig {
     /// after it was opened (with `HANDSHAKE_FAILED`), freeing its slot: an unauthenticated
     /// peer cannot hold connection state longer than this.
     pub handshake_timeout: Duration,
+    /// Most connections per shard whose handshakes are in progress (accepted or dialed, not
+    /// yet authenticated). A new peer's Initial beyond it is dropped without state and
+    /// counted, so a flood of handshakes that never finish cannot grow memory without bound.
+    pub max_handshakes: usize,
 }
 
 /// Default [`PoolConfig::stall_timeout`].
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default [`PoolConfig::handshake_timeout`].
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`PoolConfig::max_handshakes`].
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -53,6 +59,7 @@ impl Default for PoolConfig {
             max_connections: None,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
         }
     }
 }
@@ -593,9 +600,13 @@ impl Endpoint {
                     pool.handshake_timeout.as_millis()
                 );
                 c.session.close(close_code::HANDSHAKE_FAILED, &reason);
-                // The slot is free now, not once QUIC's closing period ends.
+                // The slot and the handshake budget are free now, not once QUIC's closing
+                // period ends.
                 if std::mem::take(&mut c.holds_slot) {
                     self.cfg.slots.release();
+                }
+                if std::mem::take(&mut c.handshaking) {
+                    self.handshaking = self.handshaking.saturating_sub(1);
                 }
             }
             Upkeep::Stalled => {

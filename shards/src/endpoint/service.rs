@@ -115,6 +115,9 @@ impl Endpoint {
             return;
         };
         c.peer = Some(peer);
+        if std::mem::take(&mut c.handshaking) {
+            self.handshaking = self.handshaking.saturating_sub(1);
+        }
         let addr = c.session.peer_addr().unwrap_or(self.local_addr);
         let outbound = c.session.is_client();
         let pool_addr = c.outbound;

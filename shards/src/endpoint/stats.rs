@@ -41,6 +41,9 @@ pub struct ShardStats {
     pub closed: AtomicU64,
     /// Connections that failed the Noise handshake (including handshake timeouts).
     pub handshake_failures: AtomicU64,
+    /// New peers' Initials dropped without state because the shard already had
+    /// `PoolConfig::max_handshakes` handshakes in progress.
+    pub handshake_budget_drops: AtomicU64,
     /// Connections closed because their handshakes did not finish within the handshake
     /// timeout (also counted in `handshake_failures`).
     pub handshake_timeouts: AtomicU64,

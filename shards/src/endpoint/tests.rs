@@ -837,3 +837,36 @@ fn an_unfinished_handshake_is_closed_at_its_deadline_and_frees_its_slot() {
             .all(|(_, c)| c.session.is_closing())
     );
 }
+
+#[test]
+fn initials_beyond_the_handshake_budget_create_no_state() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec {
+        pool: PoolConfig {
+            max_handshakes: 3,
+            ..PoolConfig::default()
+        },
+        ..NodeSpec::default()
+    });
+    let server = net.addr(node);
+    let mut cfg = crate::session::client_config(&TransportConfig::default()).unwrap();
+    for i in 0..5u8 {
+        let me = SocketAddr::from(([127, 0, 0, 1], 100 + u16::from(i)));
+        let scid = [i; 16];
+        let scid = quiche::ConnectionId::from_ref(&scid);
+        let mut quic = quiche::connect(None, &scid, me, server, &mut cfg).unwrap();
+        let mut out = [0u8; 1500];
+        let (n, _) = quic.send(&mut out).unwrap();
+        let now = net.now;
+        net.ep(node).handle_datagram(now, me, &mut out[..n]);
+    }
+    assert_eq!(net.ep(node).connections(), 3);
+    assert_eq!(get(&net.stats(node).handshake_budget_drops), 2);
+    assert_eq!(get(&net.stats(node).accepted), 3);
+    // When the stalled handshakes time out, the budget is free again, and a real peer
+    // gets in.
+    net.advance(DEFAULT_HANDSHAKE_TIMEOUT + Duration::from_secs(1));
+    assert_eq!(net.ep(node).handshaking, 0);
+    let client = net.add(NodeSpec::default());
+    assert!(net.dial(client, node).is_ok());
+}
