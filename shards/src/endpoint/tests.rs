@@ -301,6 +301,21 @@ impl Net {
         self.pump();
     }
 
+    /// A plain quiche client (ALPN qme/1, no Noise) at `me`, towards node `node`'s first
+    /// shard; its first Initial is delivered.
+    fn raw_client(&mut self, node: usize, me: SocketAddr, id: u8) -> quiche::Connection {
+        let server = self.addr(node);
+        let mut cfg = crate::session::client_config(&TransportConfig::default()).unwrap();
+        let scid = [id; 16];
+        let scid = quiche::ConnectionId::from_ref(&scid);
+        let mut quic = quiche::connect(None, &scid, me, server, &mut cfg).unwrap();
+        let mut out = [0u8; 1500];
+        let (n, _) = quic.send(&mut out).unwrap();
+        let now = self.now;
+        self.ep(node).handle_datagram(now, me, &mut out[..n]);
+        quic
+    }
+
     fn transmits_during(&mut self, d: Duration) -> u64 {
         let before = self.sent;
         self.advance(d);
@@ -751,10 +766,7 @@ fn a_handshake_failure_is_counted_once() {
     let me = SocketAddr::from(([127, 0, 0, 1], 7));
     // A plain QUIC client speaking qme/1 whose first Noise message announces 2000 bytes
     // (the limit is 1024).
-    let mut cfg = crate::session::client_config(&TransportConfig::default()).unwrap();
-    let scid = [7u8; 16];
-    let scid = quiche::ConnectionId::from_ref(&scid);
-    let mut quic = quiche::connect(None, &scid, me, server, &mut cfg).unwrap();
+    let mut quic = net.raw_client(node, me, 7);
     let mut sent_bad = false;
     for _ in 0..200 {
         let mut out = [0u8; 1500];
@@ -807,17 +819,9 @@ fn an_unfinished_handshake_is_closed_at_its_deadline_and_frees_its_slot() {
         },
         ..NodeSpec::default()
     });
-    let server = net.addr(node);
     let me = SocketAddr::from(([127, 0, 0, 1], 8));
     // One real Initial, then silence: QUIC never completes.
-    let mut cfg = crate::session::client_config(&TransportConfig::default()).unwrap();
-    let scid = [8u8; 16];
-    let scid = quiche::ConnectionId::from_ref(&scid);
-    let mut quic = quiche::connect(None, &scid, me, server, &mut cfg).unwrap();
-    let mut out = [0u8; 1500];
-    let (n, _) = quic.send(&mut out).unwrap();
-    let now = net.now;
-    net.ep(node).handle_datagram(now, me, &mut out[..n]);
+    let _quic = net.raw_client(node, me, 8);
     while net.ep(node).poll_transmit().is_some() {}
     assert_eq!(net.ep(node).connections(), 1);
     assert_eq!(net.nodes[node].slots.used(), 1);
@@ -848,17 +852,9 @@ fn initials_beyond_the_handshake_budget_create_no_state() {
         },
         ..NodeSpec::default()
     });
-    let server = net.addr(node);
-    let mut cfg = crate::session::client_config(&TransportConfig::default()).unwrap();
     for i in 0..5u8 {
         let me = SocketAddr::from(([127, 0, 0, 1], 100 + u16::from(i)));
-        let scid = [i; 16];
-        let scid = quiche::ConnectionId::from_ref(&scid);
-        let mut quic = quiche::connect(None, &scid, me, server, &mut cfg).unwrap();
-        let mut out = [0u8; 1500];
-        let (n, _) = quic.send(&mut out).unwrap();
-        let now = net.now;
-        net.ep(node).handle_datagram(now, me, &mut out[..n]);
+        let _quic = net.raw_client(node, me, i);
     }
     assert_eq!(net.ep(node).connections(), 3);
     assert_eq!(get(&net.stats(node).handshake_budget_drops), 2);
