@@ -243,13 +243,19 @@ impl Shard {
         let mut burst = RecvBatch::new(RECV_BURST, slot);
         let fd = self.socket.as_raw_fd();
         let mut count = 0u64;
+        // Datagram count at which the next receive delay is sampled (bursts move the count
+        // by more than one, so a modulus would skip samples).
+        let mut next_sample = 1u64;
         loop {
             match self.socket.recv_from(&mut buf).await {
                 Ok((n, from)) => {
                     count += 1;
-                    let sample = (count % RX_DELAY_SAMPLE == 1)
-                        .then(|| kernel_queue_delay(fd))
-                        .flatten();
+                    let sample = if count >= next_sample {
+                        next_sample = count + RX_DELAY_SAMPLE;
+                        kernel_queue_delay(fd)
+                    } else {
+                        None
+                    };
                     let more = match burst.recv(fd) {
                         Ok(k) => {
                             self.stats.receive_calls.fetch_add(2, Ordering::Relaxed);
