@@ -26,6 +26,8 @@ pub struct EngineStats {
     pub rejected_initials: u64,
     /// Connections closed because their handshakes did not finish in time.
     pub handshake_timeouts: u64,
+    /// Error records not sent because their sender's queue was at twice its capacity.
+    pub error_records_dropped: u64,
     /// New peers' Initials dropped because a shard's handshake budget was full.
     pub handshake_budget_drops: u64,
     /// Connections accepted.
@@ -96,6 +98,7 @@ impl EngineStats {
             t.unknown_datagrams += r(&s.unknown_datagrams);
             t.rejected_initials += r(&s.rejected_initials);
             t.handshake_timeouts += r(&s.handshake_timeouts);
+            t.error_records_dropped += r(&s.error_records_dropped);
             t.handshake_budget_drops += r(&s.handshake_budget_drops);
             t.accepted += r(&s.accepted);
             t.dialed += r(&s.dialed);

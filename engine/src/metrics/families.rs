@@ -40,6 +40,7 @@
 //! | `engine_unknown_datagrams_total` | counter | |
 //! | `engine_rejected_initials_total` | counter | |
 //! | `engine_handshake_timeouts_total` | counter | |
+//! | `engine_error_records_dropped_total` | counter | |
 //! | `engine_handshake_budget_drops_total` | counter | |
 //! | `engine_udp_calls_total` | counter | `direction` = in, out |
 //! | `engine_truncated_datagrams_total` | counter | |
@@ -388,6 +389,12 @@ pub static METRICS: &[MetricDef] = &[
         Counter,
         "Connections closed (HANDSHAKE_FAILED) because their QUIC and Noise handshakes did not finish within the handshake timeout; also counted in engine_handshake_failures_total.",
         handshake_timeouts
+    ),
+    total!(
+        "engine_error_records_dropped_total",
+        Counter,
+        "ERROR records not sent because their sender's queue already held twice --queue-capacity; the messages they were about are counted as dropped regardless.",
+        error_records_dropped
     ),
     total!(
         "engine_handshake_budget_drops_total",

@@ -397,18 +397,24 @@ impl Endpoint {
             }
             return;
         }
-        // Error records may exceed the queue bound by their own (small) size: they are
-        // caused by messages already consumed, and dropping them would hide a loss. (The
-        // message itself is counted by the caller; an error that cannot be sent because
-        // the sender is gone is not counted again.)
+        // Error records may exceed the queue bound: they are caused by messages already
+        // consumed, and each tells a sender of a loss. Up to twice the bound, though: past
+        // that (one frame of many undeliverable messages) they are counted and dropped, so
+        // a peer cannot make the node buffer without limit. (The message itself is counted
+        // by the caller; an error that cannot be sent because the sender is gone is not
+        // counted again.)
         if let Some(key) = self.conns.of_peer(&to) {
-            if self
-                .conns
-                .get(key)
-                .is_some_and(|c| !c.finished && !c.session.is_closing())
-            {
-                inc(&self.stats().errors_out);
-                self.enqueue(key, e, now, Kind::Other, now);
+            let limit = 2 * self.cfg.queue_capacity;
+            match self.conns.get(key) {
+                Some(c) if c.finished || c.session.is_closing() => {}
+                Some(c) if c.queue.bytes() + c.session.pending_bytes() >= limit => {
+                    inc(&self.stats().error_records_dropped);
+                }
+                Some(_) => {
+                    inc(&self.stats().errors_out);
+                    self.enqueue(key, e, now, Kind::Other, now);
+                }
+                None => {}
             }
             return;
         }

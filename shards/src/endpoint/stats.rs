@@ -65,6 +65,9 @@ pub struct ShardStats {
     pub errors_out: AtomicU64,
     /// Error records received.
     pub errors_in: AtomicU64,
+    /// Error records not sent because their sender's queue already held twice its capacity
+    /// (the messages they were about are counted as dropped regardless).
+    pub error_records_dropped: AtomicU64,
     /// Dropped: destination unknown.
     pub dropped_unknown_destination: AtomicU64,
     /// Dropped: larger than the message size limit.

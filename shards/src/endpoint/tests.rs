@@ -866,3 +866,55 @@ fn initials_beyond_the_handshake_budget_create_no_state() {
     let client = net.add(NodeSpec::default());
     assert!(net.dial(client, node).is_ok());
 }
+
+#[test]
+fn error_records_for_one_huge_frame_stay_within_twice_the_queue_bound() {
+    let (mut net, server, client) = echo_pair(PoolConfig::default());
+    let id = net.dial(client, server).expect("dial");
+    let nobody = PeerId([9; crate::wire::PEER_ID_LEN]);
+    // One frame of 20,000 empty messages to nobody: 20,000 ERROR records (~1.3 MB) would
+    // be owed to the sender.
+    let records: Vec<Record> = (0..20_000)
+        .map(|seq| {
+            Record::Message(Message {
+                dst: nobody,
+                src: id,
+                seq,
+                payload: Vec::new(),
+            })
+        })
+        .collect();
+    let now = net.now;
+    let key = net.ep(client).conns.keys()[0];
+    let c = net.ep(client).conns.get_mut(key).expect("conn");
+    c.session.send_batch(records.iter()).expect("seal");
+    net.ep(client).drive(key, now);
+    // Move datagrams both ways, watching the server's queue for the client after each.
+    let (ca, sa) = (net.addr(client), net.addr(server));
+    let mut peak = 0usize;
+    for _ in 0..100_000 {
+        let mut moved = false;
+        while let Some(mut t) = net.ep(client).poll_transmit() {
+            net.ep(server).handle_datagram(now, ca, &mut t.data);
+            moved = true;
+            for (_, c) in net.ep(server).conns.iter_mut() {
+                peak = peak.max(c.queue.bytes() + c.session.pending_bytes());
+            }
+        }
+        while let Some(mut t) = net.ep(server).poll_transmit() {
+            net.ep(client).handle_datagram(now, sa, &mut t.data);
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    let s = net.stats(server);
+    assert_eq!(get(&s.dropped_unknown_destination), 20_000);
+    let sent = get(&s.errors_out);
+    let dropped = get(&s.error_records_dropped);
+    assert_eq!(sent + dropped, 20_000, "every ERROR is sent or counted");
+    assert!(dropped > 0);
+    let bound = 2 * 256 * 1024 + 256;
+    assert!(peak <= bound, "queued {peak} bytes for one sender");
+}
