@@ -1,6 +1,6 @@
 //! Metrics export: a [`MetricsSource`] that a metrics thread can hold, a [`NetworkMetrics`]
 //! snapshot, the exported metric families ([`families`], declared once each and encoded with
-//! the `prometheus-client` crate by [`EngineCollector`] / [`render_prometheus`]) and a small
+//! the `prometheus-client` crate in [`encode`] by [`EngineCollector`] / [`render_prometheus`]) and a small
 //! blocking HTTP server for `GET /metrics` ([`MetricsServer`], in [`server`]).
 //!
 //! Reading metrics never touches the data path: counters are relaxed atomic loads, the
@@ -19,10 +19,11 @@ use shards::shard::ShardStats;
 use crate::index::PeerIndex;
 use crate::stats::EngineStats;
 
+pub mod encode;
 pub mod families;
 pub mod server;
 
-pub use families::{CONTENT_TYPE, EngineCollector, render_prometheus};
+pub use encode::{CONTENT_TYPE, EngineCollector, render_prometheus};
 pub use server::MetricsServer;
 
 /// Drop reasons, as the `reason` label spells them.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 
 use super::MetricsSource;
-use super::families::{CONTENT_TYPE, EngineCollector, encode_text};
+use super::encode::{CONTENT_TYPE, EngineCollector, encode_text};
 
 /// Longest request head the server reads.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;

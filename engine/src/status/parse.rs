@@ -194,7 +194,7 @@ mod tests {
             .inc();
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register("x", "Awkward labels", family);
-        let text = engine::metrics::families::encode_text(&registry).unwrap();
+        let text = engine::metrics::encode::encode_text(&registry).unwrap();
         let back = parse_exposition(&text).unwrap();
         assert_eq!(back.len(), 1, "{text}");
         assert_eq!(back[0].name, "x_total");
