@@ -1,0 +1,214 @@
+//! Hostile input: small or malformed Initials, failed and unfinished handshakes, the
+//! handshake budget, and the bound on ERROR records owed to one sender.
+
+use super::*;
+
+/// A long-header Initial of `len` bytes with `version` and a DCID of `dcid_len` bytes
+/// (garbage after the header: it never gets as far as decryption).
+fn initial(version: u32, dcid_len: u8, len: usize) -> Vec<u8> {
+    let mut p = vec![0xc0];
+    p.extend_from_slice(&version.to_be_bytes());
+    p.push(dcid_len);
+    p.extend(std::iter::repeat_n(0x11, dcid_len as usize));
+    p.push(0); // SCID length
+    p.push(0); // token length
+    p.extend_from_slice(&[0x40, 0x20]); // payload length (varint)
+    p.resize(len, 0);
+    p
+}
+
+#[test]
+fn small_initials_and_short_dcids_get_no_answer_and_no_state() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec::default());
+    let now = net.now;
+    let from = SocketAddr::from(([127, 0, 0, 1], 9));
+    let unsupported = 0x1a2a_3a4a;
+    let mut cases = [
+        initial(1, 8, 100),              // QUIC v1, too small
+        initial(1, 4, 1200),             // DCID too short
+        initial(unsupported, 8, 8 + 30), // a small version probe: no Version Negotiation
+    ];
+    for pkt in cases.iter_mut() {
+        net.ep(node).handle_datagram(now, from, pkt);
+    }
+    assert_eq!(get(&net.stats(node).rejected_initials), 3);
+    assert!(
+        net.ep(node).poll_transmit().is_none(),
+        "nothing is answered"
+    );
+    assert_eq!(net.ep(node).connections(), 0);
+    assert_eq!(get(&net.stats(node).accepted), 0);
+    // A full-size probe with an unknown version is answered with Version Negotiation.
+    let mut pkt = initial(unsupported, 8, 1200);
+    net.ep(node).handle_datagram(now, from, &mut pkt);
+    let vn = net.ep(node).poll_transmit().expect("version negotiation");
+    assert_eq!(vn.to, from);
+    assert_eq!(
+        vn.data.get(1..5),
+        Some(&[0u8, 0, 0, 0][..]),
+        "version 0 = VN"
+    );
+    assert_eq!(net.ep(node).connections(), 0);
+}
+
+#[test]
+fn a_handshake_failure_is_counted_once() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec::default());
+    let server = net.addr(node);
+    let me = SocketAddr::from(([127, 0, 0, 1], 7));
+    // A plain QUIC client speaking qme/1 whose first Noise message announces 2000 bytes
+    // (the limit is 1024).
+    let mut quic = net.raw_client(node, me, 7);
+    let mut sent_bad = false;
+    for _ in 0..200 {
+        let mut out = [0u8; 1500];
+        while let Ok((n, _)) = quic.send(&mut out) {
+            let now = net.now;
+            net.ep(node).handle_datagram(now, me, &mut out[..n]);
+        }
+        let mut moved = false;
+        while let Some(mut t) = net.ep(node).poll_transmit() {
+            let _ = quic.recv(
+                &mut t.data,
+                quiche::RecvInfo {
+                    from: server,
+                    to: me,
+                },
+            );
+            moved = true;
+        }
+        if quic.is_established() && !sent_bad {
+            quic.stream_send(0, &[0x07, 0xd0, 0, 0, 0], false).unwrap();
+            sent_bad = true;
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(sent_bad, "QUIC never came up");
+    let s = net.stats(node);
+    assert_eq!(get(&s.handshake_failures), 1);
+    assert_eq!(get(&s.protocol_errors), 0);
+    let peer_error = quic.peer_error().map(|e| (e.is_app, e.error_code));
+    assert_eq!(
+        peer_error,
+        Some((true, crate::wire::close_code::HANDSHAKE_FAILED))
+    );
+    // More datagrams from the failed peer do not count it again.
+    net.advance(Duration::from_millis(10));
+    assert_eq!(get(&net.stats(node).handshake_failures), 1);
+}
+
+#[test]
+fn an_unfinished_handshake_is_closed_at_its_deadline_and_frees_its_slot() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec {
+        pool: PoolConfig {
+            max_connections: Some(1),
+            handshake_timeout: Duration::from_secs(10),
+            ..PoolConfig::default()
+        },
+        ..NodeSpec::default()
+    });
+    let me = SocketAddr::from(([127, 0, 0, 1], 8));
+    // One real Initial, then silence: QUIC never completes.
+    let _quic = net.raw_client(node, me, 8);
+    while net.ep(node).poll_transmit().is_some() {}
+    assert_eq!(net.ep(node).connections(), 1);
+    assert_eq!(net.nodes[node].slots.used(), 1);
+    net.advance(Duration::from_secs(9));
+    assert_eq!(get(&net.stats(node).handshake_timeouts), 0);
+    assert_eq!(net.nodes[node].slots.used(), 1);
+    net.advance(Duration::from_secs(2));
+    let s = net.stats(node);
+    assert_eq!(get(&s.handshake_timeouts), 1);
+    assert_eq!(get(&s.handshake_failures), 1);
+    assert_eq!(net.nodes[node].slots.used(), 0, "the slot is free at once");
+    // The close is on the wire for the client.
+    assert!(
+        net.ep(node)
+            .conns
+            .iter_mut()
+            .all(|(_, c)| c.session.is_closing())
+    );
+}
+
+#[test]
+fn initials_beyond_the_handshake_budget_create_no_state() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec {
+        pool: PoolConfig {
+            max_handshakes: 3,
+            ..PoolConfig::default()
+        },
+        ..NodeSpec::default()
+    });
+    for i in 0..5u8 {
+        let me = SocketAddr::from(([127, 0, 0, 1], 100 + u16::from(i)));
+        let _quic = net.raw_client(node, me, i);
+    }
+    assert_eq!(net.ep(node).connections(), 3);
+    assert_eq!(get(&net.stats(node).handshake_budget_drops), 2);
+    assert_eq!(get(&net.stats(node).accepted), 3);
+    // When the stalled handshakes time out, the budget is free again, and a real peer
+    // gets in.
+    net.advance(DEFAULT_HANDSHAKE_TIMEOUT + Duration::from_secs(1));
+    assert_eq!(net.ep(node).handshaking, 0);
+    let client = net.add(NodeSpec::default());
+    assert!(net.dial(client, node).is_ok());
+}
+
+#[test]
+fn error_records_for_one_huge_frame_stay_within_twice_the_queue_bound() {
+    let (mut net, server, client) = echo_pair(PoolConfig::default());
+    let id = net.dial(client, server).expect("dial");
+    let nobody = PeerId([9; crate::wire::PEER_ID_LEN]);
+    // One frame of 20,000 empty messages to nobody: 20,000 ERROR records (~1.3 MB) would
+    // be owed to the sender.
+    let records: Vec<Record> = (0..20_000)
+        .map(|seq| {
+            Record::Message(Message {
+                dst: nobody,
+                src: id,
+                seq,
+                payload: Vec::new(),
+            })
+        })
+        .collect();
+    let now = net.now;
+    let key = net.ep(client).conns.keys()[0];
+    let c = net.ep(client).conns.get_mut(key).expect("conn");
+    c.session.send_batch(records.iter()).expect("seal");
+    net.ep(client).drive(key, now);
+    // Move datagrams both ways, watching the server's queue for the client after each.
+    let (ca, sa) = (net.addr(client), net.addr(server));
+    let mut peak = 0usize;
+    for _ in 0..100_000 {
+        let mut moved = false;
+        while let Some(mut t) = net.ep(client).poll_transmit() {
+            net.ep(server).handle_datagram(now, ca, &mut t.data);
+            moved = true;
+            for (_, c) in net.ep(server).conns.iter_mut() {
+                peak = peak.max(c.queue.bytes() + c.session.pending_bytes());
+            }
+        }
+        while let Some(mut t) = net.ep(server).poll_transmit() {
+            net.ep(client).handle_datagram(now, sa, &mut t.data);
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    let s = net.stats(server);
+    assert_eq!(get(&s.dropped_unknown_destination), 20_000);
+    let sent = get(&s.errors_out);
+    let dropped = get(&s.error_records_dropped);
+    assert_eq!(sent + dropped, 20_000, "every ERROR is sent or counted");
+    assert!(dropped > 0);
+    let bound = 2 * 256 * 1024 + 256;
+    assert!(peak <= bound, "queued {peak} bytes for one sender");
+}

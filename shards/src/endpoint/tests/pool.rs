@@ -1,0 +1,196 @@
+//! The pool on simulated time: TTL, keep-alive, the connection cap, reconnection backoff,
+//! messages held for a re-dial, and the deadline each connection arms.
+
+use super::*;
+
+#[test]
+fn idle_connection_is_finished_after_the_ttl_and_not_before() {
+    let pool = PoolConfig {
+        ttl: Duration::from_secs(60),
+        keepalive: Duration::from_secs(10),
+        ..PoolConfig::default()
+    };
+    let (mut net, server, client) = echo_pair(pool);
+    let id = net.dial(client, server).expect("dial");
+    net.send(client, id, 1, b"x");
+    net.pump();
+    net.advance(Duration::from_secs(59));
+    assert_eq!(get(&net.stats(client).ttl_closed), 0);
+    assert!(net.ep(client).conns.iter_mut().all(|(_, c)| !c.finished));
+    net.advance(Duration::from_secs(2));
+    assert_eq!(
+        get(&net.stats(client).ttl_closed),
+        1,
+        "the dialer's TTL fires"
+    );
+    // Both directions finished: the server saw the FIN and finished its own.
+    assert!(net.ep(client).conns.iter_mut().all(|(_, c)| c.finished));
+    assert!(
+        net.ep(server)
+            .conns
+            .iter_mut()
+            .all(|(_, c)| c.finished && c.session.peer_finished())
+    );
+}
+
+#[test]
+fn keepalive_pings_an_idle_connection_on_schedule() {
+    let pool = PoolConfig {
+        ttl: Duration::from_secs(3600),
+        keepalive: Duration::from_secs(10),
+        ..PoolConfig::default()
+    };
+    let (mut net, server, client) = echo_pair(pool);
+    net.dial(client, server).expect("dial");
+    net.advance(Duration::from_secs(1));
+    // Quiet until the keep-alive interval passes...
+    assert_eq!(net.transmits_during(Duration::from_secs(8)), 0);
+    // ...then PINGs (and their ACKs) flow, once per interval.
+    let first = net.transmits_during(Duration::from_secs(2));
+    assert!(first >= 1, "no keep-alive within the interval");
+    let later = net.transmits_during(Duration::from_secs(10));
+    assert!(later >= 1);
+    assert_eq!(get(&net.stats(client).ttl_closed), 0);
+    assert_eq!(net.ep(client).connections(), 1);
+}
+
+#[test]
+fn connection_cap_refuses_the_connection_over_it() {
+    let mut net = Net::new();
+    let server = net.add(NodeSpec {
+        app: AppSpec::Echo,
+        pool: PoolConfig {
+            max_connections: Some(1),
+            ..PoolConfig::default()
+        },
+        ..NodeSpec::default()
+    });
+    let a = net.add(NodeSpec::default());
+    let b = net.add(NodeSpec::default());
+    assert!(net.dial(a, server).is_ok());
+    // The second peer completes QUIC, is closed with CONNECTION_LIMIT before any Noise
+    // message and never becomes a peer of the node.
+    let second = net.dial(b, server);
+    assert!(second.is_err(), "{second:?}");
+    let key = net.ep(b).conns.keys()[0];
+    let peer_error = net.ep(b).conns.get(key).and_then(|c| {
+        c.session
+            .quic()
+            .peer_error()
+            .map(|e| (e.is_app, e.error_code))
+    });
+    assert_eq!(
+        peer_error,
+        Some((true, crate::wire::close_code::CONNECTION_LIMIT))
+    );
+    assert_eq!(get(&net.stats(server).refused), 1);
+    assert_eq!(net.nodes[server].slots.used(), 1);
+    assert!(
+        net.nodes[server]
+            .directory
+            .owner(&net.nodes[b].id)
+            .is_none()
+    );
+    assert!(
+        net.nodes[server]
+            .directory
+            .owner(&net.nodes[a].id)
+            .is_some()
+    );
+}
+
+#[test]
+fn failed_dials_back_off_exponentially_then_give_up() {
+    let mut net = Net::new();
+    let server = net.add(NodeSpec::default());
+    let client = net.add(NodeSpec {
+        pool: PoolConfig {
+            max_connections: Some(1),
+            ..PoolConfig::default()
+        },
+        reconnect: BackoffPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            attempts: 3,
+            jitter: 0.0,
+        },
+        ..NodeSpec::default()
+    });
+    // The only slot is taken: every dial fails at once and is retried on the backoff.
+    assert!(net.nodes[client].slots.try_acquire(Some(1)));
+    let t0 = net.now;
+    let answer = net.dial(client, server);
+    assert!(answer.unwrap_err().contains("connection limit"));
+    let mut retries = Vec::new();
+    for _ in 0..3 {
+        let at = net.ep(client).poll_timeout().expect("a retry is scheduled");
+        retries.push(at.duration_since(t0));
+        net.advance(at.saturating_duration_since(net.now));
+    }
+    let ms = |m| Duration::from_millis(m);
+    assert_eq!(
+        retries,
+        vec![ms(100), ms(300), ms(700)],
+        "100, 200, 400 ms apart"
+    );
+    let addr = net.addr(server);
+    assert_eq!(
+        net.ep(client).pool.get(&addr).map(|ob| ob.life.state()),
+        Some(ConnState::Failed)
+    );
+    assert_eq!(get(&net.stats(client).dialed), 0);
+    assert_eq!(get(&net.stats(client).refused), 4);
+}
+
+#[test]
+fn messages_for_a_peer_being_redialed_wait_and_then_go() {
+    let mut net = Net::new();
+    let server = net.add(NodeSpec {
+        app: AppSpec::Echo,
+        ..NodeSpec::default()
+    });
+    let client = net.add(NodeSpec {
+        reconnect: BackoffPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            attempts: 0,
+            jitter: 0.0,
+        },
+        ..NodeSpec::default()
+    });
+    let id = net.dial(client, server).expect("dial");
+    // The pool knows the peer; drop its connection state as a lost connection would.
+    let key = net.ep(client).conns.keys()[0];
+    let now = net.now;
+    net.ep(client)
+        .drop_conn_state(key, ErrorCode::DestinationUnreachable, now);
+    assert_eq!(net.ep(client).connections(), 0);
+    // Messages now wait in the pool for the re-dial, which happens on the backoff.
+    net.send(client, id, 7, b"later");
+    net.pump();
+    assert!(net.deliveries(client).is_empty());
+    net.advance(Duration::from_millis(150));
+    let got = net.deliveries(client);
+    assert!(
+        got.iter()
+            .any(|d| matches!(d, Delivery::Message { seq: 7, .. })),
+        "{got:?}"
+    );
+    assert_eq!(get(&net.stats(client).dialed), 2);
+}
+
+#[test]
+fn each_connection_has_one_armed_deadline() {
+    let (mut net, server, client) = echo_pair(PoolConfig {
+        keepalive: Duration::from_secs(10),
+        ttl: Duration::from_secs(3600),
+        ..PoolConfig::default()
+    });
+    net.dial(client, server).expect("dial");
+    net.advance(Duration::from_secs(1));
+    // One armed deadline per connection, and the next one is the keep-alive (quiche's
+    // own timers run on the real clock and are long since due or far away).
+    assert_eq!(net.ep(client).timers.len(), 1);
+    let next = net.ep(client).poll_timeout().expect("deadline");
+    assert!(next > net.now);
+}
