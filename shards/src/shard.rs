@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::endpoint::{Endpoint, EndpointError, Transmit};
 use crate::hist::SharedHistograms;
 use crate::sockstat::{Notify, kernel_queue_delay, socket_inode};
-use crate::udp_batch::{RecvBatch, send_batch};
+use crate::udp_batch::{RecvBatch, SendBatch};
 
 pub use crate::endpoint::{
     App, Command, ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_STALL_TIMEOUT, Delivery, Hop,
@@ -142,6 +142,8 @@ async fn drive(
         timer_at: Cell::new(None),
         room: Notify::default(),
         hops: Notify::default(),
+        send_batch: RefCell::new(SendBatch::default()),
+        outbox: RefCell::new(VecDeque::with_capacity(SEND_BURST)),
     });
     ready(Ok(()));
 
@@ -211,6 +213,10 @@ struct Shard {
     room: Notify,
     /// Signalled when the endpoint has records for other shards (the hop task waits).
     hops: Notify,
+    /// `sendmmsg` headers, reused.
+    send_batch: RefCell<SendBatch>,
+    /// Datagrams taken from the endpoint for the next `sendmmsg` (kept to reuse its memory).
+    outbox: RefCell<VecDeque<Transmit>>,
 }
 
 impl Shard {
@@ -403,9 +409,11 @@ impl Shard {
     /// when the socket buffer is full, waits for room through glommio with one datagram.
     async fn flush_outbox(&self) {
         let fd = self.socket.as_raw_fd();
-        let mut pending: VecDeque<Transmit> = VecDeque::new();
         loop {
-            {
+            // Send a burst; keep the first datagram the kernel refused (no borrow of the
+            // shared outbox is held across the await below).
+            let refused = {
+                let mut pending = self.outbox.borrow_mut();
                 let mut ep = self.ep.borrow_mut();
                 while pending.len() < SEND_BURST {
                     match ep.poll_transmit() {
@@ -413,45 +421,43 @@ impl Shard {
                         None => break,
                     }
                 }
-            }
-            if pending.is_empty() {
-                return;
-            }
-            let items: Vec<(std::net::SocketAddr, &[u8])> =
-                pending.iter().map(|t| (t.to, t.data.as_slice())).collect();
-            let sent = send_batch(fd, &items);
-            drop(items);
-            match sent {
-                Ok(k) => {
-                    self.stats.send_calls.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .datagrams_out
-                        .fetch_add(k as u64, Ordering::Relaxed);
-                    let mut ep = self.ep.borrow_mut();
-                    for t in pending.drain(..k.min(pending.len())) {
-                        ep.recycle(t.data);
-                    }
+                if pending.is_empty() {
+                    return;
                 }
-                Err(e) => {
-                    let Some(t) = pending.pop_front() else {
-                        continue;
-                    };
-                    if e.kind() == std::io::ErrorKind::WouldBlock {
-                        // The socket buffer is full: wait for room with this one.
-                        match self.socket.send_to(&t.data, t.to).await {
-                            Ok(_) => {
-                                self.stats.send_calls.fetch_add(1, Ordering::Relaxed);
-                                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => tracing::debug!("udp send to {} failed: {e}", t.to),
+                let sent = self
+                    .send_batch
+                    .borrow_mut()
+                    .send(fd, pending.iter().map(|t| (t.to, t.data.as_slice())));
+                match sent {
+                    Ok(k) => {
+                        self.stats.send_calls.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .datagrams_out
+                            .fetch_add(k as u64, Ordering::Relaxed);
+                        let k = k.min(pending.len());
+                        for t in pending.drain(..k) {
+                            ep.recycle(t.data);
                         }
-                    } else {
-                        // This datagram cannot be sent (e.g. its destination is unreachable).
-                        tracing::debug!("udp send to {} failed: {e}", t.to);
+                        None
                     }
-                    self.ep.borrow_mut().recycle(t.data);
+                    Err(e) => pending.pop_front().map(|t| (t, e)),
                 }
+            };
+            let Some((t, e)) = refused else { continue };
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                // The socket buffer is full: wait for room with this one.
+                match self.socket.send_to(&t.data, t.to).await {
+                    Ok(_) => {
+                        self.stats.send_calls.fetch_add(1, Ordering::Relaxed);
+                        self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!("udp send to {} failed: {e}", t.to),
+                }
+            } else {
+                // This datagram cannot be sent (e.g. its destination is unreachable).
+                tracing::debug!("udp send to {} failed: {e}", t.to);
             }
+            self.ep.borrow_mut().recycle(t.data);
         }
     }
 }

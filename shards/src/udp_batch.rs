@@ -117,41 +117,63 @@ fn sockaddr_to_std(a: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<S
     addr.as_socket()
 }
 
-/// Sends `datagrams` (destination, bytes) with one `sendmmsg` call, without waiting.
-/// Returns how many the kernel took (a prefix); `Err` when it took none, with the error of
-/// the first (`WouldBlock` when the socket buffer is full).
-pub(crate) fn send_batch(fd: RawFd, datagrams: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
-    if datagrams.is_empty() {
-        return Ok(0);
+/// `sendmmsg` headers, reused across calls so sending allocates nothing per datagram.
+#[derive(Default)]
+pub(crate) struct SendBatch {
+    addrs: Vec<socket2::SockAddr>,
+    iovecs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl SendBatch {
+    /// Sends `datagrams` (destination, bytes) with one `sendmmsg` call, without waiting.
+    /// Returns how many the kernel took (a prefix); `Err` when it took none, with the error
+    /// of the first (`WouldBlock` when the socket buffer is full).
+    pub(crate) fn send<'a>(
+        &mut self,
+        fd: RawFd,
+        datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,
+    ) -> io::Result<usize> {
+        self.addrs.clear();
+        self.iovecs.clear();
+        self.msgs.clear();
+        for (to, data) in datagrams {
+            self.addrs.push(socket2::SockAddr::from(to));
+            self.iovecs.push(libc::iovec {
+                iov_base: data.as_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            });
+        }
+        if self.iovecs.is_empty() {
+            return Ok(0);
+        }
+        for (i, a) in self.addrs.iter().enumerate() {
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+            let mut m: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+            m.msg_hdr.msg_name = a.as_ptr() as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = a.len();
+            m.msg_hdr.msg_iov = self.iovecs.as_mut_ptr().wrapping_add(i);
+            m.msg_hdr.msg_iovlen = 1;
+            self.msgs.push(m);
+        }
+        // SAFETY: every header points at an address and iovec owned by `self` and at a
+        // buffer borrowed for 'a, all alive for the call; the kernel only reads them.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                self.msgs.len() as _,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        // The iovecs point into the caller's buffers: forget them now.
+        self.iovecs.clear();
+        self.msgs.clear();
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
-    let addrs: Vec<socket2::SockAddr> = datagrams
-        .iter()
-        .map(|(to, _)| socket2::SockAddr::from(*to))
-        .collect();
-    let mut iovecs: Vec<libc::iovec> = datagrams
-        .iter()
-        .map(|(_, data)| libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = Vec::with_capacity(datagrams.len());
-    for (i, a) in addrs.iter().enumerate() {
-        // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
-        let mut m: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-        m.msg_hdr.msg_name = a.as_ptr() as *mut libc::c_void;
-        m.msg_hdr.msg_namelen = a.len();
-        m.msg_hdr.msg_iov = iovecs.as_mut_ptr().wrapping_add(i);
-        m.msg_hdr.msg_iovlen = 1;
-        msgs.push(m);
-    }
-    // SAFETY: every header points at an address, iovec and buffer that outlive the call;
-    // the kernel only reads them.
-    let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as _, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 #[cfg(test)]
@@ -166,7 +188,8 @@ mod tests {
         let to = rx.local_addr().unwrap();
         let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100 + i as usize]).collect();
         let items: Vec<(SocketAddr, &[u8])> = payloads.iter().map(|p| (to, p.as_slice())).collect();
-        assert_eq!(send_batch(tx.as_raw_fd(), &items).unwrap(), 10);
+        let mut send = SendBatch::default();
+        assert_eq!(send.send(tx.as_raw_fd(), items.into_iter()).unwrap(), 10);
         let mut batch = RecvBatch::new(4, 2048);
         let mut got = Vec::new();
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
