@@ -43,8 +43,6 @@ const RECV_BURST: usize = 32;
 const SEND_BURST: usize = 64;
 /// How long the timer task sleeps when the endpoint has no deadline at all.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
-/// How often a draining shard looks for new commands between drain checks.
-const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// Why a shard stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -377,7 +375,7 @@ impl Shard {
                     match futures_lite::future::or(
                         async { commands.recv_async().await.ok() },
                         async {
-                            glommio::timer::sleep(DRAIN_POLL).await;
+                            glommio::timer::sleep(crate::endpoint::DRAIN_POLL).await;
                             None
                         },
                     )

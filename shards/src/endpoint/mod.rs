@@ -85,8 +85,9 @@ const WAITING_LIMIT: usize = 1024;
 /// (that channel cannot say when it has room). Records blocked on a peer's flow control or
 /// on the mesh are retried when room appears, never on a timer.
 const APP_RETRY: Duration = Duration::from_millis(1);
-/// How often a draining endpoint looks at its sessions again.
-const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// How often a draining endpoint (and its driver, for new commands) looks at its sessions
+/// again.
+pub const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// Smallest datagram that may carry a client's first Initial (RFC 9000 14.1).
 const MIN_INITIAL_DATAGRAM: usize = 1200;
 /// Shortest destination connection ID of a client's first Initial (RFC 9000 7.2).
