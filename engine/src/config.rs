@@ -318,6 +318,9 @@ pub struct ConfigFile {
     /// [`TransportConfig::max_udp_payload`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_udp_payload: Option<usize>,
+    /// [`TransportConfig::gso`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gso: Option<bool>,
     /// [`PoolConfig::keepalive`]; unset = a third of the idle timeout.
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub keepalive: Option<Duration>,
@@ -407,6 +410,7 @@ impl ConfigFile {
         set(&mut e.transport.idle_timeout, &self.idle_timeout);
         set(&mut e.transport.window, &self.window);
         set(&mut e.transport.max_udp_payload, &self.max_udp_payload);
+        set(&mut e.transport.gso, &self.gso);
         set(&mut e.pool.keepalive, &self.keepalive);
         set(&mut e.pool.ttl, &self.pool_ttl);
         set(&mut e.pool.stall_timeout, &self.stall_timeout);
@@ -450,6 +454,7 @@ impl From<&ServeConfig> for ConfigFile {
             idle_timeout: Some(e.transport.idle_timeout),
             window: Some(e.transport.window),
             max_udp_payload: Some(e.transport.max_udp_payload),
+            gso: Some(e.transport.gso),
             keepalive: Some(e.pool.keepalive),
             pool_ttl: Some(e.pool.ttl),
             stall_timeout: Some(e.pool.stall_timeout),

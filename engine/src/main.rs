@@ -96,6 +96,10 @@ struct ServeArgs {
     /// Do not pin shards to cores (file key: pin = false).
     #[arg(long, env = "ENGINE_NO_PIN")]
     no_pin: bool,
+    /// Send one datagram per sendmmsg slot instead of coalescing with UDP GSO (file key:
+    /// gso = false). GSO is used only where the kernel supports it.
+    #[arg(long, env = "ENGINE_NO_GSO")]
+    no_gso: bool,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (e.g. 127.0.0.1:9100),
     /// from one unpinned thread. Off by default. Read them with `engine status`.
     #[arg(long, env = "ENGINE_METRICS", value_name = "ADDR")]
@@ -183,6 +187,7 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             window: self.window,
             max_udp_payload: self.max_udp_payload,
+            gso: self.no_gso.then_some(false),
             keepalive: self.keepalive,
             pool_ttl: self.pool_ttl,
             stall_timeout: self.stall_timeout,
@@ -197,9 +202,14 @@ impl ServeArgs {
     }
 }
 
-/// The `serve` argument that sets config key `key` (they share names, except `pin`).
+/// The `serve` argument that sets config key `key` (they share names, except `pin` and
+/// `gso`, set by `--no-pin` and `--no-gso`).
 fn arg_id(key: &str) -> &str {
-    if key == "pin" { "no_pin" } else { key }
+    match key {
+        "pin" => "no_pin",
+        "gso" => "no_gso",
+        _ => key,
+    }
 }
 
 /// The command line, with each `serve` flag's help ending in its default as the engine

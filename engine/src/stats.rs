@@ -16,6 +16,10 @@ pub struct EngineStats {
     pub receive_calls: u64,
     /// Send calls (datagrams per call = datagrams_out / this).
     pub send_calls: u64,
+    /// GSO sends: buffers the kernel cut into several datagrams.
+    pub gso_sends: u64,
+    /// Datagrams sent inside GSO sends.
+    pub gso_datagrams: u64,
     /// Datagrams dropped because they did not fit a receive slot.
     pub truncated_datagrams: u64,
     /// Datagrams whose connection ID named another shard.
@@ -93,6 +97,8 @@ impl EngineStats {
             t.datagrams_out += r(&s.datagrams_out);
             t.receive_calls += r(&s.receive_calls);
             t.send_calls += r(&s.send_calls);
+            t.gso_sends += r(&s.gso_sends);
+            t.gso_datagrams += r(&s.gso_datagrams);
             t.truncated_datagrams += r(&s.truncated_datagrams);
             t.misrouted += r(&s.misrouted);
             t.unknown_datagrams += r(&s.unknown_datagrams);

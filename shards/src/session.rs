@@ -96,6 +96,10 @@ pub struct TransportConfig {
     pub window: u64,
     /// Largest UDP payload sent.
     pub max_udp_payload: usize,
+    /// Coalesce outgoing datagrams with UDP GSO (`UDP_SEGMENT`) where the kernel supports
+    /// it. Peers see the same datagrams either way; off only to compare or to work around a
+    /// device that mishandles it (the driver also turns it off if the kernel refuses it).
+    pub gso: bool,
 }
 
 /// Default QUIC connection and stream receive window: 128 KiB. What a peer may have in
@@ -111,6 +115,7 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(30),
             window: DEFAULT_WINDOW,
             max_udp_payload: 1350,
+            gso: true,
         }
     }
 }

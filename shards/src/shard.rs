@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::endpoint::{Endpoint, EndpointError, Transmit};
 use crate::hist::SharedHistograms;
 use crate::sockstat::{Notify, kernel_queue_delay, socket_inode};
-use crate::udp_batch::{RecvBatch, SendBatch};
+use crate::udp_batch::{RecvBatch, SendBatch, gso_supported};
 
 pub use crate::endpoint::{
     App, Command, ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_STALL_TIMEOUT, Delivery, Hop,
@@ -98,6 +98,10 @@ async fn drive(
     let stats = cfg.stats.clone();
     // Receive slots fit the largest datagram QUIC is allowed to send us.
     let slot = cfg.transport.max_udp_payload.max(1500) + 64;
+    let gso = cfg.transport.gso && gso_supported(socket.as_raw_fd());
+    if cfg.transport.gso && !gso {
+        tracing::info!("UDP GSO not supported by this kernel; one datagram per sendmmsg slot");
+    }
     let started = (|| -> Result<Endpoint, ShardError> {
         let local_addr = socket.local_addr().map_err(ShardError::Socket)?;
         if let Some(ino) = socket_inode(socket.as_raw_fd()) {
@@ -140,7 +144,7 @@ async fn drive(
         timer_at: Cell::new(None),
         room: Notify::default(),
         hops: Notify::default(),
-        send_batch: RefCell::new(SendBatch::default()),
+        send_batch: RefCell::new(SendBatch::new(gso)),
         outbox: RefCell::new(VecDeque::with_capacity(SEND_BURST)),
     });
     ready(Ok(()));
@@ -428,6 +432,13 @@ impl Shard {
                     .send(fd, pending.iter().map(|t| (t.to, t.data.as_slice())));
                 match sent {
                     Ok(k) => {
+                        let (gso_sends, gso_datagrams) = self.send_batch.borrow().last_coalesced();
+                        self.stats
+                            .gso_sends
+                            .fetch_add(gso_sends as u64, Ordering::Relaxed);
+                        self.stats
+                            .gso_datagrams
+                            .fetch_add(gso_datagrams as u64, Ordering::Relaxed);
                         self.stats.send_calls.fetch_add(1, Ordering::Relaxed);
                         self.stats
                             .datagrams_out

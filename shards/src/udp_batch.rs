@@ -1,7 +1,8 @@
 //! Batched datagram I/O on a shard's non-blocking UDP socket: `recvmmsg` to drain what is
 //! already queued after the executor's receive completes, and `sendmmsg` to hand the
-//! kernel many datagrams in one system call. Both use `MSG_DONTWAIT` and never block the
-//! executor: `WouldBlock` tells the driver to fall back to glommio's awaited operations.
+//! kernel many datagrams in one system call, coalesced with UDP GSO where the kernel allows.
+//! Both use `MSG_DONTWAIT` and never block the executor: `WouldBlock` tells the driver to
+//! fall back to glommio's awaited operations.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -117,28 +118,149 @@ fn sockaddr_to_std(a: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<S
     addr.as_socket()
 }
 
+/// Most segments one GSO send may carry (the kernel's `UDP_MAX_SEGMENTS` on older kernels).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes one GSO send may carry: one UDP payload (65,507 B over IPv4) with room to spare.
+pub(crate) const GSO_MAX_BYTES: usize = 65_000;
+/// `UDP_SEGMENT` (linux/udp.h); not in every libc release.
+const UDP_SEGMENT: libc::c_int = 103;
+/// Bytes of control data for one `UDP_SEGMENT` message, 8-byte aligned.
+type GsoControl = [u64; 4];
+
+/// Whether the kernel accepts `UDP_SEGMENT` (generic segmentation offload) on `fd`.
+pub(crate) fn gso_supported(fd: RawFd) -> bool {
+    let mut size: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `size` and `len` are valid for writes of the sizes passed; the kernel writes
+    // at most `len` bytes and does not keep the pointers.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            (&mut size as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0
+}
+
 /// `sendmmsg` headers, reused across calls so sending allocates nothing per datagram.
+///
+/// With GSO on, consecutive datagrams to the same address of the same size (the last may be
+/// shorter) go as one message carrying a `UDP_SEGMENT` size: the kernel cuts it into the
+/// original datagrams, so a peer sees exactly what it would have without GSO, for one pass
+/// through the stack instead of one per datagram. quiche fills packets to the same size
+/// while it has data, so a connection's flight coalesces.
 #[derive(Default)]
 pub(crate) struct SendBatch {
+    gso: bool,
     addrs: Vec<socket2::SockAddr>,
+    /// Datagrams in each message, in order.
+    segments: Vec<usize>,
     iovecs: Vec<libc::iovec>,
+    controls: Vec<GsoControl>,
     msgs: Vec<libc::mmsghdr>,
+    messages: usize,
+    sent_messages: usize,
 }
 
 impl SendBatch {
+    /// A batch that coalesces with GSO when `gso` (see [`gso_supported`]).
+    pub(crate) fn new(gso: bool) -> SendBatch {
+        SendBatch {
+            gso,
+            ..SendBatch::default()
+        }
+    }
+
+    /// Whether sends still coalesce (GSO is turned off for good after the kernel refuses it).
+    #[cfg(test)]
+    pub(crate) fn gso(&self) -> bool {
+        self.gso
+    }
+
+    /// Messages (GSO groups, or datagrams without GSO) in the last call's batch.
+    #[cfg(test)]
+    pub(crate) fn last_messages(&self) -> usize {
+        self.messages
+    }
+
+    /// Of the messages the last call sent: how many carried several datagrams (GSO), and
+    /// how many datagrams those carried.
+    pub(crate) fn last_coalesced(&self) -> (usize, usize) {
+        self.segments
+            .iter()
+            .take(self.sent_messages)
+            .filter(|n| **n > 1)
+            .fold((0, 0), |(m, d), n| (m + 1, d + n))
+    }
+
     /// Sends `datagrams` (destination, bytes) with one `sendmmsg` call, without waiting.
-    /// Returns how many the kernel took (a prefix); `Err` when it took none, with the error
-    /// of the first (`WouldBlock` when the socket buffer is full).
+    /// Returns how many datagrams the kernel took (a prefix); `Err` when it took none, with
+    /// the error of the first (`WouldBlock` when the socket buffer is full).
+    ///
+    /// If the kernel rejects a GSO message (`EIO`: the device cannot segment; `EINVAL`),
+    /// GSO is switched off and the same datagrams are sent again one per message.
     pub(crate) fn send<'a>(
+        &mut self,
+        fd: RawFd,
+        datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])> + Clone,
+    ) -> io::Result<usize> {
+        match self.send_once(fd, datagrams.clone()) {
+            Err(e)
+                if self.gso
+                    && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+                    && self.segments.iter().any(|n| *n > 1) =>
+            {
+                tracing::warn!("UDP GSO refused by the kernel ({e}); sending without it");
+                self.gso = false;
+                self.send_once(fd, datagrams)
+            }
+            other => other,
+        }
+    }
+
+    fn send_once<'a>(
         &mut self,
         fd: RawFd,
         datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,
     ) -> io::Result<usize> {
         self.addrs.clear();
+        self.segments.clear();
         self.iovecs.clear();
+        self.controls.clear();
         self.msgs.clear();
+        self.messages = 0;
+        self.sent_messages = 0;
+        // Group: (destination, segment size, bytes so far) of the message being built.
+        let mut open: Option<(SocketAddr, usize, usize)> = None;
         for (to, data) in datagrams {
-            self.addrs.push(socket2::SockAddr::from(to));
+            let joins = match open {
+                Some((dst, size, total)) => {
+                    self.gso
+                        && dst == to
+                        && data.len() <= size
+                        && total + data.len() <= GSO_MAX_BYTES
+                        && self.segments.last().is_some_and(|n| *n < GSO_MAX_SEGMENTS)
+                }
+                None => false,
+            };
+            if joins {
+                if let (Some(n), Some((_, size, total))) = (self.segments.last_mut(), open.as_mut())
+                {
+                    *n += 1;
+                    *total += data.len();
+                    // A shorter datagram must be the group's last.
+                    if data.len() < *size {
+                        open = None;
+                    }
+                }
+            } else {
+                self.addrs.push(socket2::SockAddr::from(to));
+                self.segments.push(1);
+                open = Some((to, data.len(), data.len()));
+            }
             self.iovecs.push(libc::iovec {
                 iov_base: data.as_ptr() as *mut libc::c_void,
                 iov_len: data.len(),
@@ -147,17 +269,35 @@ impl SendBatch {
         if self.iovecs.is_empty() {
             return Ok(0);
         }
-        for (i, a) in self.addrs.iter().enumerate() {
-            // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+        self.messages = self.segments.len();
+        self.controls.resize(self.segments.len(), [0; 4]);
+        let mut first_iov = 0usize;
+        for ((a, n), control) in self
+            .addrs
+            .iter()
+            .zip(self.segments.iter())
+            .zip(self.controls.iter_mut())
+        {
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid (empty) header.
             let mut m: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
             m.msg_hdr.msg_name = a.as_ptr() as *mut libc::c_void;
             m.msg_hdr.msg_namelen = a.len();
-            m.msg_hdr.msg_iov = self.iovecs.as_mut_ptr().wrapping_add(i);
-            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_iov = self.iovecs.as_mut_ptr().wrapping_add(first_iov);
+            m.msg_hdr.msg_iovlen = *n as _;
+            if *n > 1 {
+                let size = self
+                    .iovecs
+                    .get(first_iov)
+                    .map(|v| v.iov_len)
+                    .unwrap_or_default();
+                set_segment_size(&mut m.msg_hdr, control, size as u16);
+            }
+            first_iov += n;
             self.msgs.push(m);
         }
-        // SAFETY: every header points at an address and iovec owned by `self` and at a
-        // buffer borrowed for 'a, all alive for the call; the kernel only reads them.
+        // SAFETY: every header points at an address, iovecs and control data owned by `self`
+        // and the iovecs at the caller's datagrams, all alive until the call returns; the
+        // kernel only reads them. `msgs.len()` headers are initialized.
         let n = unsafe {
             libc::sendmmsg(
                 fd,
@@ -166,13 +306,35 @@ impl SendBatch {
                 libc::MSG_DONTWAIT,
             )
         };
-        // The iovecs point into the caller's buffers: forget them now.
         self.iovecs.clear();
         self.msgs.clear();
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(n as usize)
+        self.sent_messages = n as usize;
+        Ok(self.segments.iter().take(n as usize).sum())
+    }
+}
+
+/// Attaches a `UDP_SEGMENT` control message of `size` to `hdr`, in `control`.
+fn set_segment_size(hdr: &mut libc::msghdr, control: &mut GsoControl, size: u16) {
+    hdr.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    hdr.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
+    // SAFETY: `msg_control` points at `control`, 32 bytes and 8-byte aligned, which holds one
+    // cmsghdr (16 bytes) plus a u16 payload (CMSG_SPACE(2) = 24 bytes), so the first header and
+    // its data are in bounds; CMSG_FIRSTHDR is non-null because msg_controllen covers a header.
+    unsafe {
+        let cm = libc::CMSG_FIRSTHDR(hdr);
+        if cm.is_null() {
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            return;
+        }
+        (*cm).cmsg_level = libc::SOL_UDP;
+        (*cm).cmsg_type = UDP_SEGMENT;
+        (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), size);
     }
 }
 
@@ -188,8 +350,10 @@ mod tests {
         let to = rx.local_addr().unwrap();
         let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100 + i as usize]).collect();
         let items: Vec<(SocketAddr, &[u8])> = payloads.iter().map(|p| (to, p.as_slice())).collect();
-        let mut send = SendBatch::default();
+        let mut send = SendBatch::new(gso_supported(tx.as_raw_fd()));
         assert_eq!(send.send(tx.as_raw_fd(), items.into_iter()).unwrap(), 10);
+        // Sizes all differ and grow, so nothing coalesces.
+        assert_eq!(send.last_messages(), 10);
         let mut batch = RecvBatch::new(4, 2048);
         let mut got = Vec::new();
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -236,5 +400,104 @@ mod tests {
         let (_, data, truncated) = batch.get(0).unwrap();
         assert!(truncated);
         assert_eq!(data.len(), 1500);
+    }
+
+    /// Reads datagrams one at a time until `count` arrived (or 5 s passed).
+    fn read_each(rx: &std::net::UdpSocket, count: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 70_000];
+        while out.len() < count {
+            match rx.recv_from(&mut buf) {
+                Ok((n, from)) => out.push((from, buf[..n].to_vec())),
+                Err(e) => panic!("after {} datagrams: {e}", out.len()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gso_coalesces_same_size_runs_and_the_peer_sees_the_original_datagrams() {
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        if !gso_supported(tx.as_raw_fd()) {
+            eprintln!("UDP GSO not supported by this kernel; coalescing not exercised");
+            return;
+        }
+        let rx_a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx_b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (a, b) = (rx_a.local_addr().unwrap(), rx_b.local_addr().unwrap());
+        // To a: five of 1200 then a short one (one message); a 1200 after the short one
+        // starts a new message. To b: three of 900 (one message). Back to a: one of 1200.
+        let mut plan: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+        for i in 0..5u8 {
+            plan.push((a, vec![i; 1200]));
+        }
+        plan.push((a, vec![50; 300]));
+        plan.push((a, vec![51; 1200]));
+        for i in 0..3u8 {
+            plan.push((b, vec![60 + i; 900]));
+        }
+        plan.push((a, vec![70; 1200]));
+        let mut send = SendBatch::new(true);
+        let items = plan.iter().map(|(to, d)| (*to, d.as_slice()));
+        assert_eq!(send.send(tx.as_raw_fd(), items).unwrap(), plan.len());
+        assert!(send.gso());
+        // Messages: [a: 5 x 1200 + 300] [a: 1200] [b: 3 x 900] [a: 1200].
+        assert_eq!(send.last_messages(), 4);
+        assert_eq!(send.last_coalesced(), (2, 9));
+        let got_a: Vec<Vec<u8>> = read_each(&rx_a, 8).into_iter().map(|(_, d)| d).collect();
+        let want_a: Vec<Vec<u8>> = plan
+            .iter()
+            .filter(|(to, _)| *to == a)
+            .map(|(_, d)| d.clone())
+            .collect();
+        assert_eq!(got_a, want_a);
+        let got_b: Vec<Vec<u8>> = read_each(&rx_b, 3).into_iter().map(|(_, d)| d).collect();
+        assert_eq!(got_b, vec![vec![60; 900], vec![61; 900], vec![62; 900]]);
+    }
+
+    #[test]
+    fn gso_groups_respect_the_segment_and_byte_limits() {
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        if !gso_supported(tx.as_raw_fd()) {
+            eprintln!("UDP GSO not supported by this kernel; limits not exercised");
+            return;
+        }
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        // 100 small datagrams: split at GSO_MAX_SEGMENTS.
+        let small: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 100]).collect();
+        let mut send = SendBatch::new(true);
+        let n = send
+            .send(tx.as_raw_fd(), small.iter().map(|d| (to, d.as_slice())))
+            .unwrap();
+        assert_eq!((n, send.last_messages()), (100, 2));
+        let got: Vec<Vec<u8>> = read_each(&rx, 100).into_iter().map(|(_, d)| d).collect();
+        assert_eq!(got, small);
+        // 60 of 1400 B = 84,000 B: split at GSO_MAX_BYTES (46 fit in 65,000).
+        let big: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; 1400]).collect();
+        let n = send
+            .send(tx.as_raw_fd(), big.iter().map(|d| (to, d.as_slice())))
+            .unwrap();
+        assert_eq!((n, send.last_messages()), (60, 2));
+        let got: Vec<Vec<u8>> = read_each(&rx, 60).into_iter().map(|(_, d)| d).collect();
+        assert_eq!(got, big);
+    }
+
+    #[test]
+    fn without_gso_every_datagram_is_its_own_message() {
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let same: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 500]).collect();
+        let mut send = SendBatch::new(false);
+        let n = send
+            .send(tx.as_raw_fd(), same.iter().map(|d| (to, d.as_slice())))
+            .unwrap();
+        assert_eq!((n, send.last_messages()), (8, 8));
+        assert_eq!(send.last_coalesced(), (0, 0));
+        let got: Vec<Vec<u8>> = read_each(&rx, 8).into_iter().map(|(_, d)| d).collect();
+        assert_eq!(got, same);
     }
 }

@@ -431,3 +431,72 @@ fn receive_delay_is_sampled_from_kernel_timestamps() {
     let q = queues[0].expect("the shard socket is listed in /proc/net/udp");
     assert_eq!(q.drops, 0, "{q:?}");
 }
+
+/// Echoes one 200 KB message (a reply of ~150 full-size QUIC packets) and returns the
+/// engine's GSO counters (sends, datagrams) and datagrams sent.
+fn gso_counters_after_a_large_echo(gso: bool) -> (u64, u64, u64) {
+    let mut cfg = EngineConfig::loopback(1);
+    cfg.transport.gso = gso;
+    cfg.max_message_size = 256 * 1024;
+    let engine = Engine::start(cfg).expect("engine starts");
+    let me = Identity::generate().unwrap();
+    let mut client = Client::connect(engine.local_addr(), &me, ClientConfig::default())
+        .expect("client connects");
+    let node = client.node_id();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    client.send(node, payload.clone()).unwrap();
+    client.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no echo of the large message");
+        match client.recv(Duration::from_millis(50)).unwrap() {
+            Some(Delivery::Message { payload: got, .. }) => {
+                assert_eq!(got, payload);
+                break;
+            }
+            Some(Delivery::Error(e)) => panic!("error record: {e:?}"),
+            None => {}
+        }
+    }
+    let s = engine.stats();
+    (s.gso_sends, s.gso_datagrams, s.datagrams_out)
+}
+
+#[test]
+fn large_replies_leave_in_gso_sends_unless_turned_off() {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let supported = {
+        use std::os::fd::AsRawFd;
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: v and len are valid for writes of the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                probe.as_raw_fd(),
+                libc::SOL_UDP,
+                103, // UDP_SEGMENT
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        rc == 0
+    };
+    let (sends, datagrams, out) = gso_counters_after_a_large_echo(true);
+    if supported {
+        assert!(sends > 0, "no GSO send among {out} datagrams");
+        // Each GSO send carries at least two datagrams, all counted in datagrams_out.
+        assert!(
+            datagrams >= 2 * sends && datagrams <= out,
+            "{sends} {datagrams} {out}"
+        );
+        assert!(
+            datagrams * 2 > out,
+            "most of the reply coalesced: {datagrams} of {out}"
+        );
+    } else {
+        assert_eq!((sends, datagrams), (0, 0));
+    }
+    let (sends, datagrams, out) = gso_counters_after_a_large_echo(false);
+    assert_eq!((sends, datagrams), (0, 0), "GSO off, {out} datagrams");
+    assert!(out > 100, "{out}");
+}

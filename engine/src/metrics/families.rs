@@ -44,6 +44,7 @@
 //! | `engine_error_records_dropped_total` | counter | |
 //! | `engine_handshake_budget_drops_total` | counter | |
 //! | `engine_udp_calls_total` | counter | `direction` = in, out |
+//! | `engine_udp_gso_total` | counter | `unit` = sends, datagrams |
 //! | `engine_truncated_datagrams_total` | counter | |
 //! | `engine_messages_total` | counter | `direction`, `outcome`, `reason` (see below) |
 //! | `engine_shard_messages_total` | counter | `shard`, `direction`, `outcome` |
@@ -410,6 +411,18 @@ pub static METRICS: &[MetricDef] = &[
         read: Read::Values(|s, out| {
             out.int(&["in"], s.totals.receive_calls);
             out.int(&["out"], s.totals.send_calls);
+        }),
+    },
+    MetricDef {
+        name: "engine_udp_gso_total",
+        help: "UDP GSO: unit=sends counts buffers the kernel cut into several datagrams \
+               (one pass through the network stack each), unit=datagrams the datagrams they \
+               carried (of engine_datagrams_total{direction=\"out\"}).",
+        kind: Kind::Counter,
+        labels: &["unit"],
+        read: Read::Values(|s, out| {
+            out.int(&["sends"], s.totals.gso_sends);
+            out.int(&["datagrams"], s.totals.gso_datagrams);
         }),
     },
     total!(

@@ -22,6 +22,10 @@ pub struct ShardStats {
     pub receive_calls: AtomicU64,
     /// Send system calls (and io_uring sends) that sent datagrams.
     pub send_calls: AtomicU64,
+    /// GSO sends: buffers the kernel cut into several datagrams (one pass through the stack).
+    pub gso_sends: AtomicU64,
+    /// Datagrams that left inside GSO sends (of `datagrams_out`).
+    pub gso_datagrams: AtomicU64,
     /// Datagrams dropped before QUIC saw them because they did not fit a receive slot.
     pub truncated_datagrams: AtomicU64,
     /// Datagrams whose connection ID names another shard (steering failure).
