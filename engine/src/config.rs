@@ -333,6 +333,9 @@ pub struct ConfigFile {
     /// [`PoolConfig::handshake_timeout`].
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub handshake_timeout: Option<Duration>,
+    /// [`PoolConfig::retry_threshold`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_threshold: Option<usize>,
     /// [`PoolConfig::max_handshakes`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_handshakes: Option<usize>,
@@ -416,6 +419,7 @@ impl ConfigFile {
         set(&mut e.pool.stall_timeout, &self.stall_timeout);
         set(&mut e.pool.handshake_timeout, &self.handshake_timeout);
         set(&mut e.pool.max_handshakes, &self.max_handshakes);
+        set(&mut e.pool.retry_threshold, &self.retry_threshold);
         if self.max_connections.is_some() {
             e.pool.max_connections = self.max_connections;
         }
@@ -460,6 +464,7 @@ impl From<&ServeConfig> for ConfigFile {
             stall_timeout: Some(e.pool.stall_timeout),
             handshake_timeout: Some(e.pool.handshake_timeout),
             max_handshakes: Some(e.pool.max_handshakes),
+            retry_threshold: Some(e.pool.retry_threshold),
             max_connections: e.pool.max_connections,
             reconnect_initial: Some(e.reconnect.initial),
             reconnect_max: Some(e.reconnect.max),

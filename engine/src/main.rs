@@ -152,6 +152,11 @@ struct ServeArgs {
     /// without state (counted in engine_handshake_budget_drops_total).
     #[arg(long, env = "ENGINE_MAX_HANDSHAKES")]
     max_handshakes: Option<usize>,
+    /// Answer a new peer's first Initial with a QUIC Retry (stateless address validation,
+    /// one extra round trip) while at least this many handshakes are in progress on its
+    /// shard, so floods from spoofed addresses create no state. 0 = always.
+    #[arg(long, env = "ENGINE_RETRY_THRESHOLD")]
+    retry_threshold: Option<usize>,
     /// QUIC connection and stream receive window in bytes: how much a peer may have in
     /// flight towards this node. Bounds the standing queue in front of a saturated node
     /// (connections x window); raise it for paths with a large bandwidth-delay product.
@@ -193,6 +198,7 @@ impl ServeArgs {
             stall_timeout: self.stall_timeout,
             handshake_timeout: self.handshake_timeout,
             max_handshakes: self.max_handshakes,
+            retry_threshold: self.retry_threshold,
             max_connections: self.max_connections,
             reconnect_initial: self.reconnect_initial,
             reconnect_max: self.reconnect_max,

@@ -26,6 +26,14 @@ pub struct EngineStats {
     pub misrouted: u64,
     /// Datagrams for no known connection.
     pub unknown_datagrams: u64,
+    /// Datagrams whose QUIC header did not parse.
+    pub unparsable_datagrams: u64,
+    /// Retry packets sent (address validation demanded).
+    pub retries_sent: u64,
+    /// Initials whose Retry token checked out.
+    pub address_validated: u64,
+    /// Initials dropped for a bad, foreign or expired token.
+    pub invalid_tokens: u64,
     /// New-connection datagrams dropped unanswered: under 1200 bytes or a short DCID.
     pub rejected_initials: u64,
     /// Connections closed because their handshakes did not finish in time.
@@ -102,6 +110,10 @@ impl EngineStats {
             t.truncated_datagrams += r(&s.truncated_datagrams);
             t.misrouted += r(&s.misrouted);
             t.unknown_datagrams += r(&s.unknown_datagrams);
+            t.unparsable_datagrams += r(&s.unparsable_datagrams);
+            t.retries_sent += r(&s.retries_sent);
+            t.address_validated += r(&s.address_validated);
+            t.invalid_tokens += r(&s.invalid_tokens);
             t.rejected_initials += r(&s.rejected_initials);
             t.handshake_timeouts += r(&s.handshake_timeouts);
             t.error_records_dropped += r(&s.error_records_dropped);

@@ -74,6 +74,7 @@ fn open_pair() -> (Session, Session, TlsFiles) {
             &mut scfg,
             &server_id,
             &new_cid(0, &mut rng),
+            None,
             server_addr,
             client_addr,
             now,

@@ -220,17 +220,21 @@ impl Session {
         Self::new(conn, Role::Initiator, identity, true, now)
     }
 
-    /// Starts a session as the accepting side (QUIC server, Noise responder).
+    /// Starts a session as the accepting side (QUIC server, Noise responder). `odcid` is
+    /// the peer's original destination connection ID when its address was validated with a
+    /// Retry (then `scid` is the connection ID the Retry gave it).
     pub fn accept(
         config: &mut quiche::Config,
         identity: &Identity,
         scid: &[u8],
+        odcid: Option<&[u8]>,
         local: SocketAddr,
         peer: SocketAddr,
         now: Instant,
     ) -> Result<Session, SessionError> {
         let scid = quiche::ConnectionId::from_ref(scid);
-        let conn = quiche::accept(&scid, None, local, peer, config)?;
+        let odcid = odcid.map(quiche::ConnectionId::from_ref);
+        let conn = quiche::accept(&scid, odcid.as_ref(), local, peer, config)?;
         Self::new(conn, Role::Responder, identity, false, now)
     }
 
@@ -744,7 +748,8 @@ mod tests {
         let cid = Identity::generate().unwrap();
         let sid = Identity::generate().unwrap();
         let mut client = Session::connect(&mut ccfg, &cid, &[1; 16], CLIENT, SERVER, now).unwrap();
-        let mut server = Session::accept(&mut scfg, &sid, &[2; 16], SERVER, CLIENT, now).unwrap();
+        let mut server =
+            Session::accept(&mut scfg, &sid, &[2; 16], None, SERVER, CLIENT, now).unwrap();
         for _ in 0..16 {
             pump(&mut client, &mut server);
             if client.is_open() && server.is_open() {

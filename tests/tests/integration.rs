@@ -4,6 +4,7 @@
 //! `cargo test -- --ignored` (see the README's Testing section).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attack;
 mod common;
 mod data_path;
 mod pool;

@@ -39,6 +39,8 @@
 //! | `engine_datagrams_total` | counter | `direction` = in, out |
 //! | `engine_misrouted_datagrams_total` | counter | |
 //! | `engine_unknown_datagrams_total` | counter | |
+//! | `engine_unparsable_datagrams_total` | counter | |
+//! | `engine_address_validation_total` | counter | `outcome` = retry_sent, validated, invalid_token |
 //! | `engine_rejected_initials_total` | counter | |
 //! | `engine_handshake_timeouts_total` | counter | |
 //! | `engine_error_records_dropped_total` | counter | |
@@ -295,7 +297,7 @@ pub static METRICS: &[MetricDef] = &[
     },
     MetricDef {
         name: "engine_connections_opened_total",
-        help: "Connections established, by origin (origin=accepted: a peer connected to us; origin=dialed: we connected out).",
+        help: "Connections established, by origin (origin=accepted: a peer connected to us, authenticated, and found a place under --max-connections; origin=dialed: we connected out).",
         kind: Kind::Counter,
         labels: &["origin"],
         read: Read::Values(|s, out| {
@@ -378,6 +380,27 @@ pub static METRICS: &[MetricDef] = &[
         "Datagrams for no known connection that were not a new Initial.",
         unknown_datagrams
     ),
+    total!(
+        "engine_unparsable_datagrams_total",
+        Counter,
+        "Datagrams dropped because their QUIC header did not parse.",
+        unparsable_datagrams
+    ),
+    MetricDef {
+        name: "engine_address_validation_total",
+        help: "QUIC Retry address validation: outcome=retry_sent: a new peer's Initial was \
+               answered with a Retry instead of state (more than --retry-threshold handshakes \
+               in progress); outcome=validated: an Initial's token checked out; \
+               outcome=invalid_token: an Initial was dropped for a malformed, forged, foreign \
+               or expired token.",
+        kind: Kind::Counter,
+        labels: &["outcome"],
+        read: Read::Values(|s, out| {
+            out.int(&["retry_sent"], s.totals.retries_sent);
+            out.int(&["validated"], s.totals.address_validated);
+            out.int(&["invalid_token"], s.totals.invalid_tokens);
+        }),
+    },
     total!(
         "engine_handshake_timeouts_total",
         Counter,

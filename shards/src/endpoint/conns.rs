@@ -51,7 +51,7 @@ pub(super) struct Conn {
     pub(super) scids: Vec<Vec<u8>>,
     pub(super) peer: Option<PeerId>,
     pub(super) finished: bool,
-    /// Over the connection cap: close with CONNECTION_LIMIT once QUIC is established.
+    /// Over the connection cap once authenticated: closing with CONNECTION_LIMIT.
     pub(super) refused: bool,
     /// Listed in `Endpoint::dirty` this turn.
     pub(super) dirty: bool,
@@ -255,11 +255,17 @@ impl ConnIndex {
 }
 
 impl Endpoint {
-    /// A new Initial from `from` for the unknown connection ID `odcid`: a server session
-    /// (refused over the connection cap once QUIC is up).
+    /// A new Initial from `from` for the unknown connection ID `odcid`: a server session.
+    /// It takes a place in the shard's handshake budget, not under the connection cap: the
+    /// cap counts authenticated peers only (checked when the Noise handshake completes).
+    ///
+    /// `validated` is the original destination connection ID a Retry token vouched for:
+    /// the peer has proven its address, and `odcid` (its Initial's destination) is the
+    /// connection ID the Retry gave it, which becomes this connection's own.
     pub(super) fn accept(
         &mut self,
         odcid: &[u8],
+        validated: Option<&[u8]>,
         from: SocketAddr,
         now: Instant,
     ) -> Option<ConnKey> {
@@ -268,14 +274,19 @@ impl Endpoint {
         }
         if self.handshaking >= self.cfg.pool.max_handshakes {
             inc(&self.stats().handshake_budget_drops);
+            self.note_junk(now);
             return None;
         }
         let server_cfg = self.server_cfg.as_mut()?;
-        let scid = cid::new_cid(self.cfg.index as u8, &mut self.rng);
+        let scid = match validated {
+            Some(_) => odcid.to_vec(),
+            None => cid::new_cid(self.cfg.index as u8, &mut self.rng).to_vec(),
+        };
         let session = match Session::accept(
             server_cfg,
             &self.cfg.identity,
             &scid,
+            validated,
             self.local_addr,
             from,
             now,
@@ -286,17 +297,12 @@ impl Endpoint {
                 return None;
             }
         };
-        inc(&self.stats().accepted);
-        let holds_slot = self.cfg.slots.try_acquire(self.cfg.pool.max_connections);
-        let key = self.insert_conn(session, scid.to_vec(), now);
-        if let Some(c) = self.conns.get_mut(key) {
-            c.holds_slot = holds_slot;
-            c.refused = !holds_slot;
+        let retried = validated.is_some();
+        let key = self.insert_conn(session, scid, now);
+        if !retried {
+            // Retransmits of the peer's first Initial still name its chosen DCID.
+            self.conns.add_cid(key, odcid.to_vec());
         }
-        if !holds_slot {
-            inc(&self.stats().refused);
-        }
-        self.conns.add_cid(key, odcid.to_vec());
         Some(key)
     }
 

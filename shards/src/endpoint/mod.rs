@@ -40,6 +40,7 @@ mod conns;
 mod drain;
 mod interface;
 mod pool;
+pub mod retry;
 mod routing;
 mod service;
 mod stats;
@@ -69,10 +70,10 @@ pub use interface::{
     App, Command, Delivery, Hop, PeerActivity, PeerDirectory, ShardConfig, ShardMsg,
 };
 pub use pool::{
-    ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, DEFAULT_STALL_TIMEOUT,
-    PoolConfig,
+    ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, DEFAULT_RETRY_THRESHOLD,
+    DEFAULT_STALL_TIMEOUT, PoolConfig,
 };
-pub use stats::ShardStats;
+pub use stats::{JUNK_LOG_INTERVAL, ShardStats};
 
 /// Frames opened per session per turn, for fairness between connections.
 const FRAMES_PER_TURN: usize = 16;
@@ -128,6 +129,14 @@ pub struct Endpoint {
     self_id: PeerId,
     local_addr: SocketAddr,
     server_cfg: Option<quiche::Config>,
+    /// Mints and checks the address-validation tokens of Retry packets.
+    retry: retry::RetryTokens,
+    /// Rate-limits the warning about dropped datagrams during floods.
+    junk: stats::JunkLog,
+    /// Connections accepted without address validation in the current second (start, count):
+    /// junk Initials fail and are freed at once, so the handshakes in progress alone would
+    /// not show a flood that costs a TLS setup each.
+    unvalidated: (Instant, usize),
     client_cfg: quiche::Config,
     conns: ConnIndex,
     router: Router,
@@ -214,7 +223,12 @@ impl Endpoint {
         let client_cfg = session::client_config(&cfg.transport)
             .map_err(|e| EndpointError::Quic(e.to_string()))?;
         let self_id = cfg.identity.peer_id();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let retry = retry::RetryTokens::new(&mut rng, now);
         Ok(Endpoint {
+            retry,
+            junk: stats::JunkLog::new(now),
+            unvalidated: (now, 0),
             router: Router::new(self_id, cfg.index),
             pool: pool::Pool::new(cfg.reconnect),
             self_id,
@@ -242,7 +256,7 @@ impl Endpoint {
             hist: Histograms::new(),
             last_publish: now,
             activity_dirty: false,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             epoch: (now, wall),
             last_now: now,
             cfg,
@@ -339,7 +353,8 @@ impl Endpoint {
         let hdr = match quiche::Header::from_slice(pkt, CID_LEN) {
             Ok(h) => h,
             Err(_) => {
-                inc(&self.stats().unknown_datagrams);
+                inc(&self.stats().unparsable_datagrams);
+                self.note_junk(now);
                 return;
             }
         };
@@ -352,6 +367,7 @@ impl Endpoint {
                         inc(&self.stats().misrouted);
                     }
                     inc(&self.stats().unknown_datagrams);
+                    self.note_junk(now);
                     return;
                 }
                 // RFC 9000 14.1 and 7.2: a client's first datagram is at least 1200 bytes
@@ -359,6 +375,7 @@ impl Endpoint {
                 // small spoofed datagrams cannot be amplified or fill the table.
                 if pkt.len() < MIN_INITIAL_DATAGRAM || dcid.len() < MIN_INITIAL_DCID {
                     inc(&self.stats().rejected_initials);
+                    self.note_junk(now);
                     return;
                 }
                 if !quiche::version_is_supported(hdr.version) {
@@ -373,7 +390,32 @@ impl Endpoint {
                     }
                     return;
                 }
-                match self.accept(&dcid, from, now) {
+                let token = hdr.token.as_deref().unwrap_or_default();
+                let odcid = if !token.is_empty() {
+                    // The peer echoes a Retry token: it receives at `from`.
+                    match self.retry.validate(now, token, from, &dcid) {
+                        Ok(odcid) => {
+                            inc(&self.stats().address_validated);
+                            Some(odcid)
+                        }
+                        Err(e) => {
+                            inc(&self.stats().invalid_tokens);
+                            tracing::trace!("Initial from {from} dropped: {e}");
+                            self.note_junk(now);
+                            return;
+                        }
+                    }
+                } else if self.draining.is_none() && self.retry_pressure(now) {
+                    self.send_retry(now, from, &hdr);
+                    self.note_junk(now);
+                    return;
+                } else {
+                    None
+                };
+                if odcid.is_none() {
+                    self.unvalidated.1 += 1;
+                }
+                match self.accept(&dcid, odcid.as_deref(), from, now) {
                     Some(k) => k,
                     None => return,
                 }
@@ -399,6 +441,49 @@ impl Endpoint {
             .is_some_and(|c| c.session.accepted_bytes() > accepted_before);
         if (credit || self.room_freed) && (!self.blocked.is_empty() || !self.waiting.is_empty()) {
             self.retry_blocked(now);
+        }
+    }
+
+    /// Whether a new peer must validate its address first: at least `retry_threshold`
+    /// handshakes are in progress, or were started without validation in the last second.
+    fn retry_pressure(&mut self, now: Instant) -> bool {
+        let (start, count) = &mut self.unvalidated;
+        if now.saturating_duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *count = 0;
+        }
+        let threshold = self.cfg.pool.retry_threshold;
+        self.handshaking >= threshold || *count >= threshold
+    }
+
+    /// Answers a new peer's Initial with a Retry naming a fresh connection ID of this shard
+    /// and a token bound to `from` (RFC 9000 8.1.2). No state is kept.
+    fn send_retry(&mut self, now: Instant, from: SocketAddr, hdr: &quiche::Header<'_>) {
+        let new_cid = cid::new_cid(self.cfg.index as u8, &mut self.rng);
+        let token = self.retry.mint(now, from, hdr.dcid.as_ref(), &new_cid);
+        let new_cid = quiche::ConnectionId::from_ref(&new_cid);
+        let mut out = self.spare.pop().unwrap_or_default();
+        out.resize(1500, 0);
+        match quiche::retry(
+            &hdr.scid,
+            &hdr.dcid,
+            &new_cid,
+            &token,
+            hdr.version,
+            &mut out,
+        ) {
+            Ok(n) => {
+                out.truncate(n);
+                inc(&self.stats().retries_sent);
+                self.outbox.push_back(Transmit {
+                    to: from,
+                    data: out,
+                });
+            }
+            Err(e) => {
+                tracing::debug!("no Retry for {from}: {e}");
+                self.spare.push(out);
+            }
         }
     }
 
@@ -474,6 +559,7 @@ impl Endpoint {
     /// keep-alive, TTL, stall detection, reconnection backoff, publication).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
+        self.note_junk(now);
         let mut keys: Vec<ConnKey> = std::mem::take(&mut self.resume);
         let mut redials = Vec::new();
         for k in self.timers.expired(now) {

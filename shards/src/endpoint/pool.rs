@@ -42,6 +42,12 @@ pub struct PoolConfig {
     /// yet authenticated). A new peer's Initial beyond it is dropped without state and
     /// counted, so a flood of handshakes that never finish cannot grow memory without bound.
     pub max_handshakes: usize,
+    /// While at least this many handshakes are in progress on a shard, or this many were
+    /// started without address validation in the last second, a new peer's first Initial is
+    /// answered with a QUIC Retry (stateless address validation) instead of a connection:
+    /// floods from spoofed addresses then cost neither state nor a TLS setup each.
+    /// 0 = always validate.
+    pub retry_threshold: usize,
 }
 
 /// Default [`PoolConfig::stall_timeout`].
@@ -50,6 +56,9 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default [`PoolConfig::max_handshakes`].
 pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// Default [`PoolConfig::retry_threshold`]: far above what a node's peers reconnecting at
+/// once keep in progress, far below the handshake budget.
+pub const DEFAULT_RETRY_THRESHOLD: usize = 64;
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -60,6 +69,7 @@ impl Default for PoolConfig {
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            retry_threshold: DEFAULT_RETRY_THRESHOLD,
         }
     }
 }

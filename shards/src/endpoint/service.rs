@@ -19,15 +19,9 @@ use super::{Endpoint, FRAMES_PER_TURN, MAX_SESSION_BACKLOG, Transmit};
 impl Endpoint {
     /// Reads and routes what a session has for us, as far as destinations have room.
     pub(super) fn service(&mut self, key: ConnKey, now: Instant) {
-        if let Some(c) = self.conns.get_mut(key) {
-            if c.refused && c.session.quic().is_established() && !c.session.is_closing() {
-                c.session
-                    .close(close_code::CONNECTION_LIMIT, "connection limit reached");
-                return;
-            }
-            if c.refused {
-                return;
-            }
+        // Refused over the cap (and closing): nothing it sent is read.
+        if self.conns.get(key).is_some_and(|c| c.refused) {
+            return;
         }
         // Handshake completion.
         let ready = self.conns.get_mut(key).and_then(|c| c.session.take_ready());
@@ -114,10 +108,24 @@ impl Endpoint {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        c.peer = Some(peer);
         if std::mem::take(&mut c.handshaking) {
             self.handshaking = self.handshaking.saturating_sub(1);
         }
+        // An accepted peer is counted against the connection cap now that it has proven
+        // who it is (dialed connections took their place when they were dialed).
+        if c.outbound.is_none() && !c.holds_slot {
+            if self.cfg.slots.try_acquire(self.cfg.pool.max_connections) {
+                c.holds_slot = true;
+                inc(&self.cfg.stats.accepted);
+            } else {
+                c.refused = true;
+                inc(&self.cfg.stats.refused);
+                c.session
+                    .close(close_code::CONNECTION_LIMIT, "connection limit reached");
+                return;
+            }
+        }
+        c.peer = Some(peer);
         let addr = c.session.peer_addr().unwrap_or(self.local_addr);
         let outbound = c.session.is_client();
         let pool_addr = c.outbound;

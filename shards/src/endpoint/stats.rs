@@ -32,10 +32,20 @@ pub struct ShardStats {
     pub misrouted: AtomicU64,
     /// Datagrams for no known connection that were not a new Initial.
     pub unknown_datagrams: AtomicU64,
+    /// Datagrams whose QUIC header did not parse.
+    pub unparsable_datagrams: AtomicU64,
     /// Long-header datagrams for no known connection dropped before any state or answer
     /// (Version Negotiation included): under 1200 bytes, or a DCID under 8 bytes.
     pub rejected_initials: AtomicU64,
-    /// Connections accepted.
+    /// Retry packets sent: a new peer was asked to prove its address before any state.
+    pub retries_sent: AtomicU64,
+    /// Initials whose Retry token checked out (the peer's address is validated).
+    pub address_validated: AtomicU64,
+    /// Initials dropped because their token was malformed, forged, for another address or
+    /// connection ID, or expired.
+    pub invalid_tokens: AtomicU64,
+    /// Peers accepted: inbound connections whose QUIC and Noise handshakes completed and
+    /// that found a place under the connection cap.
     pub accepted: AtomicU64,
     /// Connections dialed.
     pub dialed: AtomicU64,
@@ -148,5 +158,100 @@ impl Endpoint {
     /// When the next publication is due: only while something changed since the last.
     pub(super) fn publish_deadline(&self) -> Option<Instant> {
         (!self.hist.is_empty() || self.activity_dirty).then(|| self.last_publish + PUBLISH_PERIOD)
+    }
+}
+
+/// How often at most a shard warns about datagrams it dropped.
+pub const JUNK_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The drop counters a flood moves, by name, as the warning lists them.
+fn junk_counters(s: &ShardStats) -> [(&'static str, u64); 8] {
+    let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    [
+        ("unparsable", r(&s.unparsable_datagrams)),
+        ("unknown_connection", r(&s.unknown_datagrams)),
+        ("misrouted", r(&s.misrouted)),
+        ("short_initial", r(&s.rejected_initials)),
+        ("handshake_budget", r(&s.handshake_budget_drops)),
+        ("invalid_token", r(&s.invalid_tokens)),
+        ("truncated", r(&s.truncated_datagrams)),
+        ("retry_sent", r(&s.retries_sent)),
+    ]
+}
+
+/// At most one warning per [`JUNK_LOG_INTERVAL`] naming what was dropped since the last,
+/// so a flood is visible in the log without the log becoming the flood.
+pub(super) struct JunkLog {
+    next: Instant,
+    seen: [u64; 8],
+}
+
+impl JunkLog {
+    pub(super) fn new(now: Instant) -> Self {
+        JunkLog {
+            next: now,
+            seen: [0; 8],
+        }
+    }
+
+    /// The warning due at `now`, if the interval has passed and anything moved.
+    pub(super) fn due(&mut self, now: Instant, stats: &ShardStats) -> Option<String> {
+        if now < self.next {
+            return None;
+        }
+        let counts = junk_counters(stats);
+        let mut parts = Vec::new();
+        for ((name, n), seen) in counts.iter().zip(self.seen.iter_mut()) {
+            let delta = n.saturating_sub(*seen);
+            *seen = *n;
+            if delta > 0 {
+                parts.push(format!("{name}={delta}"));
+            }
+        }
+        if parts.is_empty() {
+            return None;
+        }
+        self.next = now + JUNK_LOG_INTERVAL;
+        Some(parts.join(" "))
+    }
+}
+
+impl Endpoint {
+    /// Something was dropped (or a Retry sent): warn if the rate limit allows.
+    pub(super) fn note_junk(&mut self, now: Instant) {
+        if let Some(line) = self.junk.due(now, &self.cfg.stats) {
+            tracing::warn!(
+                shard = self.cfg.index,
+                "datagrams dropped unanswered or answered with a Retry since the last report: {line}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_junk_warning_is_rate_limited_and_names_what_moved() {
+        let s = ShardStats::default();
+        let t0 = Instant::now();
+        let mut log = JunkLog::new(t0);
+        assert_eq!(log.due(t0, &s), None, "nothing dropped yet");
+        inc(&s.rejected_initials);
+        assert_eq!(log.due(t0, &s).as_deref(), Some("short_initial=1"));
+        for _ in 0..500 {
+            inc(&s.rejected_initials);
+            inc(&s.invalid_tokens);
+        }
+        // Within the interval: silent, however much arrives.
+        assert_eq!(log.due(t0 + Duration::from_secs(9), &s), None);
+        inc(&s.unparsable_datagrams);
+        assert_eq!(
+            log.due(t0 + JUNK_LOG_INTERVAL, &s).as_deref(),
+            Some("unparsable=1 short_initial=500 invalid_token=500")
+        );
+        // Quiet afterwards: no warning even when the interval has passed.
+        assert_eq!(log.due(t0 + 3 * JUNK_LOG_INTERVAL, &s), None);
     }
 }
