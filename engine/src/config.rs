@@ -333,6 +333,9 @@ pub struct ConfigFile {
     /// [`PoolConfig::handshake_timeout`].
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub handshake_timeout: Option<Duration>,
+    /// [`PoolConfig::frame_timeout`].
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    pub frame_timeout: Option<Duration>,
     /// [`PoolConfig::retry_threshold`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_threshold: Option<usize>,
@@ -418,6 +421,7 @@ impl ConfigFile {
         set(&mut e.pool.ttl, &self.pool_ttl);
         set(&mut e.pool.stall_timeout, &self.stall_timeout);
         set(&mut e.pool.handshake_timeout, &self.handshake_timeout);
+        set(&mut e.pool.frame_timeout, &self.frame_timeout);
         set(&mut e.pool.max_handshakes, &self.max_handshakes);
         set(&mut e.pool.retry_threshold, &self.retry_threshold);
         if self.max_connections.is_some() {
@@ -463,6 +467,7 @@ impl From<&ServeConfig> for ConfigFile {
             pool_ttl: Some(e.pool.ttl),
             stall_timeout: Some(e.pool.stall_timeout),
             handshake_timeout: Some(e.pool.handshake_timeout),
+            frame_timeout: Some(e.pool.frame_timeout),
             max_handshakes: Some(e.pool.max_handshakes),
             retry_threshold: Some(e.pool.retry_threshold),
             max_connections: e.pool.max_connections,
@@ -489,6 +494,7 @@ pub fn keys_for_field(field: &str) -> &'static [&'static str] {
         "pool.keepalive" => &["keepalive", "idle_timeout"],
         "pool.stall_timeout" => &["stall_timeout"],
         "pool.handshake_timeout" => &["handshake_timeout"],
+        "pool.frame_timeout" => &["frame_timeout"],
         "pool.max_handshakes" => &["max_handshakes"],
         "pool.max_connections" => &["max_connections"],
         "reconnect" => &[
@@ -811,6 +817,7 @@ mod tests {
             "pool.keepalive",
             "pool.stall_timeout",
             "pool.handshake_timeout",
+            "pool.frame_timeout",
             "pool.max_handshakes",
             "pool.max_connections",
             "reconnect",

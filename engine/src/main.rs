@@ -148,6 +148,10 @@ struct ServeArgs {
     /// after it was opened (code HANDSHAKE_FAILED), freeing its slot under the connection cap.
     #[arg(long, env = "ENGINE_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
     handshake_timeout: Option<Duration>,
+    /// Close a connection (code PROTOCOL_VIOLATION) whose sealed frame is still incomplete
+    /// this long after its first bytes arrived, so no peer holds a partial frame buffer open.
+    #[arg(long, env = "ENGINE_FRAME_TIMEOUT", value_parser = parse_duration)]
+    frame_timeout: Option<Duration>,
     /// Most handshakes in progress per shard; a new peer's Initial beyond it is dropped
     /// without state (counted in engine_handshake_budget_drops_total).
     #[arg(long, env = "ENGINE_MAX_HANDSHAKES")]
@@ -197,6 +201,7 @@ impl ServeArgs {
             pool_ttl: self.pool_ttl,
             stall_timeout: self.stall_timeout,
             handshake_timeout: self.handshake_timeout,
+            frame_timeout: self.frame_timeout,
             max_handshakes: self.max_handshakes,
             retry_threshold: self.retry_threshold,
             max_connections: self.max_connections,

@@ -38,6 +38,8 @@ pub struct EngineStats {
     pub rejected_initials: u64,
     /// Connections closed because their handshakes did not finish in time.
     pub handshake_timeouts: u64,
+    /// Connections closed because a sealed frame stayed incomplete too long.
+    pub frame_timeouts: u64,
     /// Error records not sent because their sender's queue was at twice its capacity.
     pub error_records_dropped: u64,
     /// New peers' Initials dropped because a shard's handshake budget was full.
@@ -116,6 +118,7 @@ impl EngineStats {
             t.invalid_tokens += r(&s.invalid_tokens);
             t.rejected_initials += r(&s.rejected_initials);
             t.handshake_timeouts += r(&s.handshake_timeouts);
+            t.frame_timeouts += r(&s.frame_timeouts);
             t.error_records_dropped += r(&s.error_records_dropped);
             t.handshake_budget_drops += r(&s.handshake_budget_drops);
             t.accepted += r(&s.accepted);

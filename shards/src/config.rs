@@ -201,13 +201,14 @@ impl TransportConfig {
 
 impl PoolConfig {
     /// Checks the pool policy on its own: non-zero `ttl`, `keepalive`, `stall_timeout` and
-    /// `handshake_timeout`,
+    /// `handshake_timeout`, `frame_timeout`,
     /// and a `max_connections` cap, if any, of at least 1.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_nonzero("pool.ttl", self.ttl)?;
         check_nonzero("pool.keepalive", self.keepalive)?;
         check_nonzero("pool.stall_timeout", self.stall_timeout)?;
         check_nonzero("pool.handshake_timeout", self.handshake_timeout)?;
+        check_nonzero("pool.frame_timeout", self.frame_timeout)?;
         check_range(
             "pool.max_handshakes",
             as_u64(self.max_handshakes),

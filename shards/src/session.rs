@@ -620,6 +620,21 @@ impl Session {
         Ok(frames)
     }
 
+    /// Whether part of a sealed frame is buffered and the rest has not arrived: the frame
+    /// deadline runs while this holds (a complete frame waiting for room does not count).
+    pub fn awaiting_frame_bytes(&self) -> bool {
+        if self.rx.is_empty() || !self.is_open() {
+            return false;
+        }
+        if self.rx.len() < seal::HEADER_LEN {
+            return true;
+        }
+        match seal::frame_len(frame_header(&self.rx)) {
+            Ok(len) => self.rx.len() < seal::HEADER_LEN + len,
+            Err(_) => false,
+        }
+    }
+
     /// Ends this side of the session stream once every queued frame is in the stream.
     /// After it no more batches can be sent; the session closes when both sides finished.
     pub fn finish(&mut self) {

@@ -306,3 +306,100 @@ fn connection_churn_leaves_no_state_behind() {
     let grown = e.rss().saturating_sub(rss0);
     assert!(grown < RSS_BOUND, "RSS grew {grown} bytes");
 }
+
+/// Soak: ten minutes of steady echo load with connection churn and junk Initials beside it.
+/// The engine's RSS, sampled every 30 s after a minute of warm-up, must stay flat (within
+/// 32 MiB), and a real peer must be served at the end. Not in the slow tier (it takes 10
+/// minutes); run it with `cargo test --workspace --locked --test integration soak -- --ignored`, or
+/// `SOAK_SECS=120` for a shorter one.
+#[test]
+#[ignore = "soak: 10 minutes; run explicitly (see the README's Testing section)"]
+fn soak_churn_and_load_keep_memory_flat() {
+    let secs: u64 = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let e = Served::start(&[]);
+    e.served(1).expect("served");
+    let target = e.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Steady load: 4 clients echoing ~500 messages/s each, reconnecting every 20 s.
+    let mut workers = Vec::new();
+    for w in 0..4u64 {
+        let stop = stop.clone();
+        workers.push(std::thread::spawn(move || -> Result<u64, String> {
+            let mut done = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = Identity::generate().map_err(|e| e.to_string())?;
+                let mut c = Client::connect(target, &id, ClientConfig::default())
+                    .map_err(|e| e.to_string())?;
+                let node = c.node_id();
+                let until = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for i in 0..50 {
+                        c.send_with_seq(node, i, vec![w as u8; 64])
+                            .map_err(|e| e.to_string())?;
+                    }
+                    c.flush().map_err(|e| e.to_string())?;
+                    let mut got = 0;
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while got < 50 && Instant::now() < deadline {
+                        if let Some(Delivery::Message { .. }) = c
+                            .recv(Duration::from_millis(20))
+                            .map_err(|e| e.to_string())?
+                        {
+                            got += 1;
+                        }
+                    }
+                    if got < 50 {
+                        return Err(format!("worker {w}: {got} of 50 echoes"));
+                    }
+                    done += 50;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = c.close(Duration::from_secs(2));
+            }
+            Ok(done)
+        }));
+    }
+    // Churn and junk beside it.
+    let churn_stop = stop.clone();
+    let churn = std::thread::spawn(move || {
+        let mut i = 0u32;
+        while !churn_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(id) = Identity::generate()
+                && let Ok(mut c) = Client::connect(target, &id, ClientConfig::default())
+            {
+                c.abort();
+            }
+            flood_junk_initials(target, 200, 2);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        i
+    });
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while start.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(30).min(Duration::from_secs(secs / 4 + 1)));
+        if start.elapsed() >= Duration::from_secs(60.min(secs / 4)) {
+            samples.push(e.rss());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        let done = w.join().unwrap().expect("a load worker failed");
+        assert!(done > 0);
+    }
+    assert!(churn.join().unwrap() > 0);
+    e.served(5).expect("served after the soak");
+    let (lo, hi) = (
+        samples.iter().copied().min().unwrap_or(0),
+        samples.iter().copied().max().unwrap_or(0),
+    );
+    assert!(samples.len() >= 2, "{samples:?}");
+    assert!(
+        hi - lo < 32 * 1024 * 1024,
+        "RSS not flat: {lo}..{hi} bytes over {samples:?}"
+    );
+}

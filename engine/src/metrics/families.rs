@@ -43,6 +43,7 @@
 //! | `engine_address_validation_total` | counter | `outcome` = retry_sent, validated, invalid_token |
 //! | `engine_rejected_initials_total` | counter | |
 //! | `engine_handshake_timeouts_total` | counter | |
+//! | `engine_frame_timeouts_total` | counter | |
 //! | `engine_error_records_dropped_total` | counter | |
 //! | `engine_handshake_budget_drops_total` | counter | |
 //! | `engine_udp_calls_total` | counter | `direction` = in, out |
@@ -406,6 +407,12 @@ pub static METRICS: &[MetricDef] = &[
         Counter,
         "Connections closed (HANDSHAKE_FAILED) because their QUIC and Noise handshakes did not finish within the handshake timeout; also counted in engine_handshake_failures_total.",
         handshake_timeouts
+    ),
+    total!(
+        "engine_frame_timeouts_total",
+        Counter,
+        "Connections closed (PROTOCOL_VIOLATION) because a sealed frame was still incomplete --frame-timeout after its first bytes arrived; also counted in engine_protocol_errors_total.",
+        frame_timeouts
     ),
     total!(
         "engine_error_records_dropped_total",

@@ -76,6 +76,8 @@ pub(super) struct Conn {
     pub(super) outbound: Option<SocketAddr>,
     /// Whether this connection holds a slot of the connection cap.
     pub(super) holds_slot: bool,
+    /// Since when part of a sealed frame from the peer is buffered, waiting for the rest.
+    pub(super) partial_since: Option<Instant>,
     /// When a keep-alive PING was last sent.
     pub(super) last_ping: Instant,
     /// Traffic counters published to the peer index each period.
@@ -127,6 +129,14 @@ impl Conn {
         Some(self.opened_at + pool.handshake_timeout)
     }
 
+    /// When this connection is closed if the sealed frame it is sending stays incomplete.
+    pub(super) fn frame_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
+        if self.session.is_closing() {
+            return None;
+        }
+        self.partial_since.map(|t| t + pool.frame_timeout)
+    }
+
     /// When the stall detector closes this connection if the peer still takes nothing.
     pub(super) fn stall_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
         if self.peer.is_none() || self.session.is_closing() || !self.output_waiting() {
@@ -148,6 +158,7 @@ impl Conn {
             self.pool_deadline(pool),
             self.stall_deadline(pool),
             self.handshake_deadline(pool),
+            self.frame_deadline(pool),
         ]
         .into_iter()
         .flatten()
@@ -328,6 +339,7 @@ impl Endpoint {
             sealed: VecDeque::new(),
             outbound: None,
             holds_slot: false,
+            partial_since: None,
             last_ping: now,
             activity: PeerActivity::default(),
             last_activity: now,

@@ -70,8 +70,8 @@ pub use interface::{
     App, Command, Delivery, Hop, PeerActivity, PeerDirectory, ShardConfig, ShardMsg,
 };
 pub use pool::{
-    ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, DEFAULT_RETRY_THRESHOLD,
-    DEFAULT_STALL_TIMEOUT, PoolConfig,
+    ConnectionSlots, DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_RETRY_THRESHOLD, DEFAULT_STALL_TIMEOUT, PoolConfig,
 };
 pub use stats::{JUNK_LOG_INTERVAL, ShardStats};
 

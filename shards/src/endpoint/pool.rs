@@ -38,6 +38,10 @@ pub struct PoolConfig {
     /// after it was opened (with `HANDSHAKE_FAILED`), freeing its slot: an unauthenticated
     /// peer cannot hold connection state longer than this.
     pub handshake_timeout: Duration,
+    /// Close a connection with `PROTOCOL_VIOLATION` when a sealed frame it started sending
+    /// is still incomplete this long after its first bytes arrived: a peer cannot hold a
+    /// partial frame buffer (up to 16 MiB) open by trickling or stopping mid-frame.
+    pub frame_timeout: Duration,
     /// Most connections per shard whose handshakes are in progress (accepted or dialed, not
     /// yet authenticated). A new peer's Initial beyond it is dropped without state and
     /// counted, so a flood of handshakes that never finish cannot grow memory without bound.
@@ -54,6 +58,9 @@ pub struct PoolConfig {
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default [`PoolConfig::handshake_timeout`].
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`PoolConfig::frame_timeout`]: a 256 KiB batch at 26 KB/s, a 16 MiB frame at
+/// 1.7 MB/s.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default [`PoolConfig::max_handshakes`].
 pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 /// Default [`PoolConfig::retry_threshold`]: far above what a node's peers reconnecting at
@@ -68,6 +75,7 @@ impl Default for PoolConfig {
             max_connections: None,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             retry_threshold: DEFAULT_RETRY_THRESHOLD,
         }
@@ -400,6 +408,9 @@ pub(super) enum Upkeep {
     Nothing,
     /// The handshakes did not finish in time: close with HANDSHAKE_FAILED.
     HandshakeTimeout,
+    /// A sealed frame stayed incomplete for the frame timeout: close with
+    /// PROTOCOL_VIOLATION.
+    FrameTimeout,
     /// Data waited the stall timeout without the peer taking any: close with STALLED.
     Stalled,
     /// Idle past the TTL: finish gracefully.
@@ -415,6 +426,9 @@ pub(super) enum Upkeep {
 pub(super) fn upkeep(c: &Conn, cfg: &PoolConfig, now: Instant) -> Upkeep {
     if c.handshake_deadline(cfg).is_some_and(|t| t <= now) {
         return Upkeep::HandshakeTimeout;
+    }
+    if c.frame_deadline(cfg).is_some_and(|t| t <= now) {
+        return Upkeep::FrameTimeout;
     }
     if c.stall_deadline(cfg).is_some_and(|t| t <= now) {
         return Upkeep::Stalled;
@@ -618,6 +632,16 @@ impl Endpoint {
                 if std::mem::take(&mut c.handshaking) {
                     self.handshaking = self.handshaking.saturating_sub(1);
                 }
+            }
+            Upkeep::FrameTimeout => {
+                tracing::debug!(conn = key, "sealed frame incomplete for too long: closing");
+                inc(&self.cfg.stats.frame_timeouts);
+                inc(&self.cfg.stats.protocol_errors);
+                let reason = format!(
+                    "frame incomplete after {} ms",
+                    pool.frame_timeout.as_millis()
+                );
+                c.session.close(close_code::PROTOCOL_VIOLATION, &reason);
             }
             Upkeep::Stalled => {
                 // Data has waited this long without the peer granting any credit: it

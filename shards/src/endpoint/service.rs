@@ -284,6 +284,11 @@ impl Endpoint {
         }
         let delivered = c.note_progress(now);
         add(&self.cfg.stats.delivered_local, delivered);
+        c.partial_since = if c.session.awaiting_frame_bytes() {
+            c.partial_since.or(Some(now))
+        } else {
+            None
+        };
         // A protocol failure closed the session (in the handshake, a sealed frame, a
         // batch): count it once, by kind.
         if !c.failure_counted

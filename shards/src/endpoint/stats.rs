@@ -95,6 +95,8 @@ pub struct ShardStats {
     /// Dropped: the destination stopped reading and its connection was closed for it
     /// ([`crate::wire::close_code::STALLED`]) with these messages still queued.
     pub dropped_stalled: AtomicU64,
+    /// Connections closed because a sealed frame stayed incomplete for the frame timeout.
+    pub frame_timeouts: AtomicU64,
     /// Connections closed because the peer made no flow-control progress for the stall
     /// timeout while data waited for it.
     pub stalled_closed: AtomicU64,

@@ -393,3 +393,82 @@ fn a_burst_of_junk_initials_is_answered_with_retries_past_the_threshold_per_seco
     net.ep(node).handle_datagram(later, from, &mut pkt);
     assert_eq!(get(&net.stats(node).retries_sent), 15);
 }
+
+#[test]
+fn a_frame_left_incomplete_is_closed_at_the_frame_deadline() {
+    let (mut net, server, client) = echo_pair(PoolConfig::default());
+    net.dial(client, server).expect("dial");
+    let key = net.ep(client).conns.keys()[0];
+    // A header announcing 100 bytes, then 10 of them, then silence.
+    let now = net.now;
+    let c = net.ep(client).conns.get_mut(key).expect("conn");
+    c.session.send_raw(&[0, 0, 0, 100]).expect("raw");
+    c.session.send_raw(&[0u8; 10]).expect("raw");
+    net.ep(client).drive(key, now);
+    net.pump();
+    let server_conn = |net: &mut Net| net.ep(server).conns.keys()[0];
+    let sk = server_conn(&mut net);
+    assert!(
+        net.ep(server)
+            .conns
+            .get(sk)
+            .is_some_and(|c| c.partial_since.is_some())
+    );
+    net.advance(DEFAULT_FRAME_TIMEOUT - Duration::from_secs(1));
+    assert_eq!(get(&net.stats(server).frame_timeouts), 0);
+    net.advance(Duration::from_secs(2));
+    assert_eq!(get(&net.stats(server).frame_timeouts), 1);
+    assert_eq!(get(&net.stats(server).protocol_errors), 1);
+    let closed_with = net.ep(client).conns.get(key).and_then(|c| {
+        c.session
+            .quic()
+            .peer_error()
+            .map(|e| (e.is_app, e.error_code))
+    });
+    assert_eq!(
+        closed_with,
+        Some((true, crate::wire::close_code::PROTOCOL_VIOLATION))
+    );
+}
+
+#[test]
+fn a_frame_completed_within_the_deadline_clears_it() {
+    let (mut net, server, client) = echo_pair(PoolConfig::default());
+    let me = net.dial(client, server).expect("dial");
+    let key = net.ep(client).conns.keys()[0];
+    let node = net.nodes[server].id;
+    // A real sealed frame, delivered in two parts 8 s apart.
+    let record = Record::Message(Message {
+        dst: node,
+        src: me,
+        seq: 1,
+        payload: b"slow but whole".to_vec(),
+    });
+    let now = net.now;
+    let c = net.ep(client).conns.get_mut(key).expect("conn");
+    let frame = c.session.seal_detached(&[record]).expect("seal");
+    let (head, tail) = frame.split_at(7);
+    c.session.send_raw(head).expect("raw");
+    net.ep(client).drive(key, now);
+    net.pump();
+    net.advance(Duration::from_secs(8));
+    let now = net.now;
+    let c = net.ep(client).conns.get_mut(key).expect("conn");
+    c.session.send_raw(tail).expect("raw");
+    net.ep(client).drive(key, now);
+    net.pump();
+    net.advance(Duration::from_secs(5));
+    assert_eq!(get(&net.stats(server).frame_timeouts), 0);
+    let sk = net.ep(server).conns.keys()[0];
+    assert!(
+        net.ep(server)
+            .conns
+            .get(sk)
+            .is_some_and(|c| c.partial_since.is_none() && !c.session.is_closing())
+    );
+    assert!(
+        net.deliveries(client).iter().any(
+            |d| matches!(d, Delivery::Message { payload, .. } if payload == b"slow but whole")
+        )
+    );
+}
