@@ -342,6 +342,9 @@ pub struct ConfigFile {
     /// [`PoolConfig::max_handshakes`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_handshakes: Option<usize>,
+    /// [`PoolConfig::memory_limit`]; unset = no ceiling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
     /// [`PoolConfig::max_connections`]; unset = no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
@@ -424,6 +427,9 @@ impl ConfigFile {
         set(&mut e.pool.frame_timeout, &self.frame_timeout);
         set(&mut e.pool.max_handshakes, &self.max_handshakes);
         set(&mut e.pool.retry_threshold, &self.retry_threshold);
+        if self.memory_limit.is_some() {
+            e.pool.memory_limit = self.memory_limit;
+        }
         if self.max_connections.is_some() {
             e.pool.max_connections = self.max_connections;
         }
@@ -471,6 +477,7 @@ impl From<&ServeConfig> for ConfigFile {
             max_handshakes: Some(e.pool.max_handshakes),
             retry_threshold: Some(e.pool.retry_threshold),
             max_connections: e.pool.max_connections,
+            memory_limit: e.pool.memory_limit,
             reconnect_initial: Some(e.reconnect.initial),
             reconnect_max: Some(e.reconnect.max),
             reconnect_attempts: Some(e.reconnect.attempts),
@@ -497,6 +504,7 @@ pub fn keys_for_field(field: &str) -> &'static [&'static str] {
         "pool.frame_timeout" => &["frame_timeout"],
         "pool.max_handshakes" => &["max_handshakes"],
         "pool.max_connections" => &["max_connections"],
+        "pool.memory_limit" => &["memory_limit"],
         "reconnect" => &[
             "reconnect_initial",
             "reconnect_max",
@@ -799,6 +807,7 @@ mod tests {
                 tls: Some(("c".into(), "k".into())),
                 pool: PoolConfig {
                     max_connections: Some(1),
+                    memory_limit: Some(1 << 30),
                     ..PoolConfig::default()
                 },
                 ..EngineConfig::default()
@@ -820,6 +829,7 @@ mod tests {
             "pool.frame_timeout",
             "pool.max_handshakes",
             "pool.max_connections",
+            "pool.memory_limit",
             "reconnect",
             "max_message_size",
             "queue_capacity",

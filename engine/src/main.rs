@@ -117,10 +117,17 @@ struct ServeArgs {
     /// --idle-timeout. Default: a third of the idle timeout.
     #[arg(long, env = "ENGINE_KEEPALIVE", value_parser = parse_duration)]
     keepalive: Option<Duration>,
-    /// Refuse connections (accepted or dialed) beyond this many across all shards; refused
-    /// peers are closed with application code 0x5 (CONNECTION_LIMIT). Default: no cap.
+    /// Refuse connections (authenticated accepted peers, and dialed ones) beyond this many
+    /// across all shards; refused peers are closed with application code 0x5
+    /// (CONNECTION_LIMIT) once their Noise handshake completes. Default: no cap.
     #[arg(long, env = "ENGINE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Ceiling in bytes (at least 1 MiB) on what the node's connections hold, across all
+    /// shards: batch queues, unsent sealed frames, received bytes. At it shards stop reading
+    /// from peers (QUIC flow control slows them) and drop new peers' Initials until it
+    /// falls below. Default: no ceiling beyond the per-connection bounds.
+    #[arg(long, env = "ENGINE_MEMORY_LIMIT")]
+    memory_limit: Option<u64>,
     /// First delay before re-dialing a lost --peer (doubles per attempt, with jitter).
     #[arg(long, env = "ENGINE_RECONNECT_INITIAL", value_parser = parse_duration)]
     reconnect_initial: Option<Duration>,
@@ -205,6 +212,7 @@ impl ServeArgs {
             max_handshakes: self.max_handshakes,
             retry_threshold: self.retry_threshold,
             max_connections: self.max_connections,
+            memory_limit: self.memory_limit,
             reconnect_initial: self.reconnect_initial,
             reconnect_max: self.reconnect_max,
             reconnect_attempts: self.reconnect_attempts,

@@ -88,6 +88,12 @@ pub struct EngineStats {
     pub stalled_closed: u64,
     /// Bytes held in batch queues, not yet sealed.
     pub queued_bytes: u64,
+    /// Bytes the node's connections hold against the memory limit.
+    pub buffered_bytes: u64,
+    /// Initials dropped at the memory limit.
+    pub memory_limit_drops: u64,
+    /// Times a shard stopped reading at the memory limit.
+    pub memory_pauses: u64,
     /// Connections refused (connection limit, draining).
     pub refused: u64,
     /// Connections closed by the pool TTL.
@@ -143,6 +149,9 @@ impl EngineStats {
             t.dropped_stalled += r(&s.dropped_stalled);
             t.stalled_closed += r(&s.stalled_closed);
             t.queued_bytes += r(&s.queued_bytes);
+            t.buffered_bytes += r(&s.buffered_bytes);
+            t.memory_limit_drops += r(&s.memory_limit_drops);
+            t.memory_pauses += r(&s.memory_pauses);
             t.refused += r(&s.refused);
             t.ttl_closed += r(&s.ttl_closed);
             for (sum, c) in t.transitions.iter_mut().zip(&s.transitions) {

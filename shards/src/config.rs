@@ -218,6 +218,9 @@ impl PoolConfig {
         if let Some(cap) = self.max_connections {
             check_range("pool.max_connections", as_u64(cap), 1, u64::MAX)?;
         }
+        if let Some(limit) = self.memory_limit {
+            check_range("pool.memory_limit", limit, 1 << 20, u64::MAX)?;
+        }
         Ok(())
     }
 

@@ -13,8 +13,8 @@ use crate::hist::SharedHistograms;
 use crate::identity::Identity;
 use crate::session::TransportConfig;
 use crate::shard::{
-    self, App, Command, ConnectionSlots, PeerDirectory, PoolConfig, ShardConfig, ShardError,
-    ShardHandle, ShardMsg, ShardStats,
+    self, App, Command, ConnectionSlots, MemoryBudget, PeerDirectory, PoolConfig, ShardConfig,
+    ShardError, ShardHandle, ShardMsg, ShardStats,
 };
 use crate::steering::{self, SteeringError};
 use crate::tls::{TlsError, TlsFiles};
@@ -205,6 +205,7 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
         (cfg.shards > 1).then(|| MeshBuilder::<ShardMsg, _>::full(cfg.shards, MESH_CAPACITY));
     let (ready_tx, ready_rx) = flume::unbounded::<(usize, Result<(), String>)>();
     let slots = Arc::new(ConnectionSlots::default());
+    let memory = Arc::new(MemoryBudget::default());
     let mut handles = Vec::new();
     let mut threads = Vec::new();
     for (index, socket) in sockets.into_iter().enumerate() {
@@ -233,6 +234,7 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
             histograms,
             pool: cfg.pool.clone(),
             slots: slots.clone(),
+            memory: memory.clone(),
             reconnect: cfg.reconnect,
         };
         let placement = match cores.get(index % cores.len().max(1)) {

@@ -620,6 +620,12 @@ impl Session {
         Ok(frames)
     }
 
+    /// Bytes read from the session stream and not yet consumed (part of a frame, or whole
+    /// frames not yet opened).
+    pub fn received_bytes(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Whether part of a sealed frame is buffered and the rest has not arrived: the frame
     /// deadline runs while this holds (a complete frame waiting for room does not count).
     pub fn awaiting_frame_bytes(&self) -> bool {

@@ -27,7 +27,7 @@ use crate::udp_batch::{RecvBatch, SendBatch, gso_supported};
 
 pub use crate::endpoint::{
     App, Command, ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_STALL_TIMEOUT, Delivery, Hop,
-    PeerActivity, PeerDirectory, PoolConfig, ShardConfig, ShardMsg, ShardStats,
+    MemoryBudget, PeerActivity, PeerDirectory, PoolConfig, ShardConfig, ShardMsg, ShardStats,
 };
 
 /// Largest UDP datagram the shard reads.

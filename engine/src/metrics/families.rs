@@ -62,6 +62,8 @@
 //! | `engine_socket_receive_drops_total` | counter | `shard` |
 //! | `engine_socket_receive_queue_bytes` | gauge | `shard` |
 //! | `engine_queued_bytes` | gauge | |
+//! | `engine_buffered_bytes` | gauge | |
+//! | `engine_memory_limit_total` | counter | `event` = initial_dropped, reading_paused |
 //! | `engine_resident_memory_bytes` | gauge | |
 //! | `engine_messages_per_second` | gauge | |
 //!
@@ -593,6 +595,24 @@ pub static METRICS: &[MetricDef] = &[
         "Bytes waiting in batch queues, not yet sealed.",
         queued_bytes
     ),
+    total!(
+        "engine_buffered_bytes",
+        Gauge,
+        "Bytes the node's connections hold, counted against --memory-limit: batch queues, sealed frames QUIC has not taken, and bytes received but not yet consumed.",
+        buffered_bytes
+    ),
+    MetricDef {
+        name: "engine_memory_limit_total",
+        help: "At --memory-limit: event=initial_dropped counts new peers' Initials dropped \
+               without state; event=reading_paused counts the times a shard stopped reading \
+               from peers until the node fell below the limit.",
+        kind: Kind::Counter,
+        labels: &["event"],
+        read: Read::Values(|s, out| {
+            out.int(&["initial_dropped"], s.totals.memory_limit_drops);
+            out.int(&["reading_paused"], s.totals.memory_pauses);
+        }),
+    },
     MetricDef {
         name: "engine_resident_memory_bytes",
         help: "Resident set size of the engine process.",

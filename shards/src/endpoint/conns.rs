@@ -15,7 +15,7 @@ use super::Endpoint;
 use super::interface::PeerActivity;
 use super::pool::PoolConfig;
 use super::routing::{Origin, RouteOutcome};
-use super::stats::{add, inc, sub};
+use super::stats::{add, held, inc, sub};
 use super::timers::TimerKey;
 
 /// A connection's key, unique within its shard.
@@ -78,6 +78,10 @@ pub(super) struct Conn {
     pub(super) holds_slot: bool,
     /// Since when part of a sealed frame from the peer is buffered, waiting for the rest.
     pub(super) partial_since: Option<Instant>,
+    /// Bytes of this session's own buffers (unsent sealed frames, received bytes) counted
+    /// in the node's memory budget at the end of its last turn. Its batch queue is counted
+    /// as records enter and leave it.
+    pub(super) held: u64,
     /// When a keep-alive PING was last sent.
     pub(super) last_ping: Instant,
     /// Traffic counters published to the peer index each period.
@@ -288,6 +292,11 @@ impl Endpoint {
             self.note_junk(now);
             return None;
         }
+        if self.cfg.memory.over(self.cfg.pool.memory_limit) {
+            inc(&self.stats().memory_limit_drops);
+            self.note_junk(now);
+            return None;
+        }
         let server_cfg = self.server_cfg.as_mut()?;
         let scid = match validated {
             Some(_) => odcid.to_vec(),
@@ -340,6 +349,7 @@ impl Endpoint {
             outbound: None,
             holds_slot: false,
             partial_since: None,
+            held: 0,
             last_ping: now,
             activity: PeerActivity::default(),
             last_activity: now,
@@ -375,6 +385,7 @@ impl Endpoint {
             now,
         );
         add(&self.cfg.stats.queued_bytes, size as u64);
+        held(&self.cfg, 0, size as u64);
         self.mark_dirty(key);
     }
 
@@ -417,6 +428,7 @@ impl Endpoint {
             self.conns.unset_peer(&peer, key);
             for (q, _) in rest {
                 sub(&self.cfg.stats.queued_bytes, q.record.encoded_len() as u64);
+                held(&self.cfg, q.record.encoded_len() as u64, 0);
                 let origin = self.origin_of(&q.record);
                 if let RouteOutcome::Blocked(r) =
                     self.route_to_peer(origin, peer, q.record, q.received, now)
@@ -486,6 +498,8 @@ impl Endpoint {
                 while !c.queue.is_empty() {
                     for (q, _) in c.queue.pop_batch() {
                         sub(&self.cfg.stats.queued_bytes, q.record.encoded_len() as u64);
+                        held(&self.cfg, q.record.encoded_len() as u64, 0);
+                        held(&self.cfg, q.record.encoded_len() as u64, 0);
                         queued.push((q.record, q.received));
                     }
                 }
@@ -534,6 +548,7 @@ impl Endpoint {
         }
         let bytes: usize = left.iter().map(Record::encoded_len).sum();
         sub(&self.cfg.stats.queued_bytes, bytes as u64);
+        held(&self.cfg, bytes as u64 + c.held, 0);
         for r in left {
             let origin = self.origin_of(&r);
             self.undeliverable(origin, r, code, now);

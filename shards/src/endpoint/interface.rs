@@ -13,7 +13,7 @@ use crate::lifecycle::{BackoffPolicy, ConnState};
 use crate::session::TransportConfig;
 use crate::wire::{ErrorRecord, PeerId, Record};
 
-use super::pool::{ConnectionSlots, PoolConfig};
+use super::pool::{ConnectionSlots, MemoryBudget, PoolConfig};
 use super::stats::ShardStats;
 
 /// What the node does with messages addressed to itself.
@@ -165,6 +165,8 @@ pub struct ShardConfig {
     pub pool: PoolConfig,
     /// Connection slots shared by every shard of the node (for the cap).
     pub slots: Arc<ConnectionSlots>,
+    /// Bytes held by the node's connections, shared by every shard (for the memory limit).
+    pub memory: Arc<MemoryBudget>,
     /// Reconnection schedule for dialed peers.
     pub reconnect: BackoffPolicy,
 }

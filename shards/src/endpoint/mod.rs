@@ -71,10 +71,13 @@ pub use interface::{
 };
 pub use pool::{
     ConnectionSlots, DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_RETRY_THRESHOLD, DEFAULT_STALL_TIMEOUT, PoolConfig,
+    DEFAULT_RETRY_THRESHOLD, DEFAULT_STALL_TIMEOUT, MemoryBudget, PoolConfig,
 };
 pub use stats::{JUNK_LOG_INTERVAL, ShardStats};
 
+/// How often a shard that stopped reading at the memory limit looks whether the node is
+/// below it again (the memory may be held by other shards, which do not wake it).
+const MEMORY_RECHECK: Duration = Duration::from_millis(5);
 /// Frames opened per session per turn, for fairness between connections.
 const FRAMES_PER_TURN: usize = 16;
 /// Sealed bytes a session may hold beyond what QUIC accepted before the shard stops sealing.
@@ -137,6 +140,8 @@ pub struct Endpoint {
     /// junk Initials fail and are freed at once, so the handshakes in progress alone would
     /// not show a flood that costs a TLS setup each.
     unvalidated: (Instant, usize),
+    /// Reading stopped because the node reached its memory limit: recheck soon.
+    memory_blocked: bool,
     client_cfg: quiche::Config,
     conns: ConnIndex,
     router: Router,
@@ -229,6 +234,7 @@ impl Endpoint {
             retry,
             junk: stats::JunkLog::new(now),
             unvalidated: (now, 0),
+            memory_blocked: false,
             router: Router::new(self_id, cfg.index),
             pool: pool::Pool::new(cfg.reconnect),
             self_id,
@@ -560,6 +566,11 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
         self.note_junk(now);
+        // Another shard may have freed what kept the node at its memory limit.
+        if self.memory_blocked && !self.cfg.memory.over(self.cfg.pool.memory_limit) {
+            self.memory_blocked = false;
+            self.room_freed = true;
+        }
         let mut keys: Vec<ConnKey> = std::mem::take(&mut self.resume);
         let mut redials = Vec::new();
         for k in self.timers.expired(now) {
@@ -636,6 +647,9 @@ impl Endpoint {
         }
         if self.draining.is_some() {
             consider(&mut next, Some(self.last_now + DRAIN_POLL));
+        }
+        if self.memory_blocked {
+            consider(&mut next, Some(self.last_now + MEMORY_RECHECK));
         }
         consider(&mut next, self.publish_deadline());
         next

@@ -42,6 +42,11 @@ pub struct PoolConfig {
     /// is still incomplete this long after its first bytes arrived: a peer cannot hold a
     /// partial frame buffer (up to 16 MiB) open by trickling or stopping mid-frame.
     pub frame_timeout: Duration,
+    /// Ceiling on the bytes the node's connections hold, across all shards: batch queues,
+    /// sealed frames QUIC has not taken, and receive buffers. At the ceiling shards stop
+    /// reading from peers (QUIC flow control then slows them) and drop new peers' Initials
+    /// until it falls back below. `None` = no ceiling beyond the per-connection bounds.
+    pub memory_limit: Option<u64>,
     /// Most connections per shard whose handshakes are in progress (accepted or dialed, not
     /// yet authenticated). A new peer's Initial beyond it is dropped without state and
     /// counted, so a flood of handshakes that never finish cannot grow memory without bound.
@@ -76,8 +81,41 @@ impl Default for PoolConfig {
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            memory_limit: None,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             retry_threshold: DEFAULT_RETRY_THRESHOLD,
+        }
+    }
+}
+
+/// The bytes every connection of the node holds (queues, unsent sealed frames, receive
+/// buffers), shared by all shards, against [`PoolConfig::memory_limit`].
+#[derive(Debug, Default)]
+pub struct MemoryBudget {
+    used: AtomicU64,
+}
+
+impl MemoryBudget {
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Whether `limit` (if any) is reached.
+    pub fn over(&self, limit: Option<u64>) -> bool {
+        limit.is_some_and(|l| self.used() >= l)
+    }
+
+    /// Moves one connection's share from `old` to `new` bytes.
+    pub(super) fn update(&self, old: u64, new: u64) {
+        if new > old {
+            self.used.fetch_add(new - old, Ordering::Relaxed);
+        } else if old > new {
+            let _ = self
+                .used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                    Some(u.saturating_sub(old - new))
+                });
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::wire::{PeerId, Record, close_code};
 use super::conns::{ConnKey, Kind, SealedFrame};
 use super::interface::ShardMsg;
 use super::routing::{Origin, RouteOutcome};
-use super::stats::{add, inc, sub};
+use super::stats::{add, held, inc, sub};
 use super::timers::TimerKey;
 use super::{Endpoint, FRAMES_PER_TURN, MAX_SESSION_BACKLOG, Transmit};
 
@@ -52,6 +52,15 @@ impl Endpoint {
             };
             // Replies and errors go to this session's own queue: keep room for them.
             if c.queue.bytes() + c.session.pending_bytes() >= self.cfg.queue_capacity {
+                self.mark_blocked(key);
+                return;
+            }
+            // The node is at its memory ceiling: read nothing more until it is below.
+            if self.cfg.memory.over(self.cfg.pool.memory_limit) {
+                if !self.memory_blocked {
+                    self.memory_blocked = true;
+                    inc(&self.cfg.stats.memory_pauses);
+                }
                 self.mark_blocked(key);
                 return;
             }
@@ -229,6 +238,7 @@ impl Endpoint {
                 }
             }
             sub(&self.cfg.stats.queued_bytes, bytes as u64);
+            held(&self.cfg, bytes as u64, 0);
             match c.session.send_batch(batch.iter().map(|(q, _)| &q.record)) {
                 Ok(()) => {
                     self.hist.batch_size.saturating_record(batch.len() as u64);
@@ -284,6 +294,9 @@ impl Endpoint {
         }
         let delivered = c.note_progress(now);
         add(&self.cfg.stats.delivered_local, delivered);
+        let own = (c.session.pending_bytes() + c.session.received_bytes()) as u64;
+        held(&self.cfg, c.held, own);
+        c.held = own;
         c.partial_since = if c.session.awaiting_frame_bytes() {
             c.partial_since.or(Some(now))
         } else {

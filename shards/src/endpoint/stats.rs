@@ -105,6 +105,14 @@ pub struct ShardStats {
     pub socket_inode: AtomicU64,
     /// Bytes held in batch queues, not yet sealed (gauge).
     pub queued_bytes: AtomicU64,
+    /// This shard's share of the node's memory budget: batch queues, unsent sealed frames
+    /// and receive buffers of its connections (gauge).
+    pub buffered_bytes: AtomicU64,
+    /// New peers' Initials dropped because the node was at its memory limit.
+    pub memory_limit_drops: AtomicU64,
+    /// Times this shard stopped reading from peers because the node reached its memory
+    /// limit (counted once per episode).
+    pub memory_pauses: AtomicU64,
     /// Connections refused (connection limit, draining).
     pub refused: AtomicU64,
     /// Connections closed by the pool TTL.
@@ -121,6 +129,17 @@ pub(super) fn inc(c: &AtomicU64) {
 /// Adds `n` to a counter.
 pub(super) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Moves `old` bytes of held memory to `new`: the node's shared budget and this shard's
+/// gauge.
+pub(super) fn held(cfg: &super::ShardConfig, old: u64, new: u64) {
+    cfg.memory.update(old, new);
+    if new > old {
+        add(&cfg.stats.buffered_bytes, new - old);
+    } else {
+        sub(&cfg.stats.buffered_bytes, old - new);
+    }
 }
 
 /// Subtracts `n` from a gauge.

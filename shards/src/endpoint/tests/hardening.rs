@@ -472,3 +472,43 @@ fn a_frame_completed_within_the_deadline_clears_it() {
         )
     );
 }
+
+#[test]
+fn at_the_memory_limit_new_peers_are_dropped_and_reading_pauses_until_it_falls() {
+    let limit = 4 << 20;
+    let (mut net, server, client) = echo_pair(PoolConfig {
+        memory_limit: Some(limit),
+        ..PoolConfig::default()
+    });
+    let node = net.dial(client, server).expect("dial below the limit");
+    net.send(client, node, 1, b"before");
+    net.pump();
+    assert_eq!(net.deliveries(client).len(), 1);
+    // Quiet again: every byte counted in the budget was given back.
+    net.advance(Duration::from_millis(100));
+    assert_eq!(net.nodes[server].memory.used(), 0);
+    assert_eq!(get(&net.stats(server).buffered_bytes), 0);
+
+    // Something else holds the node at its limit.
+    net.nodes[server].memory.update(0, limit);
+    net.send(client, node, 2, b"during");
+    net.advance(Duration::from_millis(50));
+    assert!(
+        net.deliveries(client).is_empty(),
+        "nothing read at the limit"
+    );
+    assert_eq!(get(&net.stats(server).memory_pauses), 1);
+    let late = net.add(NodeSpec::default());
+    assert!(net.dial(late, server).is_err());
+    assert!(get(&net.stats(server).memory_limit_drops) >= 1);
+
+    // Below the limit again: the paused message is read and echoed within a recheck.
+    net.nodes[server].memory.update(limit, 0);
+    net.advance(Duration::from_millis(50));
+    let got = net.deliveries(client);
+    assert!(
+        got.iter()
+            .any(|d| matches!(d, Delivery::Message { payload, .. } if payload == b"during")),
+        "{got:?}"
+    );
+}

@@ -94,6 +94,7 @@ struct Node {
     app: Option<flume::Receiver<Delivery>>,
     directory: Arc<Directory>,
     slots: Arc<ConnectionSlots>,
+    memory: Arc<MemoryBudget>,
     id: PeerId,
 }
 
@@ -125,6 +126,7 @@ impl Net {
         let identity = Arc::new(Identity::generate().expect("identity"));
         let directory = Arc::new(Directory::default());
         let slots = Arc::new(ConnectionSlots::default());
+        let memory = Arc::new(MemoryBudget::default());
         let (app, rx) = match spec.app {
             AppSpec::Echo => (App::Echo, None),
             AppSpec::Channel => {
@@ -153,6 +155,7 @@ impl Net {
                 histograms: SharedHistograms::default(),
                 pool: spec.pool.clone(),
                 slots: slots.clone(),
+                memory: memory.clone(),
                 reconnect: spec.reconnect,
             };
             let seed = (n * 16 + index) as u64;
@@ -167,6 +170,7 @@ impl Net {
             app: rx,
             directory,
             slots,
+            memory,
             id: identity.peer_id(),
         });
         n
