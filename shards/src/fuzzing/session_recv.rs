@@ -90,6 +90,7 @@ struct Sim {
     leftover_used: bool,
     out: Vec<Record>,
     error: Option<SessionError>,
+    /// The most bytes the buffer can have held so far.
     peak: usize,
 }
 
@@ -205,6 +206,8 @@ impl Sim {
             return;
         }
         self.reads += 1;
+        // The most the buffer can hold during this call: what it held plus what it takes.
+        let (held_before, taken_before) = (self.reader.buffered(), self.taken);
         let (stream, delivered, ended) = (&self.stream, self.delivered, self.ended);
         let (taken, fin_reported) = (&mut self.taken, &mut self.fin_reported);
         let result = self.reader.read_frames(
@@ -249,7 +252,7 @@ impl Sim {
             }
             Err(e) => self.error = Some(e),
         }
-        self.peak = self.peak.max(buffered);
+        self.peak = self.peak.max(held_before + (self.taken - taken_before));
         assert!(
             self.reader.capacity() <= 2 * (self.peak + RX_CHUNK),
             "capacity {} for at most {} bytes held",
