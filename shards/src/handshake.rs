@@ -292,6 +292,12 @@ impl Handshake {
         Ok(())
     }
 
+    /// Bytes of a partial inbound message held (length prefix included); at most
+    /// `LEN_PREFIX + MAX_HANDSHAKE_MSG`.
+    pub(crate) fn buffered_in(&self) -> usize {
+        self.inbuf.len()
+    }
+
     /// Whether all three messages have been processed on this side (the initiator after
     /// writing msg3, the responder after reading it).
     pub fn is_finished(&self) -> bool {

@@ -16,6 +16,9 @@ pub mod cid;
 pub mod client;
 pub mod config;
 pub mod endpoint;
+mod frames;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod hist;
 pub mod identity;

@@ -9,9 +9,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::frames::{FrameReader, StreamRead};
 use crate::handshake::{Handshake, HandshakeError, Role};
 use crate::identity::Identity;
-use crate::seal::{self, Opener, SealError, SealKey, Sealer};
+use crate::seal::{Opener, SealError, SealKey, Sealer};
 use crate::wire::{self, PeerId, Record, WireError, close_code};
 
 /// The QUIC stream that carries the handshake and then the sealed frames.
@@ -164,11 +165,6 @@ fn base_config(t: &TransportConfig) -> Result<quiche::Config, quiche::Error> {
     Ok(cfg)
 }
 
-/// Most bytes of a partial frame read from QUIC per step.
-const RX_CHUNK: usize = 64 * 1024;
-/// Receive-buffer capacity kept after a larger frame has been consumed.
-const RX_KEEP: usize = 256 * 1024;
-
 /// One engine session over one QUIC connection.
 pub struct Session {
     conn: quiche::Connection,
@@ -176,8 +172,9 @@ pub struct Session {
     is_client: bool,
     peer: Option<PeerId>,
     ready_reported: bool,
-    /// Bytes read from the stream that do not yet form a whole sealed frame.
-    rx: Vec<u8>,
+    /// Bytes read from the stream that do not yet form a whole sealed frame, and whether
+    /// the peer finished the stream.
+    rx: FrameReader,
     /// Sealed bytes waiting for quiche to accept them (stream flow control).
     tx: Vec<u8>,
     tx_off: usize,
@@ -188,7 +185,6 @@ pub struct Session {
     scratch: Vec<u8>,
     fin_sent: bool,
     fin_wanted: bool,
-    fin_received: bool,
     /// Close code and reason of the error that closed this session on this side.
     error: Option<(u64, String)>,
     created: Instant,
@@ -251,14 +247,13 @@ impl Session {
             is_client,
             peer: None,
             ready_reported: false,
-            rx: Vec::new(),
+            rx: FrameReader::default(),
             tx: Vec::new(),
             tx_off: 0,
             tx_accepted: 0,
             scratch: Vec::new(),
             fin_sent: false,
             fin_wanted: false,
-            fin_received: false,
             error: None,
             created: now,
             established_at: None,
@@ -297,7 +292,7 @@ impl Session {
 
     /// Whether the peer finished its direction of the session stream.
     pub fn peer_finished(&self) -> bool {
-        self.fin_received
+        self.rx.fin_received()
     }
 
     /// Whether the connection is fully closed and can be dropped.
@@ -397,7 +392,7 @@ impl Session {
                     Ok((n, fin)) => {
                         let data = buf.get(..n).unwrap_or(&[]);
                         let used = hs.feed(data)?;
-                        self.rx.extend_from_slice(data.get(used..).unwrap_or(&[]));
+                        self.rx.extend(data.get(used..).unwrap_or(&[]));
                         if let Some(out) = hs.take_outgoing() {
                             self.tx.extend_from_slice(&out);
                         }
@@ -405,7 +400,7 @@ impl Session {
                             if !hs.is_finished() {
                                 return Err(SessionError::Protocol("stream finished in handshake"));
                             }
-                            self.fin_received = true;
+                            self.rx.set_fin();
                         }
                     }
                     Err(quiche::Error::Done) => break,
@@ -559,86 +554,26 @@ impl Session {
         let Phase::Open { opener, .. } = &mut self.phase else {
             return Ok(0);
         };
-        let mut frames = 0;
-        while frames < max_frames {
-            // Work out how many bytes the current frame still needs.
-            let need = if self.rx.len() < seal::HEADER_LEN {
-                seal::HEADER_LEN
-            } else {
-                let header = frame_header(&self.rx);
-                seal::HEADER_LEN + seal::frame_len(header)?
-            };
-            if self.rx.len() >= need {
-                let header = frame_header(&self.rx);
-                let body = self
-                    .rx
-                    .get_mut(seal::HEADER_LEN..need)
-                    .ok_or(SessionError::Protocol("frame bounds"))?;
-                let n = opener.open_in_place(header, body)?;
-                let plain = body
-                    .get(..n)
-                    .ok_or(SessionError::Protocol("frame bounds"))?;
-                wire::decode_batch(plain, out)?;
-                self.rx.drain(..need);
-                // A large frame must not pin its buffer for the connection's lifetime.
-                if self.rx.capacity() > RX_KEEP && self.rx.len() <= RX_KEEP {
-                    self.rx.shrink_to(RX_KEEP);
-                }
-                frames += 1;
-                continue;
+        let conn = &mut self.conn;
+        self.rx.read_frames(opener, out, max_frames, |dst| {
+            match conn.stream_recv(SESSION_STREAM, dst) {
+                Ok((n, fin)) => Ok(StreamRead::Data { n, fin }),
+                Err(quiche::Error::Done) => Ok(StreamRead::Done),
+                Err(e) => Err(e.into()),
             }
-            if self.fin_received {
-                if self.rx.is_empty() {
-                    break;
-                }
-                return Err(SessionError::FinMidFrame);
-            }
-            // Read what the frame still lacks, so unread data stays in QUIC, a chunk at a
-            // time: the buffer grows with bytes that arrived, not with what a header
-            // announces (up to 16 MiB).
-            let have = self.rx.len();
-            let upto = need.min(have + RX_CHUNK);
-            self.rx.resize(upto, 0);
-            let dst = self.rx.get_mut(have..upto).unwrap_or(&mut []);
-            match self.conn.stream_recv(SESSION_STREAM, dst) {
-                Ok((n, fin)) => {
-                    self.rx.truncate(have + n);
-                    if fin {
-                        self.fin_received = true;
-                    }
-                }
-                Err(quiche::Error::Done) => {
-                    self.rx.truncate(have);
-                    break;
-                }
-                Err(e) => {
-                    self.rx.truncate(have);
-                    return Err(e.into());
-                }
-            }
-        }
-        Ok(frames)
+        })
     }
 
     /// Bytes read from the session stream and not yet consumed (part of a frame, or whole
     /// frames not yet opened).
     pub fn received_bytes(&self) -> usize {
-        self.rx.len()
+        self.rx.buffered()
     }
 
     /// Whether part of a sealed frame is buffered and the rest has not arrived: the frame
     /// deadline runs while this holds (a complete frame waiting for room does not count).
     pub fn awaiting_frame_bytes(&self) -> bool {
-        if self.rx.is_empty() || !self.is_open() {
-            return false;
-        }
-        if self.rx.len() < seal::HEADER_LEN {
-            return true;
-        }
-        match seal::frame_len(frame_header(&self.rx)) {
-            Ok(len) => self.rx.len() < seal::HEADER_LEN + len,
-            Err(_) => false,
-        }
+        self.is_open() && self.rx.awaiting_bytes()
     }
 
     /// Ends this side of the session stream once every queued frame is in the stream.
@@ -653,8 +588,8 @@ impl Session {
     /// Whether both directions finished and everything this side sent was acknowledged.
     pub fn is_complete(&mut self) -> bool {
         self.fin_sent
-            && self.fin_received
-            && self.rx.is_empty()
+            && self.rx.fin_received()
+            && self.rx.buffered() == 0
             && matches!(
                 self.conn.stream_capacity(SESSION_STREAM),
                 Err(quiche::Error::InvalidStreamState(_))
@@ -666,9 +601,9 @@ impl Session {
         format!(
             "fin_sent={} fin_received={} pending={} partial_frame={} stream={:?} closing={}",
             self.fin_sent,
-            self.fin_received,
+            self.rx.fin_received(),
             self.pending_bytes(),
-            self.rx.len(),
+            self.rx.buffered(),
             self.conn.stream_capacity(SESSION_STREAM),
             self.is_closing()
         )
@@ -718,17 +653,11 @@ impl Session {
     }
 }
 
-fn frame_header(rx: &[u8]) -> [u8; 4] {
-    let mut h = [0u8; 4];
-    if let Some(src) = rx.get(..4) {
-        h.copy_from_slice(src);
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::{RX_CHUNK, RX_KEEP};
+    use crate::seal;
     use crate::tls::TlsFiles;
     use crate::wire::Message;
 
@@ -833,7 +762,7 @@ mod tests {
             "buffer of {} bytes for 1004 received",
             server.rx.capacity()
         );
-        assert_eq!(server.rx.len(), 1004);
+        assert_eq!(server.rx.buffered(), 1004);
     }
 
     #[test]

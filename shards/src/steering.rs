@@ -115,6 +115,38 @@ pub fn steering_program(n: usize) -> Vec<libc::sock_filter> {
     ]
 }
 
+/// Runs a classic BPF program of the subset [`steering_program`] emits over a UDP payload
+/// the way the kernel does (an out-of-bounds load returns 0), so tests and fuzzing can check
+/// its logic without the kernel. `None` for an instruction outside that subset or a jump
+/// off the end.
+pub(crate) fn interpret(prog: &[libc::sock_filter], pkt: &[u8]) -> Option<u32> {
+    let mut a: u32 = 0;
+    let mut pc = 0usize;
+    // Every jump in the subset goes forward, so the program ends within its length.
+    for _ in 0..=prog.len() {
+        let ins = prog.get(pc)?;
+        let code = u32::from(ins.code);
+        pc += 1;
+        if code == libc::BPF_LD | libc::BPF_B | libc::BPF_ABS {
+            match pkt.get(usize::try_from(ins.k).ok()?) {
+                Some(b) => a = u32::from(*b),
+                None => return Some(0),
+            }
+        } else if code == libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K {
+            pc += usize::from(if a & ins.k != 0 { ins.jt } else { ins.jf });
+        } else if code == libc::BPF_JMP | libc::BPF_JA {
+            pc += usize::try_from(ins.k).ok()?;
+        } else if code == libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K {
+            a = a.checked_rem(ins.k)?;
+        } else if code == libc::BPF_RET | libc::BPF_A {
+            return Some(a);
+        } else {
+            return None;
+        }
+    }
+    None
+}
+
 fn attach_program(sock: &Socket, n: usize) -> Result<(), SteeringError> {
     let mut prog = steering_program(n);
     let fprog = libc::sock_fprog {
@@ -233,32 +265,8 @@ mod tests {
     use crate::cid::dcid_routing_byte;
     use std::time::{Duration, Instant};
 
-    /// Interprets a classic BPF program of the subset we emit, to check its logic without
-    /// the kernel.
     fn interpret(prog: &[libc::sock_filter], pkt: &[u8]) -> u32 {
-        let mut a: u32 = 0;
-        let mut pc = 0usize;
-        loop {
-            let ins = prog[pc];
-            let code = u32::from(ins.code);
-            pc += 1;
-            if code == libc::BPF_LD | libc::BPF_B | libc::BPF_ABS {
-                match pkt.get(ins.k as usize) {
-                    Some(b) => a = u32::from(*b),
-                    None => return 0,
-                }
-            } else if code == libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K {
-                pc += usize::from(if a & ins.k != 0 { ins.jt } else { ins.jf });
-            } else if code == libc::BPF_JMP | libc::BPF_JA {
-                pc += ins.k as usize;
-            } else if code == libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K {
-                a %= ins.k;
-            } else if code == libc::BPF_RET | libc::BPF_A {
-                return a;
-            } else {
-                panic!("unexpected instruction {code:#x}");
-            }
-        }
+        super::interpret(prog, pkt).unwrap()
     }
 
     #[test]

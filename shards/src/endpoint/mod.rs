@@ -93,11 +93,54 @@ const APP_RETRY: Duration = Duration::from_millis(1);
 /// again.
 pub const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// Smallest datagram that may carry a client's first Initial (RFC 9000 14.1).
-const MIN_INITIAL_DATAGRAM: usize = 1200;
+pub(crate) const MIN_INITIAL_DATAGRAM: usize = 1200;
 /// Shortest destination connection ID of a client's first Initial (RFC 9000 7.2).
-const MIN_INITIAL_DCID: usize = 8;
+pub(crate) const MIN_INITIAL_DCID: usize = 8;
 /// Spare datagram buffers kept for reuse.
 const SPARE_BUFFERS: usize = 256;
+
+/// What the endpoint does with a datagram whose destination CID names none of its
+/// connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnknownCid {
+    /// Not an Initial: dropped, and counted as misrouted when its CID names another shard.
+    Stray {
+        /// The DCID's routing byte names another shard (or the DCID is empty).
+        misrouted: bool,
+    },
+    /// An Initial smaller than a client's first datagram or with too short a DCID: dropped
+    /// without an answer or state.
+    TooSmall,
+    /// An Initial of a QUIC version not spoken here: answered with Version Negotiation.
+    UnsupportedVersion,
+    /// A new connection attempt.
+    Accept,
+}
+
+/// Screens a datagram for an unknown CID before any state is made for it; pure, so the
+/// rules can be checked on arbitrary datagrams.
+pub(crate) fn screen_unknown(
+    hdr: &quiche::Header<'_>,
+    datagram_len: usize,
+    shards: usize,
+    index: usize,
+) -> UnknownCid {
+    if hdr.ty != quiche::Type::Initial {
+        return UnknownCid::Stray {
+            misrouted: cid::shard_of(hdr.dcid.as_ref(), shards) != Some(index),
+        };
+    }
+    // RFC 9000 14.1 and 7.2: a client's first datagram is at least 1200 bytes and its DCID
+    // at least 8. Anything smaller gets no answer and no state, so small spoofed datagrams
+    // cannot be amplified or fill the table.
+    if datagram_len < MIN_INITIAL_DATAGRAM || hdr.dcid.as_ref().len() < MIN_INITIAL_DCID {
+        return UnknownCid::TooSmall;
+    }
+    if !quiche::version_is_supported(hdr.version) {
+        return UnknownCid::UnsupportedVersion;
+    }
+    UnknownCid::Accept
+}
 
 /// Where the answer to a dial goes.
 pub type DialReply = flume::Sender<Result<PeerId, String>>;
@@ -366,25 +409,21 @@ impl Endpoint {
         };
         let key = match self.conns.by_cid(hdr.dcid.as_ref()) {
             Some(k) => k,
-            None => {
-                let dcid = hdr.dcid.as_ref().to_vec();
-                if hdr.ty != quiche::Type::Initial {
-                    if cid::shard_of(&dcid, self.cfg.shards) != Some(self.cfg.index) {
+            None => match screen_unknown(&hdr, pkt.len(), self.cfg.shards, self.cfg.index) {
+                UnknownCid::Stray { misrouted } => {
+                    if misrouted {
                         inc(&self.stats().misrouted);
                     }
                     inc(&self.stats().unknown_datagrams);
                     self.note_junk(now);
                     return;
                 }
-                // RFC 9000 14.1 and 7.2: a client's first datagram is at least 1200 bytes
-                // and its DCID at least 8. Anything smaller gets no answer and no state, so
-                // small spoofed datagrams cannot be amplified or fill the table.
-                if pkt.len() < MIN_INITIAL_DATAGRAM || dcid.len() < MIN_INITIAL_DCID {
+                UnknownCid::TooSmall => {
                     inc(&self.stats().rejected_initials);
                     self.note_junk(now);
                     return;
                 }
-                if !quiche::version_is_supported(hdr.version) {
+                UnknownCid::UnsupportedVersion => {
                     let mut out = self.spare.pop().unwrap_or_default();
                     out.resize(1500, 0);
                     if let Ok(n) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
@@ -396,36 +435,39 @@ impl Endpoint {
                     }
                     return;
                 }
-                let token = hdr.token.as_deref().unwrap_or_default();
-                let odcid = if !token.is_empty() {
-                    // The peer echoes a Retry token: it receives at `from`.
-                    match self.retry.validate(now, token, from, &dcid) {
-                        Ok(odcid) => {
-                            inc(&self.stats().address_validated);
-                            Some(odcid)
+                UnknownCid::Accept => {
+                    let dcid = hdr.dcid.as_ref().to_vec();
+                    let token = hdr.token.as_deref().unwrap_or_default();
+                    let odcid = if !token.is_empty() {
+                        // The peer echoes a Retry token: it receives at `from`.
+                        match self.retry.validate(now, token, from, &dcid) {
+                            Ok(odcid) => {
+                                inc(&self.stats().address_validated);
+                                Some(odcid)
+                            }
+                            Err(e) => {
+                                inc(&self.stats().invalid_tokens);
+                                tracing::trace!("Initial from {from} dropped: {e}");
+                                self.note_junk(now);
+                                return;
+                            }
                         }
-                        Err(e) => {
-                            inc(&self.stats().invalid_tokens);
-                            tracing::trace!("Initial from {from} dropped: {e}");
-                            self.note_junk(now);
-                            return;
-                        }
+                    } else if self.draining.is_none() && self.retry_pressure(now) {
+                        self.send_retry(now, from, &hdr);
+                        self.note_junk(now);
+                        return;
+                    } else {
+                        None
+                    };
+                    if odcid.is_none() {
+                        self.unvalidated.1 += 1;
                     }
-                } else if self.draining.is_none() && self.retry_pressure(now) {
-                    self.send_retry(now, from, &hdr);
-                    self.note_junk(now);
-                    return;
-                } else {
-                    None
-                };
-                if odcid.is_none() {
-                    self.unvalidated.1 += 1;
+                    match self.accept(&dcid, odcid.as_deref(), from, now) {
+                        Some(k) => k,
+                        None => return,
+                    }
                 }
-                match self.accept(&dcid, odcid.as_deref(), from, now) {
-                    Some(k) => k,
-                    None => return,
-                }
-            }
+            },
         };
         let local = self.local_addr;
         let accepted_before = self
