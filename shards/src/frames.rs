@@ -14,6 +14,22 @@ use crate::wire::{self, Record};
 pub(crate) const RX_CHUNK: usize = 64 * 1024;
 /// Receive-buffer capacity kept after a larger frame has been consumed.
 pub(crate) const RX_KEEP: usize = 256 * 1024;
+/// Most records decoded from an opened frame per step: a 16 MiB frame of empty messages
+/// (370,000 records) is handed on this many at a time, its plaintext staying in the buffer,
+/// instead of being held decoded whole.
+pub(crate) const RECORDS_PER_STEP: usize = 1024;
+
+/// A frame opened (authenticated, decrypted in place, its batch checked) whose records are
+/// being handed on.
+#[derive(Debug, Clone, Copy)]
+struct OpenFrame {
+    /// Header plus body: the bytes to drop from the buffer when every record is out.
+    len: usize,
+    /// End of the plaintext in the buffer.
+    plain_end: usize,
+    /// Where the next record starts.
+    at: usize,
+}
 
 /// What one read from the stream source gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +46,7 @@ pub(crate) enum StreamRead {
 pub(crate) struct FrameReader {
     rx: Vec<u8>,
     fin_received: bool,
+    open: Option<OpenFrame>,
 }
 
 impl FrameReader {
@@ -57,7 +74,7 @@ impl FrameReader {
     /// Whether part of a frame is held and the rest has not arrived (a whole frame waiting
     /// to be opened does not count).
     pub(crate) fn awaiting_bytes(&self) -> bool {
-        if self.rx.is_empty() {
+        if self.rx.is_empty() || self.open.is_some() {
             return false;
         }
         if self.rx.len() < seal::HEADER_LEN {
@@ -74,8 +91,10 @@ impl FrameReader {
         self.rx.capacity()
     }
 
-    /// Opens up to `max_frames` whole frames, appending their records to `out`, and returns
-    /// how many were opened. `read` fills the front of the buffer it is given from the
+    /// Takes up to `max_frames` steps, appending records to `out`, and returns how many
+    /// steps gave records. A step opens the next whole frame or continues the open one, and
+    /// hands on at most [`RECORDS_PER_STEP`] of its records; a frame's batch is checked
+    /// whole when it is opened, so a malformed one is refused before any record is used. `read` fills the front of the buffer it is given from the
     /// stream; it is asked only for bytes the current frame still lacks, at most
     /// [`RX_CHUNK`] at a time, so unread data stays with the source (flow control) and the
     /// buffer grows with bytes that arrived, not with what a header announces.
@@ -91,6 +110,25 @@ impl FrameReader {
     ) -> Result<usize, SessionError> {
         let mut frames = 0;
         while frames < max_frames {
+            if let Some(mut f) = self.open {
+                let plain = self
+                    .rx
+                    .get(..f.plain_end)
+                    .ok_or(SessionError::Protocol("frame bounds"))?;
+                wire::decode_records(plain, &mut f.at, RECORDS_PER_STEP, out)?;
+                frames += 1;
+                if f.at >= f.plain_end {
+                    self.open = None;
+                    self.rx.drain(..f.len);
+                    // A large frame must not pin its buffer for the connection's lifetime.
+                    if self.rx.capacity() > RX_KEEP && self.rx.len() <= RX_KEEP {
+                        self.rx.shrink_to(RX_KEEP);
+                    }
+                } else {
+                    self.open = Some(f);
+                }
+                continue;
+            }
             // Work out how many bytes the current frame still needs.
             let need = if self.rx.len() < seal::HEADER_LEN {
                 seal::HEADER_LEN
@@ -108,13 +146,12 @@ impl FrameReader {
                 let plain = body
                     .get(..n)
                     .ok_or(SessionError::Protocol("frame bounds"))?;
-                wire::decode_batch(plain, out)?;
-                self.rx.drain(..need);
-                // A large frame must not pin its buffer for the connection's lifetime.
-                if self.rx.capacity() > RX_KEEP && self.rx.len() <= RX_KEEP {
-                    self.rx.shrink_to(RX_KEEP);
-                }
-                frames += 1;
+                wire::validate_batch(plain)?;
+                self.open = Some(OpenFrame {
+                    len: need,
+                    plain_end: seal::HEADER_LEN + n,
+                    at: seal::HEADER_LEN,
+                });
                 continue;
             }
             if self.fin_received {
@@ -156,4 +193,92 @@ fn frame_header(rx: &[u8]) -> [u8; seal::HEADER_LEN] {
         h.copy_from_slice(src);
     }
     h
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::seal::{SealKey, Sealer};
+    use crate::wire::{Message, PeerId};
+
+    fn sealed(plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        Sealer::new(SealKey::from_bytes([3; 32]))
+            .seal_into(plain, &mut out)
+            .unwrap();
+        out
+    }
+
+    /// A source that hands out `bytes` as far as each read has room.
+    fn source(bytes: &[u8]) -> impl FnMut(&mut [u8]) -> Result<StreamRead, SessionError> + '_ {
+        let mut off = 0;
+        move |dst: &mut [u8]| {
+            let n = dst.len().min(bytes.len() - off);
+            if n == 0 {
+                return Ok(StreamRead::Done);
+            }
+            dst[..n].copy_from_slice(&bytes[off..off + n]);
+            off += n;
+            Ok(StreamRead::Data { n, fin: false })
+        }
+    }
+
+    #[test]
+    fn a_frame_of_many_records_is_handed_on_a_step_at_a_time() {
+        let records: Vec<Record> = (0..5000)
+            .map(|seq| {
+                Record::Message(Message {
+                    dst: PeerId([1; 16]),
+                    src: PeerId([2; 16]),
+                    seq,
+                    payload: Vec::new(),
+                })
+            })
+            .collect();
+        let mut plain = Vec::new();
+        wire::encode_batch(&records, &mut plain);
+        let frame = sealed(&plain);
+        let mut reader = FrameReader::default();
+        let mut opener = Opener::new(SealKey::from_bytes([3; 32]));
+        let mut read = source(&frame);
+        let mut got = Vec::new();
+        let mut steps = 0;
+        loop {
+            let mut step = Vec::new();
+            let n = reader
+                .read_frames(&mut opener, &mut step, 1, &mut read)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(step.len() <= RECORDS_PER_STEP, "{}", step.len());
+            assert!(!reader.awaiting_bytes(), "an opened frame awaits nothing");
+            got.extend(step);
+            steps += 1;
+        }
+        assert_eq!(got, records);
+        assert_eq!(steps, 5000usize.div_ceil(RECORDS_PER_STEP));
+        assert_eq!(reader.buffered(), 0, "the frame is dropped once handed on");
+    }
+
+    #[test]
+    fn a_malformed_batch_is_refused_before_any_record_is_used() {
+        let ok = Record::Message(Message {
+            dst: PeerId([1; 16]),
+            src: PeerId([2; 16]),
+            seq: 1,
+            payload: b"fine".to_vec(),
+        });
+        let mut plain = Vec::new();
+        wire::encode_batch([&ok, &ok], &mut plain);
+        plain.push(0x7f); // an unknown record type after two good records
+        let frame = sealed(&plain);
+        let mut reader = FrameReader::default();
+        let mut opener = Opener::new(SealKey::from_bytes([3; 32]));
+        let mut out = Vec::new();
+        let res = reader.read_frames(&mut opener, &mut out, 4, source(&frame));
+        assert!(res.is_err());
+        assert!(out.is_empty(), "{out:?}");
+    }
 }

@@ -389,6 +389,71 @@ pub fn decode_batch(buf: &[u8], out: &mut Vec<Record>) -> Result<(), WireError> 
     Ok(())
 }
 
+/// Checks a whole batch plaintext without allocating: the same errors [`decode_batch`]
+/// would return, so a frame is refused before any of its records is used. Returns the
+/// number of records.
+pub fn validate_batch(buf: &[u8]) -> Result<usize, WireError> {
+    if buf.is_empty() {
+        return Err(WireError::EmptyBatch);
+    }
+    let mut r = Reader { rest: buf };
+    let mut n = 0;
+    while !r.rest.is_empty() {
+        let [kind] = r.array::<1>()?;
+        match kind {
+            RECORD_MESSAGE => {
+                r.take(2 * PEER_ID_LEN + 8)?;
+                let len = u32::from_be_bytes(r.array()?);
+                r.take(usize::try_from(len).map_err(|_| WireError::Truncated)?)?;
+            }
+            RECORD_ERROR => {
+                r.take(2 + 8 + PEER_ID_LEN)?;
+                let len = usize::from(u16::from_be_bytes(r.array()?));
+                std::str::from_utf8(r.take(len)?).map_err(|_| WireError::InvalidUtf8)?;
+            }
+            other => return Err(WireError::UnknownRecordType(other)),
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Decodes up to `max` records of a batch plaintext starting at byte `*at`, advancing `*at`
+/// past them, so a large batch can be handed on a few records at a time instead of held
+/// decoded whole. Returns how many were appended to `out`.
+///
+/// ```
+/// use shards::wire::{decode_records, encode_batch, Message, PeerId, Record};
+///
+/// let records: Vec<Record> = (0..5)
+///     .map(|seq| Record::Message(Message { dst: PeerId([1; 16]), src: PeerId([2; 16]), seq, payload: vec![] }))
+///     .collect();
+/// let mut plain = Vec::new();
+/// encode_batch(&records, &mut plain);
+/// let (mut at, mut out) = (0, Vec::new());
+/// assert_eq!(decode_records(&plain, &mut at, 2, &mut out)?, 2);
+/// assert_eq!(decode_records(&plain, &mut at, 10, &mut out)?, 3);
+/// assert_eq!((at, out), (plain.len(), records));
+/// # Ok::<(), shards::wire::WireError>(())
+/// ```
+pub fn decode_records(
+    buf: &[u8],
+    at: &mut usize,
+    max: usize,
+    out: &mut Vec<Record>,
+) -> Result<usize, WireError> {
+    let mut r = Reader {
+        rest: buf.get(*at..).ok_or(WireError::Truncated)?,
+    };
+    let mut n = 0;
+    while n < max && !r.rest.is_empty() {
+        out.push(decode_record(&mut r)?);
+        n += 1;
+    }
+    *at = buf.len() - r.rest.len();
+    Ok(n)
+}
+
 fn decode_record(r: &mut Reader<'_>) -> Result<Record, WireError> {
     let [kind] = r.array::<1>()?;
     match kind {

@@ -212,7 +212,10 @@ fn error_records_for_one_huge_frame_stay_within_twice_the_queue_bound() {
     let sent = get(&s.errors_out);
     let dropped = get(&s.error_records_dropped);
     assert_eq!(sent + dropped, 20_000, "every ERROR is sent or counted");
-    assert!(dropped > 0);
+    // The frame's records are handed on a step (1024) at a time and reading pauses while
+    // the sender's own queue is full, so its ERROR records wait for room instead of being
+    // dropped.
+    assert_eq!(dropped, 0);
     let bound = 2 * 256 * 1024 + 256;
     assert!(peak <= bound, "queued {peak} bytes for one sender");
 }
