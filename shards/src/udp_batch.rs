@@ -1,7 +1,30 @@
-//! Batched datagram I/O on a shard's non-blocking UDP socket: `recvmmsg` to drain what is
+//! Batched datagram I/O on a non-blocking UDP socket: `recvmmsg` to drain what is
 //! already queued after the executor's receive completes, and `sendmmsg` to hand the
 //! kernel many datagrams in one system call. Both use `MSG_DONTWAIT` and never block the
 //! executor: `WouldBlock` tells the driver to fall back to glommio's awaited operations.
+//! Public so the blocking client and the load harness use the same calls as the shards.
+//!
+//! ```
+//! use std::os::fd::AsRawFd;
+//! use shards::udp_batch::{RecvBatch, SendBatch};
+//! let rx = std::net::UdpSocket::bind("127.0.0.1:0")?;
+//! let tx = std::net::UdpSocket::bind("127.0.0.1:0")?;
+//! let to = rx.local_addr()?;
+//! let sent = SendBatch::default().send(tx.as_raw_fd(), [(to, &b"a"[..]), (to, &b"bc"[..])].into_iter())?;
+//! assert_eq!(sent, 2);
+//! let mut batch = RecvBatch::new(8, 1500);
+//! let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+//! let mut got = 0;
+//! while got < 2 && std::time::Instant::now() < give_up {
+//!     match batch.recv(rx.as_raw_fd()) {
+//!         Ok(n) => got += n,
+//!         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+//!         Err(e) => return Err(e.into()),
+//!     }
+//! }
+//! assert_eq!(got, 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -9,7 +32,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 /// Receive slots: `recvmmsg` buffers and their headers, reused across calls.
-pub(crate) struct RecvBatch {
+pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     addrs: Vec<libc::sockaddr_storage>,
     iovecs: Vec<libc::iovec>,
@@ -17,9 +40,14 @@ pub(crate) struct RecvBatch {
     filled: usize,
 }
 
+// SAFETY: the raw pointers in the headers point into buffers and address slots the batch
+// owns (heap memory that moves with it) and are rebuilt before every call; they are only
+// dereferenced by the kernel during a call made through `&mut self`.
+unsafe impl Send for RecvBatch {}
+
 impl RecvBatch {
     /// `slots` datagrams of up to `size` bytes per call.
-    pub(crate) fn new(slots: usize, size: usize) -> RecvBatch {
+    pub fn new(slots: usize, size: usize) -> RecvBatch {
         let slots = slots.max(1);
         RecvBatch {
             bufs: (0..slots).map(|_| vec![0u8; size.max(1)]).collect(),
@@ -35,7 +63,7 @@ impl RecvBatch {
 
     /// Reads as many queued datagrams as there are slots, without waiting. Returns how
     /// many were read; `Err(WouldBlock)` when none were queued.
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.iovecs.clear();
         self.msgs.clear();
         for b in self.bufs.iter_mut() {
@@ -75,9 +103,7 @@ impl RecvBatch {
 
     /// The datagrams of the last call: source, bytes, and whether each was cut short
     /// because it did not fit in its slot.
-    pub(crate) fn iter_mut(
-        &mut self,
-    ) -> impl Iterator<Item = (Option<SocketAddr>, &mut [u8], bool)> + '_ {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Option<SocketAddr>, &mut [u8], bool)> + '_ {
         let filled = self.filled;
         self.bufs
             .iter_mut()
@@ -119,17 +145,21 @@ fn sockaddr_to_std(a: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<S
 
 /// `sendmmsg` headers, reused across calls so sending allocates nothing per datagram.
 #[derive(Default)]
-pub(crate) struct SendBatch {
+pub struct SendBatch {
     addrs: Vec<socket2::SockAddr>,
     iovecs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
 }
 
+// SAFETY: the headers are cleared after every call, so between calls they hold no pointers
+// into borrowed memory; the addresses they point to during a call are owned by the batch.
+unsafe impl Send for SendBatch {}
+
 impl SendBatch {
     /// Sends `datagrams` (destination, bytes) with one `sendmmsg` call, without waiting.
     /// Returns how many the kernel took (a prefix); `Err` when it took none, with the error
     /// of the first (`WouldBlock` when the socket buffer is full).
-    pub(crate) fn send<'a>(
+    pub fn send<'a>(
         &mut self,
         fd: RawFd,
         datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,

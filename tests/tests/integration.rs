@@ -14,6 +14,7 @@ mod metrics;
 mod reconnect;
 
 // The `bench-harness` crate and binary.
+mod ceiling_cli;
 mod compare;
 mod harness_cli;
 mod hgrm_golden;
