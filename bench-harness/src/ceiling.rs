@@ -220,6 +220,26 @@ impl Tally {
         at <= elapsed && at < self.measure_end
     }
 
+    /// The first datagram due at or after `t`.
+    fn first_due_from(&self, t: Duration) -> u64 {
+        let guess = (t.as_secs_f64() * self.rate - self.phase).floor() - 2.0;
+        let mut k = if guess > 0.0 { guess as u64 } else { 0 };
+        while self.intended(k) < t {
+            k += 1;
+        }
+        k
+    }
+
+    /// Datagrams the schedule calls for in the measured phase.
+    pub fn offered(&self) -> u64 {
+        self.first_due_from(self.measure_end) - self.first_due_from(self.warm_end)
+    }
+
+    /// Measured datagrams not sent (yet): the generator is that far behind its schedule.
+    pub fn unsent(&self) -> u64 {
+        self.offered().saturating_sub(self.sent)
+    }
+
     /// Whether every datagram of the schedule was sent.
     pub fn schedule_done(&self) -> bool {
         self.intended(self.next_seq) >= self.measure_end
@@ -427,7 +447,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
     let mut lag = load::new_hist();
     let mut arrivals = load::new_hist();
     let mut intervals: Vec<Histogram<u64>> = Vec::new();
-    let (mut sent, mut received, mut corrupted, mut duplicates) = (0, 0, 0, 0);
+    let (mut offered, mut sent, mut received, mut corrupted, mut duplicates) = (0, 0, 0, 0, 0);
     let mut generator_calls = (0, 0);
     for o in &outs {
         let t = &o.tally;
@@ -442,6 +462,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
                 let _ = h.add(iv);
             }
         }
+        offered += t.offered();
         sent += t.sent;
         received += t.received;
         corrupted += t.corrupted;
@@ -459,9 +480,11 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
         latency,
         intervals,
         lag,
-        offered: sent,
+        offered,
         sent,
-        refused: 0,
+        // Measured datagrams a generator had not sent by the deadline: it fell behind (the
+        // kernel's send path is the back-pressure of raw UDP).
+        refused: offered.saturating_sub(sent),
         connection_errors: 0,
         received,
         corrupted,
@@ -880,9 +903,11 @@ fn rate_dir(rate: f64) -> String {
 }
 
 /// Columns of the runs table (`ceiling-runs.csv` and the runs part of `ceiling.md`).
-pub const RUN_HEADERS: [&str; 15] = [
+pub const RUN_HEADERS: [&str; 17] = [
     "config",
     "rate",
+    "offered",
+    "refused",
     "sent",
     "received",
     "lost",
@@ -909,6 +934,8 @@ pub fn run_cells(r: &RunRow, p99_target: Duration) -> Vec<String> {
     vec![
         label(r.io),
         format!("{:.0}", s.config.rate),
+        s.offered.to_string(),
+        s.refused.to_string(),
         s.sent.to_string(),
         s.received.to_string(),
         s.lost.to_string(),
@@ -1045,6 +1072,10 @@ mod tests {
         assert!(!t.is_due(11, Duration::from_micros(10_500)));
         // Datagram 30 is due at 30.5 ms, after the schedule's end.
         assert!(!t.is_due(30, Duration::from_secs(1)));
+        // 3/s offset half an interval, measured from 1 s for 2 s: datagram k is due at
+        // (k + 0.5) / 3 s, so 3..=8 are measured.
+        let odd = Tally::new(3.0, 0.5, 64, Duration::from_secs(1), Duration::from_secs(2));
+        assert_eq!((odd.offered(), odd.unsent()), (6, 6));
         let mut buf = [0u8; 64];
         t.fill(12, &mut buf);
         assert_eq!(
@@ -1059,6 +1090,7 @@ mod tests {
         send_upto(&mut t, 30);
         assert!(t.schedule_done());
         assert_eq!(t.sent, 20, "datagrams 10..30 are measured");
+        assert_eq!((t.offered(), t.unsent()), (20, 0));
         assert!(
             t.lag.max().abs_diff(100_000) < 100,
             "lag recorded: {}",
@@ -1086,6 +1118,8 @@ mod tests {
     fn duplicates_corruption_and_unsent_sequence_numbers_are_told_apart() {
         let mut t = tally();
         send_upto(&mut t, 15);
+        // Behind its schedule: 15 of the 20 measured datagrams not sent.
+        assert_eq!((t.sent, t.unsent()), (5, 15));
         let mut buf = [0u8; 64];
         t.fill(11, &mut buf);
         let at = Duration::from_millis(12);
@@ -1128,7 +1162,11 @@ mod tests {
             let run = run_once(&cfg, io).unwrap();
             let r = &run.result;
             // 1000/s per thread over 500 ms: 500 each, 1000 in all.
-            assert_eq!(r.sent, 1000, "{io}: {r:?}");
+            assert_eq!(
+                (r.offered, r.sent, r.refused),
+                (1000, 1000, 0),
+                "{io}: {r:?}"
+            );
             assert_eq!(r.received + r.corrupted + r.lost(), r.sent, "{io}");
             assert_eq!((r.lost(), r.corrupted, run.duplicates), (0, 0, 0), "{io}");
             // 100 ms of warm-up at 2000/s: 200 more reached the server.

@@ -502,6 +502,14 @@ pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
                 Err(why) => format!("fails ({why})"),
             }
         );
+        if s.harness_lag_ms.p99 > 1.0 || s.refused > 0 {
+            println!(
+                "  note: the generators fell behind their schedule (lag p99 {:.3} ms, {} not sent): \
+                 on loopback the sender pays for delivery too, so this rate is limited by the \
+                 generators as much as by the server; try --threads",
+                s.harness_lag_ms.p99, s.refused
+            );
+        }
     })?;
     if let Some(r) = report.runs.first() {
         let (rcv, snd) = r.server_buffers;

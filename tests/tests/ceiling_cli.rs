@@ -54,7 +54,11 @@ fn a_single_rate_run_reports_both_io_modes_and_loses_nothing() {
         assert!(md.contains(&format!("udp io={io}")), "{md}");
         let n = |k: &str| -> u64 { row[k].parse().unwrap_or_else(|_| panic!("{k}: {row:?}")) };
         // 1000/s per thread for 1 s measured: exactly 2000 measured datagrams.
-        assert_eq!(n("sent"), 2000, "{row:?}");
+        assert_eq!(
+            (n("offered"), n("sent"), n("refused")),
+            (2000, 2000, 0),
+            "{row:?}"
+        );
         assert_eq!(
             n("sent"),
             n("received") + n("lost") + n("corrupted"),
