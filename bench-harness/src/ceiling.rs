@@ -334,6 +334,9 @@ pub struct CeilingRun {
     pub server_buffers: (usize, usize),
     /// Generator send and receive system calls.
     pub generator_calls: (u64, u64),
+    /// Datagrams the generators sent and read back, warm-up and drain included (set against
+    /// the server's counts, they tell at which socket datagrams were dropped).
+    pub generator_datagrams: (u64, u64),
 }
 
 /// Checks a ceiling load before anything starts.
@@ -449,6 +452,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
     let mut intervals: Vec<Histogram<u64>> = Vec::new();
     let (mut offered, mut sent, mut received, mut corrupted, mut duplicates) = (0, 0, 0, 0, 0);
     let mut generator_calls = (0, 0);
+    let mut generator_datagrams = (0, 0);
     for o in &outs {
         let t = &o.tally;
         let _ = latency.add(&t.latency);
@@ -469,6 +473,8 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
         duplicates += t.duplicates;
         generator_calls.0 += o.send_calls;
         generator_calls.1 += o.recv_calls;
+        generator_datagrams.0 += o.datagrams_sent;
+        generator_datagrams.1 += o.datagrams_read;
     }
     // As in `load`: the window ends when 99 % of the measured replies had arrived.
     let p99_arrival = if arrivals.is_empty() {
@@ -507,6 +513,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
         duplicates,
         server_buffers,
         generator_calls,
+        generator_datagrams,
     })
 }
 
@@ -636,6 +643,8 @@ struct GenOut {
     tally: Tally,
     send_calls: u64,
     recv_calls: u64,
+    datagrams_sent: u64,
+    datagrams_read: u64,
 }
 
 /// One generator thread: sends what is due in `sendmmsg` bursts, reads replies in
@@ -654,6 +663,7 @@ fn generate(
     let mut tx = SendBatch::default();
     let mut rx = RecvBatch::new(BURST, message_size + 1);
     let (mut send_calls, mut recv_calls) = (0u64, 0u64);
+    let (mut datagrams_sent, mut datagrams_read) = (0u64, 0u64);
     std::thread::sleep(origin.saturating_duration_since(Instant::now()));
     loop {
         let now = Instant::now();
@@ -680,6 +690,7 @@ fn generate(
             send_calls += 1;
             match tx.send(fd, bufs.iter().take(n).map(|b| (server, b.as_slice()))) {
                 Ok(k) => {
+                    datagrams_sent += k as u64;
                     for _ in 0..k {
                         tally.on_sent(elapsed);
                     }
@@ -701,6 +712,7 @@ fn generate(
             recv_calls += 1;
             match rx.recv(fd) {
                 Ok(n) => {
+                    datagrams_read += n as u64;
                     let at = origin.elapsed();
                     for (_, data, truncated) in rx.iter_mut() {
                         if truncated {
@@ -745,6 +757,8 @@ fn generate(
         tally,
         send_calls,
         recv_calls,
+        datagrams_sent,
+        datagrams_read,
     }
 }
 
@@ -780,6 +794,23 @@ pub struct RunRow {
     pub server_buffers: (usize, usize),
     /// Generator send and receive system calls.
     pub generator_calls: (u64, u64),
+    /// Datagrams the generators sent and read back, all phases.
+    pub generator_datagrams: (u64, u64),
+}
+
+impl RunRow {
+    /// Datagrams sent that the server never read: dropped at its full socket.
+    pub fn dropped_before_server(&self) -> u64 {
+        self.generator_datagrams
+            .0
+            .saturating_sub(self.server.received)
+    }
+
+    /// Replies the server sent that the generators never read: dropped at their sockets
+    /// (or still in flight when the run ended).
+    pub fn dropped_after_server(&self) -> u64 {
+        self.server.sent.saturating_sub(self.generator_datagrams.1)
+    }
 }
 
 /// One io mode's knee.
@@ -826,6 +857,7 @@ pub fn run_to_dir(cfg: &LoadConfig, io: IoMode, dir: &Path) -> Result<RunRow, Ce
         duplicates: run.duplicates,
         server_buffers: run.server_buffers,
         generator_calls: run.generator_calls,
+        generator_datagrams: run.generator_datagrams,
     };
     let path = dir.join("server.json");
     let json = serde_json::json!({
@@ -834,6 +866,7 @@ pub fn run_to_dir(cfg: &LoadConfig, io: IoMode, dir: &Path) -> Result<RunRow, Ce
         "server_buffers": row.server_buffers,
         "duplicates": row.duplicates,
         "generator_calls": row.generator_calls,
+        "generator_datagrams": row.generator_datagrams,
     });
     std::fs::write(&path, format!("{json:#}\n")).map_err(|e| CeilingError::Report(path, e))?;
     Ok(row)
@@ -903,7 +936,7 @@ fn rate_dir(rate: f64) -> String {
 }
 
 /// Columns of the runs table (`ceiling-runs.csv` and the runs part of `ceiling.md`).
-pub const RUN_HEADERS: [&str; 17] = [
+pub const RUN_HEADERS: [&str; 19] = [
     "config",
     "rate",
     "offered",
@@ -920,6 +953,8 @@ pub const RUN_HEADERS: [&str; 17] = [
     "lag p99",
     "server dgrams/recv call",
     "server send dropped",
+    "dropped before server",
+    "dropped after server",
     "verdict",
 ];
 
@@ -948,6 +983,8 @@ pub fn run_cells(r: &RunRow, p99_target: Duration) -> Vec<String> {
         format!("{:.3}", s.harness_lag_ms.p99),
         format!("{:.1}", r.server.per_receive_call()),
         r.server.send_dropped.to_string(),
+        r.dropped_before_server().to_string(),
+        r.dropped_after_server().to_string(),
         verdict,
     ]
 }
@@ -1172,6 +1209,7 @@ mod tests {
             // 100 ms of warm-up at 2000/s: 200 more reached the server.
             assert_eq!(run.server.received, 1200, "{io}: {:?}", run.server);
             assert_eq!(run.server.sent, run.server.received, "{io}");
+            assert_eq!(run.generator_datagrams, (1200, 1200), "{io}");
             assert!(run.load.target.port() != 0);
         }
     }

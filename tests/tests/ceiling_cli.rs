@@ -65,6 +65,11 @@ fn a_single_rate_run_reports_both_io_modes_and_loses_nothing() {
             "{row:?}"
         );
         assert_eq!((n("lost"), n("corrupted")), (0, 0), "{row:?}");
+        assert_eq!(
+            (n("dropped before server"), n("dropped after server")),
+            (0, 0),
+            "{row:?}"
+        );
         assert_eq!(row["verdict"], "holds", "{row:?}");
         let dir = out.join(format!("io-{io}")).join("r2000");
         let s = Summary::read_json(&dir.join("summary.json")).unwrap();
