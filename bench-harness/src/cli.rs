@@ -52,9 +52,10 @@ impl From<ModeArg> for Mode {
 /// The load shape shared by `run` and `sweep`.
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// Harness threads, each pinned to its own core (taken from the last core down).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub cores: u32,
+    /// Generator threads, each pinned to its own core (taken from the last core down);
+    /// connections are spread over them. `--cores` is an older name for it.
+    #[arg(long, visible_alias = "cores", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: u32,
     /// Client connections (peers), spread over the harness threads.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: u32,
@@ -84,7 +85,7 @@ impl LoadArgs {
     fn to_config(&self, target: SocketAddr, rate: f64) -> LoadConfig {
         LoadConfig {
             target,
-            cores: self.cores as usize,
+            threads: self.threads as usize,
             connections: self.connections as usize,
             rate,
             duration: self.duration,
@@ -213,7 +214,7 @@ pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
     if lag.p99 > 1.0 {
         println!(
             "warning: the harness fell behind its schedule (p99 lag {:.3} ms): \
-             latencies include its own delay; use more --cores or a lower --rate",
+             latencies include its own delay; use more --threads or a lower --rate",
             lag.p99
         );
     }
@@ -385,4 +386,157 @@ pub fn knee_cmd(a: &KneeArgs) -> anyhow::Result<i32> {
         println!("wrote {}", f.display());
     }
     Ok(0)
+}
+
+/// `bench-harness ceiling`: the raw UDP echo ceiling on the engine's socket setup.
+#[derive(Args, Debug, Clone)]
+pub struct CeilingArgs {
+    /// Echo server I/O modes (comma separated), one row each: `per-datagram` (one
+    /// recvfrom and one sendto per datagram) or `batched` (recvmmsg/sendmmsg, up to 64 per
+    /// call, as the shards do).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "per-datagram,batched"
+    )]
+    pub io: Vec<crate::ceiling::IoMode>,
+    /// One run per io mode at this rate (datagrams per second) instead of the knee search.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Generator threads, each pinned to its own core from the last core down (the server
+    /// is on the first core), each with its own socket; the rate is split evenly.
+    /// `--cores` is an older name for it.
+    #[arg(long, visible_alias = "cores", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
+    /// UDP payload bytes per datagram (16..=65507: sequence number and intended send time
+    /// first).
+    #[arg(long, default_value_t = 64)]
+    pub message_size: usize,
+    /// Measured duration of each run, after the warm-up.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Warm-up of each run: datagrams are sent but not recorded.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// How long to wait for replies after the schedule ends; what has not come back by then
+    /// is lost.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// p99 latency (from intended send time) a rate must hold, as in `knee`.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub p99_target: Duration,
+    /// First rate the search tries, datagrams per second.
+    #[arg(long, default_value = "10000", value_parser = parse_rate)]
+    pub min_rate: f64,
+    /// Highest rate the search tries, datagrams per second.
+    #[arg(long, default_value = "4000000", value_parser = parse_rate)]
+    pub max_rate: f64,
+    /// Stop when the lowest failing rate is within this fraction above the knee.
+    #[arg(long, default_value_t = 0.05)]
+    pub precision: f64,
+    /// Most rates tried per io mode.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub max_steps: u32,
+    /// Runs per rate: a rate holds only if every run holds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeat: u32,
+    /// Where the run directories, ceiling.md, ceiling-runs.csv, ceiling.json and (for a
+    /// search) ceiling-knee.csv and ceiling.svg/.png go.
+    #[arg(long, default_value = "ceiling-out")]
+    pub out: PathBuf,
+    /// Do not pin the server and generator threads.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// With --rate: exit 0 even when a run is saturated (loss still exits 1).
+    #[arg(long)]
+    pub allow_saturation: bool,
+}
+
+/// Runs `bench-harness ceiling`; prints each run and the report. With `--rate`, exits 1
+/// when anything was lost or corrupted and 2 when a run was saturated (unless
+/// `--allow-saturation`), as `run` does; a knee search exits 0.
+pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
+    use crate::ceiling::{self, CeilingConfig};
+    let cfg = CeilingConfig {
+        io: a.io.clone(),
+        load: LoadConfig {
+            target: SocketAddr::from(([127, 0, 0, 1], 0)),
+            threads: a.threads as usize,
+            connections: a.threads as usize,
+            rate: a.rate.unwrap_or(a.min_rate),
+            duration: a.duration,
+            warmup: a.warmup,
+            message_size: a.message_size,
+            mode: Mode::Echo,
+            drain: a.drain,
+            pin: !a.no_pin,
+        },
+        rate: a.rate,
+        search: crate::knee::SearchParams {
+            p99_target: a.p99_target,
+            min_rate: a.min_rate,
+            max_rate: a.max_rate,
+            precision: a.precision,
+            max_steps: a.max_steps as usize,
+            repeat: a.repeat as usize,
+        },
+        out: a.out.clone(),
+    };
+    let report = ceiling::ceiling(&cfg, |r, v| {
+        let s = &r.summary;
+        println!(
+            "{} @{:.0}/s: sent {}, received {}, lost {}, achieved {:.0}/s, p99 {:.3} ms, lag p99 {:.3} ms, \
+             server {:.1} datagrams per receive call: {}",
+            ceiling::label(r.io),
+            s.config.rate,
+            s.sent,
+            s.received,
+            s.lost,
+            s.achieved_rate,
+            s.latency_ms.p99,
+            s.harness_lag_ms.p99,
+            r.server.per_receive_call(),
+            match v {
+                Ok(()) => "holds".to_string(),
+                Err(why) => format!("fails ({why})"),
+            }
+        );
+        if s.harness_lag_ms.p99 > 1.0 || s.refused > 0 {
+            println!(
+                "  note: the generators fell behind their schedule (lag p99 {:.3} ms, {} not sent): \
+                 on loopback the sender pays for delivery too, so this rate is limited by the \
+                 generators as much as by the server; try --threads",
+                s.harness_lag_ms.p99, s.refused
+            );
+        }
+    })?;
+    if let Some(r) = report.runs.first() {
+        let (rcv, snd) = r.server_buffers;
+        println!(
+            "server socket (as the engine's): non-blocking, SO_RCVBUF {rcv} B, SO_SNDBUF {snd} B (as the kernel reports them)"
+        );
+    }
+    println!();
+    print!("{}", ceiling::markdown(&report));
+    for f in ceiling::write(&a.out, &report)? {
+        println!("wrote {}", f.display());
+    }
+    if a.rate.is_none() {
+        return Ok(0);
+    }
+    let bad = report
+        .runs
+        .iter()
+        .any(|r| r.summary.lost > 0 || r.summary.corrupted > 0);
+    let saturated = report.runs.iter().any(|r| r.summary.saturated);
+    Ok(if bad {
+        eprintln!("datagrams were lost or corrupted");
+        1
+    } else if saturated && !a.allow_saturation {
+        eprintln!("saturated (pass --allow-saturation to exit 0)");
+        2
+    } else {
+        0
+    })
 }

@@ -89,15 +89,47 @@ pub struct Step {
     pub why: String,
 }
 
-/// The outcome of one configuration's search.
+/// The limits of a search and the p99 a rate must hold (shared by `knee` and `ceiling`).
+#[derive(Debug, Clone, Copy)]
+pub struct SearchParams {
+    /// p99 latency a rate must hold.
+    pub p99_target: Duration,
+    /// First rate tried (msg/s).
+    pub min_rate: f64,
+    /// Highest rate tried (msg/s).
+    pub max_rate: f64,
+    /// Stop bisecting when the failing rate is within this fraction above the holding one.
+    pub precision: f64,
+    /// Most rates tried per configuration.
+    pub max_steps: usize,
+    /// Runs per rate; a rate holds only if every run holds.
+    pub repeat: usize,
+}
+
+impl SearchParams {
+    /// Checks the rates and the precision before any run starts.
+    pub fn check(&self) -> Result<(), SweepError> {
+        if !(self.min_rate > 0.0 && self.max_rate >= self.min_rate) {
+            return Err(SweepError::Config(format!(
+                "need 0 < --min-rate ({}) <= --max-rate ({})",
+                self.min_rate, self.max_rate
+            )));
+        }
+        if !(self.precision > 0.0 && self.precision < 1.0) {
+            return Err(SweepError::Config(format!(
+                "--precision ({}) must be between 0 and 1",
+                self.precision
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What one configuration's search found, whatever the configuration is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Knee {
-    /// `bs=128 bt=0`.
+pub struct Outcome {
+    /// `bs=128 bt=0`, `udp io=batched`.
     pub config: String,
-    /// Batch size.
-    pub batch_size: u32,
-    /// Batch timeout, ms.
-    pub batch_timeout_ms: f64,
     /// The highest rate that held; `None` when not even `min_rate` did.
     pub knee: Option<f64>,
     /// p99 at the knee, ms.
@@ -111,6 +143,18 @@ pub struct Knee {
     pub capped: bool,
     /// Every run, in the order made.
     pub steps: Vec<Step>,
+}
+
+/// The outcome of one batch configuration's search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Knee {
+    /// Batch size.
+    pub batch_size: u32,
+    /// Batch timeout, ms.
+    pub batch_timeout_ms: f64,
+    /// The knee, the failure and every step.
+    #[serde(flatten)]
+    pub outcome: Outcome,
 }
 
 /// What a search found.
@@ -129,13 +173,13 @@ pub struct Search {
 
 /// The search, over a `try_rate` that runs one rate and says whether it held (with its
 /// achieved rate and p99).
-pub fn search(
+pub fn search<E>(
     min_rate: f64,
     max_rate: f64,
     precision: f64,
     max_steps: usize,
-    mut try_rate: impl FnMut(f64) -> Result<Step, SweepError>,
-) -> Result<Search, SweepError> {
+    mut try_rate: impl FnMut(f64) -> Result<Step, E>,
+) -> Result<Search, E> {
     let mut steps = Vec::new();
     let first = try_rate(min_rate)?;
     let held = first.held;
@@ -195,6 +239,85 @@ pub fn search(
     })
 }
 
+/// Searches one configuration: `run(rate, i)` makes run `i` (from 0) of a rate and returns
+/// its summary. The worst of [`SearchParams::repeat`] runs decides (a failing run ends the
+/// rate's runs); `on_step` is told about each rate as it is decided.
+pub fn search_config<E>(
+    config: &str,
+    params: &SearchParams,
+    mut run: impl FnMut(f64, usize) -> Result<Summary, E>,
+    mut on_step: impl FnMut(&str, &Step),
+) -> Result<Outcome, E> {
+    let Search {
+        steps,
+        knee,
+        first_failure,
+        capped,
+    } = search(
+        params.min_rate,
+        params.max_rate,
+        params.precision,
+        params.max_steps,
+        |rate| {
+            let mut step = Step {
+                rate,
+                achieved: f64::INFINITY,
+                p99_ms: 0.0,
+                held: true,
+                why: String::new(),
+            };
+            for i in 0..params.repeat.max(1) {
+                let summary = run(rate, i)?;
+                let v = verdict(&summary, params.p99_target);
+                step.achieved = step.achieved.min(summary.achieved_rate);
+                step.p99_ms = step.p99_ms.max(summary.latency_ms.p99);
+                if let Err(why) = v {
+                    step.held = false;
+                    step.why = why;
+                    break;
+                }
+            }
+            on_step(config, &step);
+            Ok(step)
+        },
+    )?;
+    let p99_at_knee_ms = knee.and_then(|k| {
+        steps
+            .iter()
+            .find(|s| s.held && s.rate == k)
+            .map(|s| s.p99_ms)
+    });
+    let failure = first_failure.and_then(|f| {
+        steps
+            .iter()
+            .find(|s| !s.held && s.rate == f)
+            .map(|s| s.why.clone())
+    });
+    Ok(Outcome {
+        config: config.to_string(),
+        knee,
+        p99_at_knee_ms,
+        first_failure,
+        failure,
+        capped,
+        steps,
+    })
+}
+
+impl KneeConfig {
+    /// The search limits of this configuration.
+    pub fn params(&self) -> SearchParams {
+        SearchParams {
+            p99_target: self.p99_target,
+            min_rate: self.min_rate,
+            max_rate: self.max_rate,
+            precision: self.precision,
+            max_steps: self.max_steps,
+            repeat: self.repeat,
+        }
+    }
+}
+
 /// Runs the search for every configuration; `on_step` is told about each run.
 pub fn knee(
     cfg: &KneeConfig,
@@ -205,91 +328,31 @@ pub fn knee(
             "give at least one batch size and batch timeout".into(),
         ));
     }
-    if !(cfg.min_rate > 0.0 && cfg.max_rate >= cfg.min_rate) {
-        return Err(SweepError::Config(format!(
-            "need 0 < --min-rate ({}) <= --max-rate ({})",
-            cfg.min_rate, cfg.max_rate
-        )));
-    }
-    if !(cfg.precision > 0.0 && cfg.precision < 1.0) {
-        return Err(SweepError::Config(format!(
-            "--precision ({}) must be between 0 and 1",
-            cfg.precision
-        )));
-    }
+    let params = cfg.params();
+    params.check()?;
     let mut out = Vec::new();
     for &bs in &cfg.batch_sizes {
         for &bt in &cfg.batch_timeouts {
             let config = format!("bs={bs} bt={}", format_duration(bt));
             let dir = cfg.out.join(format!("bs{bs}-bt{}", format_duration(bt)));
-            let Search {
-                steps,
-                knee,
-                first_failure,
-                capped,
-            } = search(
-                cfg.min_rate,
-                cfg.max_rate,
-                cfg.precision,
-                cfg.max_steps,
-                |rate| {
-                    // The worst of `repeat` runs decides.
-                    let mut step = Step {
-                        rate,
-                        achieved: f64::INFINITY,
-                        p99_ms: 0.0,
-                        held: true,
-                        why: String::new(),
+            let outcome = search_config(
+                &config,
+                &params,
+                |rate, i| {
+                    let run_dir = if i == 0 {
+                        dir.clone()
+                    } else {
+                        dir.join(format!("repeat{i}"))
                     };
-                    for i in 0..cfg.repeat.max(1) {
-                        let run_dir = if i == 0 {
-                            dir.clone()
-                        } else {
-                            dir.join(format!("repeat{i}"))
-                        };
-                        let run = sweep::run_config(
-                            &cfg.load,
-                            cfg.engine_shards,
-                            bs,
-                            bt,
-                            rate,
-                            &run_dir,
-                        )?;
-                        let v = verdict(&run.summary, cfg.p99_target);
-                        step.achieved = step.achieved.min(run.summary.achieved_rate);
-                        step.p99_ms = step.p99_ms.max(run.summary.latency_ms.p99);
-                        if let Err(why) = v {
-                            step.held = false;
-                            step.why = why;
-                            break;
-                        }
-                    }
-                    on_step(&config, &step);
-                    Ok(step)
+                    sweep::run_config(&cfg.load, cfg.engine_shards, bs, bt, rate, &run_dir)
+                        .map(|run| run.summary)
                 },
+                &mut on_step,
             )?;
-            let p99_at_knee_ms = knee.and_then(|k| {
-                steps
-                    .iter()
-                    .find(|s| s.held && s.rate == k)
-                    .map(|s| s.p99_ms)
-            });
-            let failure = first_failure.and_then(|f| {
-                steps
-                    .iter()
-                    .find(|s| !s.held && s.rate == f)
-                    .map(|s| s.why.clone())
-            });
             out.push(Knee {
-                config,
                 batch_size: bs,
                 batch_timeout_ms: bt.as_secs_f64() * 1000.0,
-                knee,
-                p99_at_knee_ms,
-                first_failure,
-                failure,
-                capped,
-                steps,
+                outcome,
             });
         }
     }
@@ -298,11 +361,20 @@ pub fn knee(
 
 /// The knee table as Markdown.
 pub fn markdown(knees: &[Knee], p99_target: Duration) -> String {
+    outcome_markdown(knees.iter().map(|k| &k.outcome), p99_target)
+}
+
+/// A knee table of any configurations (config, knee, p99 at the knee, first failing rate,
+/// why it failed, rates tried) as Markdown, with the rule a rate held to below it.
+pub fn outcome_markdown<'a>(
+    outcomes: impl IntoIterator<Item = &'a Outcome>,
+    p99_target: Duration,
+) -> String {
     let mut s = String::from(
         "| config | knee (msg/s) | p99 at knee (ms) | first failing rate | why it failed | rates tried |\n\
          | --- | ---: | ---: | ---: | --- | ---: |\n",
     );
-    for k in knees {
+    for k in outcomes {
         let knee = match (k.knee, k.capped) {
             (Some(r), true) => format!(">= {r:.0}"),
             (Some(r), false) => format!("{r:.0}"),
@@ -332,12 +404,17 @@ pub fn markdown(knees: &[Knee], p99_target: Duration) -> String {
 /// The knee table as CSV: config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped.
 pub fn csv(knees: &[Knee]) -> String {
     let mut s = String::from("config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped\n");
-    for k in knees {
+    for Knee {
+        batch_size,
+        batch_timeout_ms,
+        outcome: k,
+    } in knees
+    {
         s.push_str(&format!(
             "{},{},{},{},{},{}\n",
             k.config,
-            k.batch_size,
-            k.batch_timeout_ms,
+            batch_size,
+            batch_timeout_ms,
             k.knee.map(|v| format!("{v:.0}")).unwrap_or_default(),
             k.p99_at_knee_ms
                 .map(|v| format!("{v:.3}"))
@@ -366,21 +443,29 @@ pub fn write(
     let j = dir.join("knee.json");
     std::fs::write(&j, serde_json::to_string_pretty(knees)? + "\n")?;
     files.push(j);
-    // p99 against achieved rate, one line per configuration (the knee is where it leaves
-    // the target); failing steps are plotted too, at their measured p99.
-    let points: Vec<(String, f64, f64)> = knees
-        .iter()
+    let (svg, png) = (dir.join("knee.svg"), dir.join("knee.png"));
+    plot(knees.iter().map(|k| &k.outcome), &svg, &png)?;
+    files.push(svg);
+    files.push(png);
+    Ok(files)
+}
+
+/// p99 against achieved rate, one line per configuration (the knee is where it leaves the
+/// target); failing steps are plotted too, at their measured p99.
+pub fn plot<'a>(
+    outcomes: impl IntoIterator<Item = &'a Outcome>,
+    svg: &Path,
+    png: &Path,
+) -> Result<(), crate::plot::PlotError> {
+    let points: Vec<(String, f64, f64)> = outcomes
+        .into_iter()
         .flat_map(|k| {
             k.steps
                 .iter()
                 .map(|s| (format!("{} @", k.config), s.achieved, s.p99_ms))
         })
         .collect();
-    let (svg, png) = (dir.join("knee.svg"), dir.join("knee.png"));
-    crate::plot::latency_vs_throughput_plot(&points, &svg, &png)?;
-    files.push(svg);
-    files.push(png);
-    Ok(files)
+    crate::plot::latency_vs_throughput_plot(&points, svg, png)
 }
 
 #[cfg(test)]
@@ -404,7 +489,10 @@ mod tests {
 
     #[test]
     fn ramps_then_bisects_to_within_precision() {
-        let s = search(1000.0, 1e9, 0.05, 40, |r| Ok(step(r, 61_000.0))).unwrap();
+        let s = search(1000.0, 1e9, 0.05, 40, |r| {
+            Ok::<_, SweepError>(step(r, 61_000.0))
+        })
+        .unwrap();
         let steps = s.steps;
         let knee = s.knee.unwrap();
         let fail = s.first_failure.unwrap();
@@ -419,12 +507,18 @@ mod tests {
 
     #[test]
     fn reports_a_failing_minimum_and_a_capped_maximum() {
-        let s = search(1000.0, 1e6, 0.05, 40, |r| Ok(step(r, 10.0))).unwrap();
+        let s = search(1000.0, 1e6, 0.05, 40, |r| {
+            Ok::<_, SweepError>(step(r, 10.0))
+        })
+        .unwrap();
         assert_eq!(
             (s.knee, s.first_failure, s.steps.len()),
             (None, Some(1000.0), 1)
         );
-        let s = search(1000.0, 5000.0, 0.05, 40, |r| Ok(step(r, 1e9))).unwrap();
+        let s = search(1000.0, 5000.0, 0.05, 40, |r| {
+            Ok::<_, SweepError>(step(r, 1e9))
+        })
+        .unwrap();
         assert_eq!(
             (s.knee, s.first_failure, s.capped),
             (Some(5000.0), None, true)
@@ -433,7 +527,7 @@ mod tests {
 
     #[test]
     fn stops_at_max_steps_with_a_lower_bound() {
-        let s = search(1.0, 1e12, 0.0001, 5, |r| Ok(step(r, 1e9))).unwrap();
+        let s = search(1.0, 1e12, 0.0001, 5, |r| Ok::<_, SweepError>(step(r, 1e9))).unwrap();
         assert_eq!(s.steps.len(), 5);
         assert_eq!(
             (s.knee, s.first_failure, s.capped),

@@ -5,6 +5,7 @@
 //! **milliseconds** (`.hgrm` files, summaries, tables, plots).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod ceiling;
 pub mod cli;
 pub mod compare;
 pub mod hgrm;

@@ -7,7 +7,7 @@
 //! omission). How far the harness itself fell behind its schedule is measured separately
 //! (`lag`), so a saturated load generator is never mistaken for a slow engine.
 //!
-//! Connections are spread over `cores` threads, each pinned to its own core and driving its
+//! Connections are spread over `threads` threads, each pinned to its own core and driving its
 //! connections with the engine's client ([`shards::client::Client`]) without ever blocking
 //! on one of them: a message due while its connection already holds
 //! [`SEND_CAPACITY`] bytes the engine has not taken is *refused* (counted, not sent), every
@@ -51,8 +51,8 @@ pub use crate::summary::Mode;
 pub struct LoadConfig {
     /// The engine to drive.
     pub target: SocketAddr,
-    /// Harness threads, each pinned to its own core.
-    pub cores: usize,
+    /// Generator threads, each pinned to its own core (`--threads`).
+    pub threads: usize,
     /// Client connections (peers).
     pub connections: usize,
     /// Messages per second in total, spread evenly over connections.
@@ -151,12 +151,34 @@ pub struct Progress {
 
 /// The payload of message `seq` intended at `intended_ns` after the run's origin.
 pub fn payload(seq: u64, intended_ns: u64, size: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(size.max(PAYLOAD_HEADER));
-    p.extend_from_slice(&seq.to_le_bytes());
-    p.extend_from_slice(&intended_ns.to_le_bytes());
-    let fill = (seq as u8).wrapping_mul(31);
-    p.extend((PAYLOAD_HEADER..size).map(|i| fill ^ (i as u8)));
+    let mut p = vec![0; size.max(PAYLOAD_HEADER)];
+    write_payload(&mut p, seq, intended_ns);
     p
+}
+
+/// Writes the payload of message `seq` intended at `intended_ns` into `buf`, whose length
+/// is the message size (at least [`PAYLOAD_HEADER`]; a shorter `buf` gets what fits), so a
+/// sender can reuse one buffer per datagram.
+///
+/// ```
+/// use bench_harness::load::{parse_payload, payload, write_payload};
+/// let mut buf = [0u8; 64];
+/// write_payload(&mut buf, 7, 1_000);
+/// assert_eq!(buf.to_vec(), payload(7, 1_000, 64));
+/// assert_eq!(parse_payload(&buf, 64), Some((7, 1_000)));
+/// ```
+pub fn write_payload(buf: &mut [u8], seq: u64, intended_ns: u64) {
+    let header = seq
+        .to_le_bytes()
+        .into_iter()
+        .chain(intended_ns.to_le_bytes());
+    for (b, h) in buf.iter_mut().zip(header) {
+        *b = h;
+    }
+    let fill = (seq as u8).wrapping_mul(31);
+    for (i, b) in buf.iter_mut().enumerate().skip(PAYLOAD_HEADER) {
+        *b = fill ^ (i as u8);
+    }
 }
 
 /// Reads (seq, intended_ns) back from a payload and checks the filler; `None` if corrupted.
@@ -175,7 +197,8 @@ pub fn parse_payload(p: &[u8], size: usize) -> Option<(u64, u64)> {
     ok.then_some((seq, intended))
 }
 
-fn new_hist() -> Histogram<u64> {
+/// A latency histogram, 1 ns to a minute, 3 significant digits.
+pub(crate) fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_NANOS, 3).unwrap_or_else(|_| {
         let mut h = Histogram::new(3).unwrap_or_else(|_| unreachable!("3 digits is valid"));
         h.auto(true);
@@ -231,9 +254,9 @@ impl ThreadResult {
 
 /// Runs the load and returns what it measured. `progress` is updated as it goes.
 pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, LoadError> {
-    if cfg.connections == 0 || cfg.cores == 0 {
+    if cfg.connections == 0 || cfg.threads == 0 {
         return Err(LoadError::Config(
-            "connections and cores must be at least 1".into(),
+            "connections and threads must be at least 1".into(),
         ));
     }
     if cfg.rate.is_nan() || cfg.rate <= 0.0 {
@@ -279,13 +302,13 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     }
     let ids: Vec<PeerId> = clients.iter().map(Client::peer_id).collect();
     let per_conn = cfg.rate / cfg.connections as f64;
-    let mut groups: Vec<Vec<Peer>> = (0..cfg.cores).map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<Peer>> = (0..cfg.threads).map(|_| Vec::new()).collect();
     for (i, client) in clients.into_iter().enumerate() {
         let dst = match cfg.mode {
             Mode::Echo => client.node_id(),
             Mode::Relay => ids[(i + 1) % ids.len()],
         };
-        groups[i % cfg.cores].push(Peer {
+        groups[i % cfg.threads].push(Peer {
             client,
             dst,
             rate: per_conn,
@@ -396,6 +419,8 @@ fn drive(
     let intended_of =
         |p: &Peer, seq: u64| -> Duration { Duration::from_secs_f64(seq as f64 / p.rate) };
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(peers.len());
+    // Which peers' sockets the last poll(2) found readable; before the first, all.
+    let mut readable: Vec<bool> = vec![true; peers.len()];
     'run: loop {
         let now = Instant::now();
         if now >= hard_deadline {
@@ -406,7 +431,7 @@ fn drive(
         // starts just after the end still sends what fell due just before it).
         let mut sending = false;
         let mut next_due = now + Duration::from_millis(1);
-        for p in peers.iter_mut() {
+        for (p, &ready) in peers.iter_mut().zip(readable.iter()) {
             if Instant::now() >= hard_deadline {
                 break 'run;
             }
@@ -470,8 +495,9 @@ fn drive(
             if p.dead {
                 continue;
             }
-            // Every pass services every connection: timers, socket, inbox.
-            if p.client.poll(Duration::ZERO).is_err() || p.client.is_closed() {
+            // Every pass services every connection (timers, inbox) and reads the sockets
+            // poll(2) found readable.
+            if p.client.poll_ready(ready).is_err() || p.client.is_closed() {
                 p.dead = true;
                 r.connection_errors += 1;
             }
@@ -494,7 +520,7 @@ fn drive(
                 break;
             }
             let soon = (Instant::now() + Duration::from_millis(1)).min(hard_deadline);
-            wait_readable(&mut fds, &peers, soon);
+            wait_readable(&mut fds, &peers, soon, &mut readable);
             continue;
         }
         // Wait for the next message to be due, a reply, or a client timer, whichever is
@@ -505,7 +531,7 @@ fn drive(
             .filter_map(|p| p.client.next_deadline())
             .fold(next_due, Instant::min)
             .min(hard_deadline);
-        wait_readable(&mut fds, &peers, deadline);
+        wait_readable(&mut fds, &peers, deadline, &mut readable);
     }
     close_all(&mut peers, &mut r, origin, cfg, progress);
     r
@@ -527,9 +553,13 @@ fn close_all(
         }
     }
     let mut fds = Vec::with_capacity(peers.len());
+    let mut readable = vec![true; peers.len()];
     while Instant::now() < deadline && peers.iter().any(|p| !p.dead && !p.client.is_closed()) {
-        for p in peers.iter_mut().filter(|p| !p.dead) {
-            if p.client.poll(Duration::ZERO).is_err() {
+        for (p, &ready) in peers.iter_mut().zip(readable.iter()) {
+            if p.dead {
+                continue;
+            }
+            if p.client.poll_ready(ready).is_err() {
                 p.dead = true;
             }
             let at = origin.elapsed();
@@ -538,7 +568,7 @@ fn close_all(
             }
         }
         let soon = (Instant::now() + Duration::from_millis(1)).min(deadline);
-        wait_readable(&mut fds, peers, soon);
+        wait_readable(&mut fds, peers, soon, &mut readable);
     }
     for p in peers.iter_mut() {
         p.client.abort();
@@ -595,12 +625,17 @@ fn record(
     }
 }
 
-/// Blocks until one of the peers' sockets is readable or `deadline` passes.
-fn wait_readable(fds: &mut Vec<libc::pollfd>, peers: &[Peer], deadline: Instant) {
+/// Waits until one of the peers' sockets is readable or `deadline` passes, and notes in
+/// `readable` which are. Always one `ppoll`, with a zero timeout when `deadline` has
+/// passed: one system call tells which of many sockets hold datagrams, instead of one
+/// empty read per socket.
+fn wait_readable(
+    fds: &mut Vec<libc::pollfd>,
+    peers: &[Peer],
+    deadline: Instant,
+    readable: &mut [bool],
+) {
     let wait = deadline.saturating_duration_since(Instant::now());
-    if wait.is_zero() {
-        return;
-    }
     fds.clear();
     fds.extend(peers.iter().map(|p| libc::pollfd {
         fd: p.client.raw_fd(),
@@ -612,7 +647,7 @@ fn wait_readable(fds: &mut Vec<libc::pollfd>, peers: &[Peer], deadline: Instant)
         tv_nsec: wait.subsec_nanos() as libc::c_long,
     };
     // SAFETY: `fds` is a valid array of pollfd of the given length; no signal mask.
-    unsafe {
+    let n = unsafe {
         libc::ppoll(
             fds.as_mut_ptr(),
             fds.len() as libc::nfds_t,
@@ -620,6 +655,10 @@ fn wait_readable(fds: &mut Vec<libc::pollfd>, peers: &[Peer], deadline: Instant)
             std::ptr::null(),
         )
     };
+    for (r, f) in readable.iter_mut().zip(fds.iter()) {
+        // On a failed poll (EINTR) nothing is known: read every socket.
+        *r = n < 0 || f.revents != 0;
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! `bench-harness`: open-loop load generator for the engine (`run`), batch-configuration
-//! sweeps (`sweep`), knee searches (`knee`) and comparison of finished runs (`compare`).
+//! sweeps (`sweep`), knee searches (`knee`), the raw UDP ceiling (`ceiling`) and comparison
+//! of finished runs (`compare`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +27,12 @@ enum Command {
     /// target with nothing lost (in-process engines, ramp then bisection). Writes
     /// knee.md/.csv/.json and a p99-against-achieved-rate plot.
     Knee(bench_harness::cli::KneeArgs),
+    /// Measure the raw UDP echo ceiling on the engine's socket setup: an in-process echo
+    /// server (per-datagram or batched I/O, one pinned thread) driven open loop by batched
+    /// generator threads, with the same knee search and verdict as `knee` (or one run per
+    /// io mode with --rate). Writes ceiling.md, ceiling-runs.csv, ceiling.json and, for a
+    /// search, ceiling-knee.csv and a plot.
+    Ceiling(bench_harness::cli::CeilingArgs),
     /// Start an engine per batch configuration (in-process), run the same load against
     /// each, and write per-run directories, a comparison table and plots.
     Sweep(bench_harness::cli::SweepArgs),
@@ -66,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => Ok(code(bench_harness::cli::run_cmd(&a)?)),
         Command::Sweep(a) => Ok(code(bench_harness::cli::sweep_cmd(&a)?)),
         Command::Knee(a) => Ok(code(bench_harness::cli::knee_cmd(&a)?)),
+        Command::Ceiling(a) => Ok(code(bench_harness::cli::ceiling_cmd(&a)?)),
         Command::Compare { inputs, out } => {
             let output = bench_harness::compare::compare_outputs(&inputs, &out)
                 .with_context(|| format!("comparing {} input(s)", inputs.len()))?;

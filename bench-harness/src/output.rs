@@ -51,7 +51,7 @@ pub fn summarize(meta: &RunMeta, result: &LoadResult) -> Summary {
         message_size: l.message_size,
         batch_size: meta.batch_size,
         batch_timeout_ms: meta.batch_timeout.map(|d| d.as_secs_f64() * 1000.0),
-        cores: l.cores as u32,
+        cores: l.threads as u32,
     };
     let counts = Counts {
         offered: result.offered,

@@ -156,20 +156,28 @@ impl Row {
 /// assert!(md.contains("|  4.1 |      ok |"));
 /// ```
 pub fn markdown(rows: &[Row]) -> String {
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let mut c = r.cells();
-            c[0] = c[0].replace('|', "\\|");
-            c
-        })
-        .collect();
-    let widths: Vec<usize> = (0..HEADERS.len())
+    let cells: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
+    markdown_table(&HEADERS, &cells)
+}
+
+/// Renders any table as Markdown: the first column left-aligned (its `|` escaped), the
+/// others right-aligned, every column padded to its widest cell so it also reads well in a
+/// terminal. Missing cells print empty.
+///
+/// ```
+/// let md = bench_harness::report::markdown_table(&["io", "rate"], &[vec!["batched".into(), "10.0".into()]]);
+/// assert_eq!(md, "| io      | rate |\n| ------- | ---: |\n| batched | 10.0 |\n");
+/// ```
+pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let cell = |row: &[String], i: usize| -> String {
+        let c = row.get(i).cloned().unwrap_or_default();
+        if i == 0 { c.replace('|', "\\|") } else { c }
+    };
+    let widths: Vec<usize> = (0..headers.len())
         .map(|i| {
-            cells
-                .iter()
-                .map(|c| c[i].chars().count())
-                .chain([HEADERS[i].len(), 3])
+            rows.iter()
+                .map(|r| cell(r, i).chars().count())
+                .chain([headers.get(i).map_or(0, |h| h.len()), 3])
                 .max()
                 .unwrap_or(3)
         })
@@ -190,7 +198,7 @@ pub fn markdown(rows: &[Row]) -> String {
             .collect();
         format!("| {} |\n", padded.join(" | "))
     };
-    let header: Vec<String> = HEADERS.iter().map(|s| (*s).to_owned()).collect();
+    let header: Vec<String> = headers.iter().map(|s| (*s).to_owned()).collect();
     let rule: Vec<String> = widths
         .iter()
         .enumerate()
@@ -198,14 +206,27 @@ pub fn markdown(rows: &[Row]) -> String {
             if i == 0 {
                 "-".repeat(*w)
             } else {
-                format!("{}:", "-".repeat(w - 1))
+                format!("{}:", "-".repeat(w.saturating_sub(1)))
             }
         })
         .collect();
     let mut out = line(&header);
     out.push_str(&line(&rule));
-    for c in &cells {
-        out.push_str(&line(c));
+    for r in rows {
+        let cells: Vec<String> = (0..headers.len()).map(|i| cell(r, i)).collect();
+        out.push_str(&line(&cells));
+    }
+    out
+}
+
+/// Renders any table as CSV (RFC 4180 quoting).
+pub fn csv_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = headers.join(",");
+    out.push('\n');
+    for r in rows {
+        let cells: Vec<String> = r.iter().map(|c| csv_field(c)).collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
     }
     out
 }
@@ -220,14 +241,8 @@ pub fn markdown(rows: &[Row]) -> String {
 ///                          a.hgrm,,,,,,0.100,0.200,0.300,0.400,0.500,,,\n");
 /// ```
 pub fn csv(rows: &[Row]) -> String {
-    let mut out = HEADERS.join(",");
-    out.push('\n');
-    for r in rows {
-        let cells: Vec<String> = r.cells().iter().map(|c| csv_field(c)).collect();
-        out.push_str(&cells.join(","));
-        out.push('\n');
-    }
-    out
+    let cells: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
+    csv_table(&HEADERS, &cells)
 }
 
 fn csv_field(s: &str) -> String {

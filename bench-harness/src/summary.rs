@@ -73,7 +73,7 @@ pub struct RunConfig {
     pub batch_size: Option<u32>,
     /// Engine batch timeout in milliseconds, if batching is configured.
     pub batch_timeout_ms: Option<f64>,
-    /// Harness worker cores (one load thread per core).
+    /// Generator threads (`--threads`; one per core). Named `cores` in `summary.json` files.
     pub cores: u32,
 }
 

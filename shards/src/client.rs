@@ -25,7 +25,16 @@ use crate::cid;
 use crate::endpoint::Delivery;
 use crate::identity::Identity;
 use crate::session::{self, CloseInfo, Session, SessionError, TransportConfig};
+use crate::udp_batch::{RecvBatch, SendBatch};
 use crate::wire::{Message, PeerId, Record, close_code};
+
+/// Datagrams one `recvmmsg` reads and one `sendmmsg` sends: a burst of replies or of
+/// packets costs one system call, and a read that returns fewer has emptied the socket (no
+/// second call to learn that it is empty).
+const IO_BURST: usize = 16;
+/// Bytes of one send slot: quiche writes packets up to the path's payload limit, at most
+/// this.
+const SEND_SLOT: usize = 1500;
 
 /// Client tuning.
 #[derive(Debug, Clone)]
@@ -94,8 +103,11 @@ pub struct Client {
     me: PeerId,
     seq: u64,
     cfg: ClientConfig,
-    buf: Vec<u8>,
-    out: Vec<u8>,
+    /// Receive slots for `recvmmsg`.
+    rx: RecvBatch,
+    /// Packets quiche wrote, with their length and destination, sent with one `sendmmsg`.
+    out: Vec<(Vec<u8>, usize, SocketAddr)>,
+    tx: SendBatch,
 }
 
 impl std::fmt::Debug for Client {
@@ -142,9 +154,14 @@ impl Client {
             node: PeerId([0; 16]),
             me: identity.peer_id(),
             seq: 0,
+            // A node sends datagrams up to the payload size this client advertises (1200
+            // bytes during the handshake); a larger one would be cut short and dropped.
+            rx: RecvBatch::new(IO_BURST, cfg.transport.max_udp_payload.max(SEND_SLOT)),
             cfg,
-            buf: vec![0; 65_535],
-            out: vec![0; 1500],
+            out: (0..IO_BURST)
+                .map(|_| (vec![0; SEND_SLOT], 0, addr))
+                .collect(),
+            tx: SendBatch::default(),
         };
         let deadline = Instant::now() + c.cfg.connect_timeout;
         loop {
@@ -338,17 +355,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let before = self.inbox.len();
         loop {
-            // Timers run on every call, even a zero-timeout one, so a caller that polls many
-            // clients in turn never leaves one without loss recovery or idle detection.
-            self.run_timers();
-            if self.cfg.batch.timeout.is_zero() {
-                self.flush_due(true)?;
-            } else {
-                self.flush_due(false)?;
-            }
-            self.read_socket()?;
-            self.read_session()?;
-            self.drive()?;
+            self.poll_ready(true)?;
             if self.inbox.len() > before || self.session.is_closed() {
                 return Ok(());
             }
@@ -358,6 +365,27 @@ impl Client {
             }
             self.wait_and_read(deadline - now)?;
         }
+    }
+
+    /// One service turn without waiting, for a caller that waits on many clients' sockets
+    /// with one `poll(2)` ([`Client::raw_fd`]): runs due timers, sends what is due, reads the
+    /// socket only if `readable` (what `poll(2)` reported; reading an empty socket costs a
+    /// system call to learn nothing) and delivers what arrived. `poll_ready(true)` is
+    /// `poll(Duration::ZERO)`.
+    pub fn poll_ready(&mut self, readable: bool) -> Result<(), ClientError> {
+        // Timers run on every call, so a caller that services many clients in turn never
+        // leaves one without loss recovery or idle detection.
+        self.run_timers();
+        if self.cfg.batch.timeout.is_zero() {
+            self.flush_due(true)?;
+        } else {
+            self.flush_due(false)?;
+        }
+        if readable {
+            self.read_socket()?;
+        }
+        self.read_session()?;
+        self.drive()
     }
 
     /// Waits for a datagram, the QUIC timer or the batch deadline, whichever comes first.
@@ -387,13 +415,22 @@ impl Client {
         self.drive()
     }
 
+    /// Reads what the socket holds, [`IO_BURST`] datagrams per `recvmmsg`, until a call
+    /// returns fewer (the socket was empty then).
     fn read_socket(&mut self) -> Result<(), ClientError> {
+        let fd = self.socket.as_raw_fd();
         loop {
-            match self.socket.recv_from(&mut self.buf) {
-                Ok((n, from)) => {
+            match self.rx.recv(fd) {
+                Ok(n) => {
                     let local = self.local;
-                    if let Some(pkt) = self.buf.get_mut(..n) {
-                        self.session.recv(pkt, from, local);
+                    for (from, pkt, truncated) in self.rx.iter_mut() {
+                        // Cut short: larger than this client allows; QUIC would drop it.
+                        if let (Some(from), false) = (from, truncated) {
+                            self.session.recv(pkt, from, local);
+                        }
+                    }
+                    if n < IO_BURST {
+                        return Ok(());
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
@@ -434,18 +471,45 @@ impl Client {
         Ok(())
     }
 
-    /// Runs the QUIC send loop until quiche has nothing more to send.
+    /// Runs the QUIC send loop until quiche has nothing more to send, handing the kernel
+    /// up to [`IO_BURST`] packets per `sendmmsg`. Packets a full socket buffer does not
+    /// take are dropped (QUIC's loss recovery sends their data again).
     fn drive(&mut self) -> Result<(), ClientError> {
-        while let Some((n, info)) = self.session.send(&mut self.out) {
-            let pkt = self.out.get(..n).unwrap_or(&[]);
-            match self.socket.send_to(pkt, info.to) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-                Err(e) => return Err(e.into()),
+        let fd = self.socket.as_raw_fd();
+        loop {
+            let mut n = 0;
+            for (buf, len, to) in self.out.iter_mut() {
+                match self.session.send(buf) {
+                    Some((l, info)) => {
+                        *len = l;
+                        *to = info.to;
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+            let mut done = 0;
+            while done < n {
+                let burst = self
+                    .out
+                    .iter()
+                    .take(n)
+                    .skip(done)
+                    .map(|(buf, len, to)| (*to, buf.get(..*len).unwrap_or(&[])));
+                match self.tx.send(fd, burst) {
+                    Ok(0) => break,
+                    Ok(k) => done += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                    // An ICMP error from an earlier datagram: this one is lost, go on.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => done += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if n < IO_BURST {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     /// Moves to a new UDP socket (a new source port) without telling QUIC, as a NAT

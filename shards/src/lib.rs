@@ -8,7 +8,8 @@
 //! machine: connections, routing, pool, drain, timers, counters).
 //!
 //! I/O drivers: [`steering`] (SO_REUSEPORT group with a CBPF program that steers by CID),
-//! [`shard`] (the glommio executor per core, driving an endpoint) and [`client`] (a blocking single-connection client).
+//! [`shard`] (the glommio executor per core, driving an endpoint), [`client`] (a blocking
+//! single-connection client) and [`udp_batch`] (`recvmmsg`/`sendmmsg` on a non-blocking socket).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod batch;
@@ -30,7 +31,7 @@ pub mod shard;
 mod sockstat;
 pub mod steering;
 pub mod tls;
-mod udp_batch;
+pub mod udp_batch;
 pub mod wire;
 
 #[cfg(test)]

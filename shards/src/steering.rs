@@ -259,6 +259,21 @@ pub fn bind_group(
     Ok((socks, bound))
 }
 
+/// The receive and send buffer sizes the kernel gave `sock` (`SO_RCVBUF`, `SO_SNDBUF`; Linux
+/// reports twice what was asked, its bookkeeping overhead included), so a measurement can
+/// say what socket setup it ran on.
+///
+/// ```
+/// let (socks, _) = shards::steering::bind_group("127.0.0.1:0".parse()?, 1)?;
+/// let (rcv, snd) = shards::steering::buffer_sizes(&socks[0])?;
+/// assert!(rcv > 0 && snd > 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn buffer_sizes(sock: &UdpSocket) -> io::Result<(usize, usize)> {
+    let s = socket2::SockRef::from(sock);
+    Ok((s.recv_buffer_size()?, s.send_buffer_size()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,31 @@
-//! Batched datagram I/O on a shard's non-blocking UDP socket: `recvmmsg` to drain what is
+//! Batched datagram I/O on a non-blocking UDP socket: `recvmmsg` to drain what is
 //! already queued after the executor's receive completes, and `sendmmsg` to hand the
 //! kernel many datagrams in one system call, coalesced with UDP GSO where the kernel allows.
 //! Both use `MSG_DONTWAIT` and never block the executor: `WouldBlock` tells the driver to
 //! fall back to glommio's awaited operations.
+//! Public so the blocking client and the load harness use the same calls as the shards.
+//!
+//! ```
+//! use std::os::fd::AsRawFd;
+//! use shards::udp_batch::{RecvBatch, SendBatch};
+//! let rx = std::net::UdpSocket::bind("127.0.0.1:0")?;
+//! let tx = std::net::UdpSocket::bind("127.0.0.1:0")?;
+//! let to = rx.local_addr()?;
+//! let sent = SendBatch::default().send(tx.as_raw_fd(), [(to, &b"a"[..]), (to, &b"bc"[..])].into_iter())?;
+//! assert_eq!(sent, 2);
+//! let mut batch = RecvBatch::new(8, 1500);
+//! let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+//! let mut got = 0;
+//! while got < 2 && std::time::Instant::now() < give_up {
+//!     match batch.recv(rx.as_raw_fd()) {
+//!         Ok(n) => got += n,
+//!         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+//!         Err(e) => return Err(e.into()),
+//!     }
+//! }
+//! assert_eq!(got, 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -10,7 +33,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 /// Receive slots: `recvmmsg` buffers and their headers, reused across calls.
-pub(crate) struct RecvBatch {
+pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     addrs: Vec<libc::sockaddr_storage>,
     iovecs: Vec<libc::iovec>,
@@ -18,9 +41,14 @@ pub(crate) struct RecvBatch {
     filled: usize,
 }
 
+// SAFETY: the raw pointers in the headers point into buffers and address slots the batch
+// owns (heap memory that moves with it) and are rebuilt before every call; they are only
+// dereferenced by the kernel during a call made through `&mut self`.
+unsafe impl Send for RecvBatch {}
+
 impl RecvBatch {
     /// `slots` datagrams of up to `size` bytes per call.
-    pub(crate) fn new(slots: usize, size: usize) -> RecvBatch {
+    pub fn new(slots: usize, size: usize) -> RecvBatch {
         let slots = slots.max(1);
         RecvBatch {
             bufs: (0..slots).map(|_| vec![0u8; size.max(1)]).collect(),
@@ -36,7 +64,7 @@ impl RecvBatch {
 
     /// Reads as many queued datagrams as there are slots, without waiting. Returns how
     /// many were read; `Err(WouldBlock)` when none were queued.
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.iovecs.clear();
         self.msgs.clear();
         for b in self.bufs.iter_mut() {
@@ -76,9 +104,7 @@ impl RecvBatch {
 
     /// The datagrams of the last call: source, bytes, and whether each was cut short
     /// because it did not fit in its slot.
-    pub(crate) fn iter_mut(
-        &mut self,
-    ) -> impl Iterator<Item = (Option<SocketAddr>, &mut [u8], bool)> + '_ {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Option<SocketAddr>, &mut [u8], bool)> + '_ {
         let filled = self.filled;
         self.bufs
             .iter_mut()
@@ -128,7 +154,7 @@ const UDP_SEGMENT: libc::c_int = 103;
 type GsoControl = [u64; 4];
 
 /// Whether the kernel accepts `UDP_SEGMENT` (generic segmentation offload) on `fd`.
-pub(crate) fn gso_supported(fd: RawFd) -> bool {
+pub fn gso_supported(fd: RawFd) -> bool {
     let mut size: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `size` and `len` are valid for writes of the sizes passed; the kernel writes
@@ -153,8 +179,10 @@ pub(crate) fn gso_supported(fd: RawFd) -> bool {
 /// through the stack instead of one per datagram. quiche fills packets to the same size
 /// while it has data, so a connection's flight coalesces.
 #[derive(Default)]
-pub(crate) struct SendBatch {
+pub struct SendBatch {
     gso: bool,
+    /// The datagrams of the call in progress (destination, bytes); empty between calls.
+    items: Vec<(SocketAddr, libc::iovec)>,
     addrs: Vec<socket2::SockAddr>,
     /// Datagrams in each message, in order.
     segments: Vec<usize>,
@@ -165,9 +193,14 @@ pub(crate) struct SendBatch {
     sent_messages: usize,
 }
 
+// SAFETY: the headers are cleared after every call, so between calls they hold no pointers
+// into borrowed memory; the addresses they point to during a call are owned by the batch.
+unsafe impl Send for SendBatch {}
+
 impl SendBatch {
-    /// A batch that coalesces with GSO when `gso` (see [`gso_supported`]).
-    pub(crate) fn new(gso: bool) -> SendBatch {
+    /// A batch that coalesces with GSO when `gso` (see [`gso_supported`]);
+    /// `SendBatch::default()` sends one datagram per message.
+    pub fn new(gso: bool) -> SendBatch {
         SendBatch {
             gso,
             ..SendBatch::default()
@@ -202,12 +235,22 @@ impl SendBatch {
     ///
     /// If the kernel rejects a GSO message (`EIO`: the device cannot segment; `EINVAL`),
     /// GSO is switched off and the same datagrams are sent again one per message.
-    pub(crate) fn send<'a>(
+    pub fn send<'a>(
         &mut self,
         fd: RawFd,
-        datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])> + Clone,
+        datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,
     ) -> io::Result<usize> {
-        match self.send_once(fd, datagrams.clone()) {
+        self.items.clear();
+        for (to, data) in datagrams {
+            self.items.push((
+                to,
+                libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: data.len(),
+                },
+            ));
+        }
+        let sent = match self.transmit(fd) {
             Err(e)
                 if self.gso
                     && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
@@ -215,17 +258,17 @@ impl SendBatch {
             {
                 tracing::warn!("UDP GSO refused by the kernel ({e}); sending without it");
                 self.gso = false;
-                self.send_once(fd, datagrams)
+                self.transmit(fd)
             }
             other => other,
-        }
+        };
+        // No pointer into the caller's datagrams outlives the call.
+        self.items.clear();
+        sent
     }
 
-    fn send_once<'a>(
-        &mut self,
-        fd: RawFd,
-        datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,
-    ) -> io::Result<usize> {
+    /// Groups `items` into messages (GSO runs when on) and hands them to `sendmmsg`.
+    fn transmit(&mut self, fd: RawFd) -> io::Result<usize> {
         self.addrs.clear();
         self.segments.clear();
         self.iovecs.clear();
@@ -235,13 +278,14 @@ impl SendBatch {
         self.sent_messages = 0;
         // Group: (destination, segment size, bytes so far) of the message being built.
         let mut open: Option<(SocketAddr, usize, usize)> = None;
-        for (to, data) in datagrams {
+        for &(to, iov) in &self.items {
+            let len = iov.iov_len;
             let joins = match open {
                 Some((dst, size, total)) => {
                     self.gso
                         && dst == to
-                        && data.len() <= size
-                        && total + data.len() <= GSO_MAX_BYTES
+                        && len <= size
+                        && total + len <= GSO_MAX_BYTES
                         && self.segments.last().is_some_and(|n| *n < GSO_MAX_SEGMENTS)
                 }
                 None => false,
@@ -250,21 +294,18 @@ impl SendBatch {
                 if let (Some(n), Some((_, size, total))) = (self.segments.last_mut(), open.as_mut())
                 {
                     *n += 1;
-                    *total += data.len();
+                    *total += len;
                     // A shorter datagram must be the group's last.
-                    if data.len() < *size {
+                    if len < *size {
                         open = None;
                     }
                 }
             } else {
                 self.addrs.push(socket2::SockAddr::from(to));
                 self.segments.push(1);
-                open = Some((to, data.len(), data.len()));
+                open = Some((to, len, len));
             }
-            self.iovecs.push(libc::iovec {
-                iov_base: data.as_ptr() as *mut libc::c_void,
-                iov_len: data.len(),
-            });
+            self.iovecs.push(iov);
         }
         if self.iovecs.is_empty() {
             return Ok(0);
@@ -296,8 +337,9 @@ impl SendBatch {
             self.msgs.push(m);
         }
         // SAFETY: every header points at an address, iovecs and control data owned by `self`
-        // and the iovecs at the caller's datagrams, all alive until the call returns; the
-        // kernel only reads them. `msgs.len()` headers are initialized.
+        // and the iovecs at the caller's datagrams, borrowed for the duration of `send`, which
+        // this call is inside; the kernel only reads them. `msgs.len()` headers are
+        // initialized.
         let n = unsafe {
             libc::sendmmsg(
                 fd,

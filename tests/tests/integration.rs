@@ -15,6 +15,7 @@ mod metrics;
 mod reconnect;
 
 // The `bench-harness` crate and binary.
+mod ceiling_cli;
 mod compare;
 mod harness_cli;
 mod hgrm_golden;

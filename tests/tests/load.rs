@@ -86,7 +86,7 @@ fn open_loop_latency_shows_a_stall_that_closed_loop_hides() {
     let server = stalling_echo();
     let cfg = LoadConfig {
         target: server.engine.local_addr(),
-        cores: 1,
+        threads: 1,
         connections: 2,
         rate: 1_000.0,
         duration: Duration::from_secs(2),
@@ -163,7 +163,7 @@ fn tiny_sweep_writes_every_file() {
         engine_shards: 1,
         load: LoadConfig {
             target: "127.0.0.1:1".parse().unwrap(),
-            cores: 1,
+            threads: 1,
             connections: 2,
             rate: 0.0,
             duration: Duration::from_secs(1),
@@ -215,7 +215,7 @@ fn relay_mode_delivers_everything() {
     let e = Engine::start(EngineConfig::loopback(2)).unwrap();
     let cfg = LoadConfig {
         target: e.local_addr(),
-        cores: 2,
+        threads: 2,
         connections: 6,
         rate: 3_000.0,
         duration: Duration::from_secs(1),
