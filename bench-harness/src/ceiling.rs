@@ -963,7 +963,6 @@ pub fn run_cells(r: &RunRow, p99_target: Duration) -> Vec<String> {
     let s = &r.summary;
     let verdict = match knee::verdict(s, p99_target) {
         Ok(()) => "holds".to_string(),
-        Err(why) if s.saturated => format!("saturated: {why}"),
         Err(why) => why,
     };
     vec![
