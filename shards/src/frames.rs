@@ -86,6 +86,12 @@ impl FrameReader {
         }
     }
 
+    /// Whether an opened frame's records are still being handed on (the frame stays whole
+    /// in the buffer until the last one is out).
+    pub(crate) fn holds_open_frame(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Bytes the buffer holds room for (what a partial frame costs in memory).
     pub(crate) fn capacity(&self) -> usize {
         self.rx.capacity()

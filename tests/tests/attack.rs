@@ -403,3 +403,52 @@ fn soak_churn_and_load_keep_memory_flat() {
         "RSS not flat: {lo}..{hi} bytes over {samples:?}"
     );
 }
+
+#[test]
+fn slow_readers_are_stalled_out_and_do_not_hold_memory() {
+    let e = Served::start(&["--stall-timeout", "1s"]);
+    e.served(1).expect("served");
+    let rss0 = e.rss();
+    let target = e.addr;
+    // Eight peers that ask for 1 KiB echoes as fast as they may and never take a reply:
+    // their inboxes fill, they stop reading the stream, the node's replies back up.
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let id = Identity::generate().unwrap();
+                let cfg = ClientConfig {
+                    inbox_capacity: 16,
+                    send_timeout: Duration::from_millis(100),
+                    ..ClientConfig::default()
+                };
+                let Ok(mut c) = Client::connect(target, &id, cfg) else {
+                    return;
+                };
+                let node = c.node_id();
+                let until = Instant::now() + Duration::from_secs(4);
+                let mut seq = 0;
+                while Instant::now() < until && !c.is_closed() {
+                    if c.send_with_seq(node, seq, vec![7; 1024]).is_ok() {
+                        seq += 1;
+                    }
+                    let _ = c.poll(Duration::from_millis(1));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    e.served(5)
+        .expect("a real peer is served beside the slow readers");
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(
+        crate::common::wait_for(Duration::from_secs(5), || {
+            e.metric("engine_connections_stalled_closed_total", &[]) >= 1.0
+        }),
+        "slow readers were closed with STALLED"
+    );
+    let grown = e.rss().saturating_sub(rss0);
+    assert!(grown < RSS_BOUND, "RSS grew {grown} bytes");
+    e.served(2).expect("served after");
+}

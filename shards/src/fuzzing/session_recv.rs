@@ -263,8 +263,9 @@ impl Sim {
 
     /// After a read that did not fail, the buffer holds at most the frame being assembled
     /// (unless leftover bytes were handed over, which may span frames).
+    /// An opened frame whose records are still being handed on stays whole in the buffer.
     fn check_buffer(&self) {
-        if self.leftover_used {
+        if self.leftover_used || self.reader.holds_open_frame() {
             return;
         }
         let buffered = self.reader.buffered();
@@ -284,8 +285,9 @@ impl Sim {
     /// compared with the oracle.
     fn finish(&mut self) {
         self.delivered = self.stream.len();
-        // Every call opens a frame, reads at least one byte, or ends the loop.
-        let bound = self.stream.len() + 2;
+        // Every call reads at least one byte, hands on at least one record of an open frame
+        // (a record is at least one byte), or ends the loop.
+        let bound = 2 * self.stream.len() + 2;
         for _ in 0..bound {
             let before = (self.out.len(), self.taken, self.fin_reported);
             self.read(16);
@@ -416,10 +418,14 @@ pub(super) fn oracle(stream: &[u8], fin: bool) -> Outcome {
                 return o;
             }
         };
-        if let Err(e) = wire::decode_batch(body.get(..n).unwrap_or_default(), &mut o.records) {
+        // A frame's batch is checked whole before any record is used: a malformed one
+        // adds none.
+        let mut records = Vec::new();
+        if let Err(e) = wire::decode_batch(body.get(..n).unwrap_or_default(), &mut records) {
             fail(&mut o, e.into());
             return o;
         }
+        o.records.extend(records);
         o.frames += 1;
         o.consumed += HEADER_LEN + len;
         rest = rest.get(HEADER_LEN + len..).unwrap_or_default();
