@@ -499,7 +499,6 @@ impl Endpoint {
                     for (q, _) in c.queue.pop_batch() {
                         sub(&self.cfg.stats.queued_bytes, q.record.encoded_len() as u64);
                         held(&self.cfg, q.record.encoded_len() as u64, 0);
-                        held(&self.cfg, q.record.encoded_len() as u64, 0);
                         queued.push((q.record, q.received));
                     }
                 }

@@ -138,7 +138,12 @@ pub(super) fn held(cfg: &super::ShardConfig, old: u64, new: u64) {
     if new > old {
         add(&cfg.stats.buffered_bytes, new - old);
     } else {
-        sub(&cfg.stats.buffered_bytes, old - new);
+        let _ = cfg
+            .stats
+            .buffered_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(old - new))
+            });
     }
 }
 

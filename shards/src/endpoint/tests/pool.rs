@@ -177,6 +177,10 @@ fn messages_for_a_peer_being_redialed_wait_and_then_go() {
         "{got:?}"
     );
     assert_eq!(get(&net.stats(client).dialed), 2);
+    // Every byte the lost and the new connection held was given back to the budget.
+    net.advance(Duration::from_millis(100));
+    assert_eq!(net.nodes[client].memory.used(), 0);
+    assert_eq!(get(&net.stats(client).buffered_bytes), 0);
 }
 
 #[test]
