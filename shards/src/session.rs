@@ -572,8 +572,11 @@ impl Session {
 
     /// Whether part of a sealed frame is buffered and the rest has not arrived: the frame
     /// deadline runs while this holds (a complete frame waiting for room does not count).
+    ///
+    /// Only bytes the peer has not sent count: while the rest of the frame waits readable in
+    /// QUIC (this node stopped reading, for back-pressure), the frame is not awaited.
     pub fn awaiting_frame_bytes(&self) -> bool {
-        self.is_open() && self.rx.awaiting_bytes()
+        self.is_open() && self.rx.awaiting_bytes() && !self.conn.stream_readable(SESSION_STREAM)
     }
 
     /// Ends this side of the session stream once every queued frame is in the stream.

@@ -53,7 +53,10 @@ fn relay_ring(clients: usize, per_client: u64) {
         .collect();
     let mut received = 0;
     for h in handles {
-        received += h.join().unwrap();
+        match h.join() {
+            Ok(n) => received += n,
+            Err(_) => panic!("a driver failed; engine stats: {:?}", e.stats()),
+        }
     }
     let total = clients as u64 * per_client;
     assert_eq!(received, total);
