@@ -47,6 +47,9 @@ pub(crate) struct FrameReader {
     rx: Vec<u8>,
     fin_received: bool,
     open: Option<OpenFrame>,
+    /// Frames opened so far: the index of the frame being read (the frame deadline is per
+    /// frame, so a peer streaming frames back to back is not taken for one stuck mid-frame).
+    opened: u64,
 }
 
 impl FrameReader {
@@ -84,6 +87,11 @@ impl FrameReader {
             Ok(len) => self.rx.len() < seal::HEADER_LEN + len,
             Err(_) => false,
         }
+    }
+
+    /// Frames opened so far, which is also the index of the frame being read now.
+    pub(crate) fn frames_opened(&self) -> u64 {
+        self.opened
     }
 
     /// Whether an opened frame's records are still being handed on (the frame stays whole
@@ -153,6 +161,7 @@ impl FrameReader {
                     .get(..n)
                     .ok_or(SessionError::Protocol("frame bounds"))?;
                 wire::validate_batch(plain)?;
+                self.opened += 1;
                 self.open = Some(OpenFrame {
                     len: need,
                     plain_end: seal::HEADER_LEN + n,

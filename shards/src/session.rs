@@ -579,6 +579,12 @@ impl Session {
         self.is_open() && self.rx.awaiting_bytes() && !self.conn.stream_readable(SESSION_STREAM)
     }
 
+    /// Sealed frames received and opened so far: while [`Session::awaiting_frame_bytes`]
+    /// holds, the index of the frame awaited, so a deadline can be kept per frame.
+    pub fn frames_opened(&self) -> u64 {
+        self.rx.frames_opened()
+    }
+
     /// Ends this side of the session stream once every queued frame is in the stream.
     /// After it no more batches can be sent; the session closes when both sides finished.
     pub fn finish(&mut self) {

@@ -78,6 +78,8 @@ pub(super) struct Conn {
     pub(super) holds_slot: bool,
     /// Since when part of a sealed frame from the peer is buffered, waiting for the rest.
     pub(super) partial_since: Option<Instant>,
+    /// Which frame (by [`crate::session::Session::frames_opened`]) `partial_since` is for.
+    pub(super) partial_frame: u64,
     /// Bytes of this session's own buffers (unsent sealed frames, received bytes) counted
     /// in the node's memory budget at the end of its last turn. Its batch queue is counted
     /// as records enter and leave it.
@@ -349,6 +351,7 @@ impl Endpoint {
             outbound: None,
             holds_slot: false,
             partial_since: None,
+            partial_frame: 0,
             held: 0,
             last_ping: now,
             activity: PeerActivity::default(),

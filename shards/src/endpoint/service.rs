@@ -297,10 +297,15 @@ impl Endpoint {
         let own = (c.session.pending_bytes() + c.session.received_bytes()) as u64;
         held(&self.cfg, c.held, own);
         c.held = own;
-        c.partial_since = if c.session.awaiting_frame_bytes() {
-            c.partial_since.or(Some(now))
-        } else {
-            None
+        // The deadline is per frame: it restarts when a later frame is the one awaited.
+        let frame = c.session.frames_opened();
+        c.partial_since = match c.partial_since {
+            _ if !c.session.awaiting_frame_bytes() => None,
+            Some(t) if c.partial_frame == frame => Some(t),
+            _ => {
+                c.partial_frame = frame;
+                Some(now)
+            }
         };
         // A protocol failure closed the session (in the handshake, a sealed frame, a
         // batch): count it once, by kind.

@@ -476,6 +476,63 @@ fn a_frame_completed_within_the_deadline_clears_it() {
     );
 }
 
+/// The deadline is per frame: a peer streaming frames back to back, so that every read
+/// ends inside the next frame, is never idle mid-frame and must not be closed, however long
+/// the stream lasts.
+#[test]
+fn frames_streamed_back_to_back_each_get_their_own_deadline() {
+    let (mut net, server, client) = echo_pair(PoolConfig::default());
+    let me = net.dial(client, server).expect("dial");
+    let key = net.ep(client).conns.keys()[0];
+    let node = net.nodes[server].id;
+    let frames: Vec<Vec<u8>> = (0..5u64)
+        .map(|seq| {
+            let record = Record::Message(Message {
+                dst: node,
+                src: me,
+                seq,
+                payload: format!("frame {seq}").into_bytes(),
+            });
+            let c = net.ep(client).conns.get_mut(key).expect("conn");
+            c.session.seal_detached(&[record]).expect("seal")
+        })
+        .collect();
+    // Each step sends the rest of one frame and the head of the next, 6 s apart: 24 s in
+    // all with part of a frame always buffered, each frame whole within 6 s.
+    let mut rest: &[u8] = &[];
+    for (i, f) in frames.iter().enumerate() {
+        let (head, tail) = f.split_at(7);
+        let now = net.now;
+        let c = net.ep(client).conns.get_mut(key).expect("conn");
+        if !rest.is_empty() {
+            c.session.send_raw(rest).expect("raw");
+        }
+        c.session.send_raw(head).expect("raw");
+        net.ep(client).drive(key, now);
+        net.pump();
+        let sk = net.ep(server).conns.keys()[0];
+        assert!(
+            net.ep(server)
+                .conns
+                .get(sk)
+                .is_some_and(|c| c.partial_since.is_some()),
+            "frame {i}: its head is awaited"
+        );
+        rest = tail;
+        net.advance(Duration::from_secs(6));
+        assert_eq!(get(&net.stats(server).frame_timeouts), 0, "frame {i}");
+    }
+    let got = net
+        .deliveries(client)
+        .iter()
+        .filter(|d| matches!(d, Delivery::Message { .. }))
+        .count();
+    assert_eq!(got, 4, "every completed frame was echoed");
+    // The last frame's tail never comes: its own deadline still applies.
+    net.advance(DEFAULT_FRAME_TIMEOUT);
+    assert_eq!(get(&net.stats(server).frame_timeouts), 1);
+}
+
 #[test]
 fn at_the_memory_limit_new_peers_are_dropped_and_reading_pauses_until_it_falls() {
     let limit = 4 << 20;
