@@ -13,6 +13,7 @@ use crate::load::{self, LoadConfig, LoadResult, Mode, Progress};
 use crate::output::{self, RunMeta};
 use crate::summary::Summary;
 use crate::sweep::{self, SweepConfig};
+use crate::syscalls::{self, ProcessCount, SyscallReport};
 
 /// Parses `0`, `500us`, `50ms`, `2s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -115,6 +116,12 @@ pub struct RunArgs {
     /// measured). Loss still exits 1.
     #[arg(long)]
     pub allow_saturation: bool,
+    /// Count the system calls of this process (the server under test: an `engine serve` or
+    /// `control-server` pid) and of the harness itself over the measured phase, with
+    /// `perf stat -e raw_syscalls:sys_enter`, and write them per message to syscalls.json.
+    /// Needs `perf` (Debian's linux-perf) and permission to trace the process.
+    #[arg(long, value_name = "PID")]
+    pub count_syscalls: Option<u32>,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -231,10 +238,19 @@ pub fn run_cmd(a: &RunArgs) -> anyhow::Result<i32> {
     let cfg = a.load.to_config(a.target, a.rate);
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(cfg.warmup + cfg.duration, progress.clone());
+    let counter = a
+        .count_syscalls
+        .map(|pid| count_syscalls(pid, cfg.duration, &a.out, progress.clone()));
     let result = load::run(&cfg, progress)?;
     if let Some(b) = bar {
         let _ = b.join();
     }
+    // The run's results are written whatever happened to the count.
+    let syscalls = counter.map(|c| {
+        c.join()
+            .map_err(|_| anyhow::anyhow!("the system call counter panicked"))
+            .and_then(|r| r)
+    });
     let meta = RunMeta {
         load: cfg,
         batch_size: None,
@@ -246,7 +262,58 @@ pub fn run_cmd(a: &RunArgs) -> anyhow::Result<i32> {
         "wrote {}/latency.hgrm, latency.hlog, summary.json",
         a.out.display()
     );
+    if let Some(counted) = syscalls {
+        let (window, server, harness) =
+            counted.map_err(|e| e.context("counting system calls (--count-syscalls)"))?;
+        let report = SyscallReport {
+            window_s: window.as_secs_f64(),
+            messages: result.sent,
+            server,
+            harness,
+        };
+        println!(
+            "system calls per message over the measured phase: server {:.2}, harness {:.2} ({} and {} calls for {} messages); wrote {}",
+            report.server_per_message(),
+            report.harness_per_message(),
+            server.syscalls,
+            harness.syscalls,
+            result.sent,
+            report.write_json(&a.out)?.display()
+        );
+    }
     Ok(exit_code(&summary, a.allow_saturation))
+}
+
+/// Counts `pid`'s and this process's system calls over the measured phase (from when the
+/// load sets its start, for `duration`), on a thread of its own.
+#[allow(clippy::type_complexity)]
+fn count_syscalls(
+    pid: u32,
+    duration: Duration,
+    out: &std::path::Path,
+    progress: Arc<Progress>,
+) -> std::thread::JoinHandle<anyhow::Result<(Duration, ProcessCount, ProcessCount)>> {
+    let out = out.to_path_buf();
+    std::thread::spawn(move || {
+        std::fs::create_dir_all(&out)?;
+        // Connecting comes first; the load sets the start once every connection is up.
+        let wait_until = std::time::Instant::now() + Duration::from_secs(120);
+        let start = loop {
+            if let Some(t) = progress.measure_start.get() {
+                break *t;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < wait_until,
+                "the load never started its measured phase"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        std::thread::sleep(start.saturating_duration_since(std::time::Instant::now()));
+        let server = syscalls::Counter::start(pid, duration, &out.join("perf-server.txt"))?;
+        let harness =
+            syscalls::Counter::start(std::process::id(), duration, &out.join("perf-harness.txt"))?;
+        Ok((duration, server.finish()?, harness.finish()?))
+    })
 }
 
 fn exit_code(s: &Summary, allow_saturation: bool) -> i32 {

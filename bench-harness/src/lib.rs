@@ -17,3 +17,4 @@ pub mod plot;
 pub mod report;
 pub mod summary;
 pub mod sweep;
+pub mod syscalls;

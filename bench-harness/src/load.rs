@@ -147,6 +147,9 @@ pub struct Progress {
     /// Load threads that still have messages due before the schedule's end (no thread
     /// drains and closes its peers, which may be relay destinations, before this is 0).
     pub sending_threads: AtomicU64,
+    /// When the measured phase starts, set once the connections are up (for tools that
+    /// observe the measured phase from outside, such as the system call counter).
+    pub measure_start: std::sync::OnceLock<Instant>,
 }
 
 /// The payload of message `seq` intended at `intended_ns` after the run's origin.
@@ -318,6 +321,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     }
     let cores: Vec<core_affinity::CoreId> = core_affinity::get_core_ids().unwrap_or_default();
     let origin = Instant::now() + Duration::from_millis(50);
+    let _ = progress.measure_start.set(origin + cfg.warmup);
     let started_at = std::time::SystemTime::now() + Duration::from_millis(50) + cfg.warmup;
     let threads = groups.iter().filter(|g| !g.is_empty()).count();
     progress
