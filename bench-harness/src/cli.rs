@@ -126,6 +126,45 @@ pub struct RunArgs {
     pub load: LoadArgs,
 }
 
+/// `bench-harness perf-report`: one page from one performance run's directories.
+#[derive(Args, Debug, Clone)]
+pub struct PerfReportArgs {
+    /// A `knee` output directory of the engine (its knee.json).
+    #[arg(long, value_name = "DIR")]
+    pub engine: Option<PathBuf>,
+    /// A `knee --server control` output directory (its knee.json).
+    #[arg(long, value_name = "DIR")]
+    pub control: Option<PathBuf>,
+    /// A `ceiling` output directory (its ceiling.json).
+    #[arg(long, value_name = "DIR")]
+    pub ceiling: Option<PathBuf>,
+    /// A directory of `run --count-syscalls` run directories (summary.json + syscalls.json).
+    #[arg(long, value_name = "DIR")]
+    pub syscalls: Option<PathBuf>,
+    /// A `sweep` output directory with batch size 1 and a larger batch size at one low rate.
+    #[arg(long, value_name = "DIR")]
+    pub adaptive: Option<PathBuf>,
+    /// Where performance.md, performance.json and performance.svg/png go.
+    #[arg(long, default_value = "perf-out")]
+    pub out: PathBuf,
+}
+
+/// Runs `bench-harness perf-report`: prints the page and names the files.
+pub fn perf_report_cmd(a: &PerfReportArgs) -> anyhow::Result<i32> {
+    let r = crate::perf_report::build(
+        a.engine.as_deref(),
+        a.control.as_deref(),
+        a.ceiling.as_deref(),
+        a.syscalls.as_deref(),
+        a.adaptive.as_deref(),
+    )?;
+    print!("{}", r.markdown());
+    for f in r.write(&a.out)? {
+        println!("wrote {}", f.display());
+    }
+    Ok(0)
+}
+
 /// `bench-harness sweep`: one engine per batch configuration, the same load against each.
 #[derive(Args, Debug, Clone)]
 pub struct SweepArgs {

@@ -13,6 +13,7 @@ pub mod hlog;
 pub mod knee;
 pub mod load;
 pub mod output;
+pub mod perf_report;
 pub mod plot;
 pub mod report;
 pub mod summary;

@@ -45,6 +45,11 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Put one performance run on one page (scripts/perf.sh calls it): the knees of the
+    /// engine, the control and the raw UDP ceiling side by side with their ratios, system
+    /// calls per message, the adaptive-batching check and the machine. Reads the outputs of
+    /// knee, ceiling, run --count-syscalls and sweep; writes performance.md/.json/.svg/.png.
+    PerfReport(bench_harness::cli::PerfReportArgs),
 }
 
 /// Log filter used when `RUST_LOG` is unset: the warnings of the in-process engines
@@ -74,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sweep(a) => Ok(code(bench_harness::cli::sweep_cmd(&a)?)),
         Command::Knee(a) => Ok(code(bench_harness::cli::knee_cmd(&a)?)),
         Command::Ceiling(a) => Ok(code(bench_harness::cli::ceiling_cmd(&a)?)),
+        Command::PerfReport(a) => Ok(code(bench_harness::cli::perf_report_cmd(&a)?)),
         Command::Compare { inputs, out } => {
             let output = bench_harness::compare::compare_outputs(&inputs, &out)
                 .with_context(|| format!("comparing {} input(s)", inputs.len()))?;

@@ -1,0 +1,578 @@
+//! `bench-harness perf-report`: one page from the outputs of one performance run (see
+//! `scripts/perf.sh`): the knees of the engine's batch configurations, of the matched
+//! control and of the raw UDP ceiling side by side, their ratios, system calls per message,
+//! and the adaptive-batching check, with the machine they ran on and a plot of p99 against
+//! achieved rate for every step of every search.
+//!
+//! It only reads what the searches wrote (`knee.json`, `ceiling.json`, `summary.json`,
+//! `syscalls.json`), so a table in the README can be regenerated from the run directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ceiling::Report as CeilingReport;
+use crate::knee::Outcome;
+use crate::report::markdown_table;
+use crate::summary::Summary;
+use crate::syscalls::SyscallReport;
+
+/// Errors from building the report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PerfReportError {
+    /// An input could not be read.
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// An input was not what the harness writes.
+    #[error("parsing {0}: {1}")]
+    Parse(PathBuf, serde_json::Error),
+    /// Nothing was given to report on.
+    #[error("nothing to report: give at least one of --engine, --control, --ceiling")]
+    Empty,
+    /// Writing an output failed.
+    #[error("writing {0}: {1}")]
+    Write(PathBuf, std::io::Error),
+    /// The plot failed.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+}
+
+/// Which server a knee was measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Server {
+    /// The engine (glommio + quiche).
+    Engine,
+    /// The tokio + quinn control server.
+    Control,
+    /// The raw UDP echo server.
+    Ceiling,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Engine => "engine",
+            Server::Control => "control",
+            Server::Ceiling => "udp ceiling",
+        }
+    }
+}
+
+/// One configuration's knee, labelled with its server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// Whose knee.
+    pub server: Server,
+    /// The search's outcome (`config` is `bs=128 bt=0` or `udp io=batched`).
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+impl Entry {
+    fn label(&self) -> String {
+        match self.server {
+            Server::Ceiling => self.outcome.config.clone(),
+            s => format!("{} {}", s.name(), self.outcome.config),
+        }
+    }
+}
+
+/// A fixed-rate run with its system call counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyscallRun {
+    /// The run directory's name (`engine-bs1`, ...).
+    pub name: String,
+    /// Asked rate, msg/s.
+    pub rate: f64,
+    /// Achieved rate, msg/s.
+    pub achieved: f64,
+    /// p99, ms.
+    pub p99_ms: f64,
+    /// The counts.
+    pub syscalls: SyscallReport,
+}
+
+/// The adaptive-batching check: at a low rate, the median of a large batch size with
+/// timeout 0 against batch size 1 (a batch that waits for company would show here).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Adaptive {
+    /// The rate both ran at, msg/s.
+    pub rate: f64,
+    /// p50 at batch size 1, ms.
+    pub p50_bs1_ms: f64,
+    /// The larger batch size.
+    pub batch_size: u32,
+    /// Its p50, ms.
+    pub p50_ms: f64,
+}
+
+impl Adaptive {
+    /// The larger batch's p50 over batch 1's.
+    pub fn ratio(&self) -> f64 {
+        self.p50_ms / self.p50_bs1_ms.max(1e-9)
+    }
+}
+
+/// Everything the page shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PerfReport {
+    /// Where and when it ran.
+    pub machine: String,
+    /// Every knee.
+    pub entries: Vec<Entry>,
+    /// Fixed-rate runs with system call counts.
+    pub syscalls: Vec<SyscallRun>,
+    /// The adaptive-batching check, when run.
+    pub adaptive: Option<Adaptive>,
+    /// The p99 target the knees hold, ms.
+    pub p99_target_ms: Option<f64>,
+}
+
+fn read(path: &Path) -> Result<String, PerfReportError> {
+    std::fs::read_to_string(path).map_err(|e| PerfReportError::Read(path.to_path_buf(), e))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, PerfReportError> {
+    serde_json::from_str(&read(path)?).map_err(|e| PerfReportError::Parse(path.to_path_buf(), e))
+}
+
+/// The knees in a `knee` output directory.
+pub fn read_knees(dir: &Path, server: Server) -> Result<Vec<Entry>, PerfReportError> {
+    let outcomes: Vec<Outcome> = parse(&dir.join("knee.json"))?;
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| Entry { server, outcome })
+        .collect())
+}
+
+/// The knees in a `ceiling` output directory, and its p99 target.
+pub fn read_ceiling(dir: &Path) -> Result<(Vec<Entry>, f64), PerfReportError> {
+    let r: CeilingReport = parse(&dir.join("ceiling.json"))?;
+    let entries = r
+        .knees
+        .into_iter()
+        .map(|k| Entry {
+            server: Server::Ceiling,
+            outcome: k.outcome,
+        })
+        .collect();
+    Ok((entries, r.p99_target_ms))
+}
+
+/// The runs under `dir` (each subdirectory with a `summary.json` and a `syscalls.json`).
+pub fn read_syscall_runs(dir: &Path) -> Result<Vec<SyscallRun>, PerfReportError> {
+    let mut runs = Vec::new();
+    for sub in subdirs(dir)? {
+        let Some(syscalls) = SyscallReport::read_json(&sub) else {
+            continue;
+        };
+        let s: Summary = parse(&sub.join("summary.json"))?;
+        runs.push(SyscallRun {
+            name: sub
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            rate: s.config.rate,
+            achieved: s.achieved_rate,
+            p99_ms: s.latency_ms.p99,
+            syscalls,
+        });
+    }
+    Ok(runs)
+}
+
+/// The adaptive check from a `sweep` directory holding runs at batch size 1 and one larger
+/// batch size, at one rate.
+pub fn read_adaptive(dir: &Path) -> Result<Option<Adaptive>, PerfReportError> {
+    let mut bs1 = None;
+    let mut big: Option<(u32, f64)> = None;
+    let mut rate = 0.0;
+    for sub in subdirs(dir)? {
+        let path = sub.join("summary.json");
+        if !path.exists() {
+            continue;
+        }
+        let s: Summary = parse(&path)?;
+        rate = s.config.rate;
+        match s.config.batch_size {
+            Some(1) => bs1 = Some(s.latency_ms.p50),
+            Some(b) if big.is_none_or(|(x, _)| b > x) => big = Some((b, s.latency_ms.p50)),
+            _ => {}
+        }
+    }
+    Ok(match (bs1, big) {
+        (Some(p50_bs1_ms), Some((batch_size, p50_ms))) => Some(Adaptive {
+            rate,
+            p50_bs1_ms,
+            batch_size,
+            p50_ms,
+        }),
+        _ => None,
+    })
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, PerfReportError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| PerfReportError::Read(dir.to_path_buf(), e))?;
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// This machine, for the page: CPU model, cores, kernel, and the load average now.
+pub fn describe_machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default();
+    format!("{model}, {cores} cores, Linux {kernel}, load average {load} at the end of the run")
+}
+
+impl PerfReport {
+    fn knee(&self, server: Server, config: &str) -> Option<f64> {
+        self.entries
+            .iter()
+            .find(|e| e.server == server && e.outcome.config == config)
+            .and_then(|e| e.outcome.knee)
+    }
+
+    /// The best knee of the engine, and the control's knee at the same configuration.
+    fn engine_vs_control(&self) -> Option<(String, f64, f64)> {
+        self.entries
+            .iter()
+            .filter(|e| e.server == Server::Engine)
+            .filter_map(|e| {
+                let k = e.outcome.knee?;
+                let c = self.knee(Server::Control, &e.outcome.config)?;
+                Some((e.outcome.config.clone(), k, c))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// The page.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("Machine: {}.\n\n", self.machine));
+        if let Some(t) = self.p99_target_ms {
+            s.push_str(&format!(
+                "Knee: the highest open-loop rate that held p99 <= {t} ms with nothing lost, refused or corrupted and at least 95 % achieved.\n\n"
+            ));
+        }
+        let best_ceiling = self
+            .entries
+            .iter()
+            .filter(|e| e.server == Server::Ceiling)
+            .filter_map(|e| e.outcome.knee)
+            .fold(None, |m: Option<f64>, k| Some(m.map_or(k, |m| m.max(k))));
+        let headers = [
+            "server",
+            "config",
+            "knee (msg/s)",
+            "p99 at knee (ms)",
+            "first failing rate",
+            "why it failed",
+            "vs control, same config",
+            "of best UDP ceiling",
+        ];
+        let rows: Vec<Vec<String>> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let o = &e.outcome;
+                let knee = match (o.knee, o.capped) {
+                    (Some(k), true) => format!(">= {k:.0}"),
+                    (Some(k), false) => format!("{k:.0}"),
+                    (None, _) => "none".into(),
+                };
+                let vs_control = match (e.server, o.knee) {
+                    (Server::Engine, Some(k)) => self
+                        .knee(Server::Control, &o.config)
+                        .map(|c| format!("{:.2}x", k / c))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                let of_ceiling = match (o.knee, best_ceiling) {
+                    (Some(k), Some(c)) if e.server != Server::Ceiling => {
+                        format!("{:.0} %", 100.0 * k / c)
+                    }
+                    _ => String::new(),
+                };
+                vec![
+                    e.server.name().to_string(),
+                    o.config.clone(),
+                    knee,
+                    o.p99_at_knee_ms
+                        .map(|v| format!("{v:.3}"))
+                        .unwrap_or_default(),
+                    o.first_failure
+                        .map(|v| format!("{v:.0}"))
+                        .unwrap_or_default(),
+                    o.failure.clone().unwrap_or_default(),
+                    vs_control,
+                    of_ceiling,
+                ]
+            })
+            .collect();
+        s.push_str(&markdown_table(&headers, &rows));
+        s.push('\n');
+        if !self.syscalls.is_empty() {
+            let headers = [
+                "run",
+                "rate (msg/s)",
+                "achieved",
+                "p99 (ms)",
+                "server syscalls/msg",
+                "harness syscalls/msg",
+            ];
+            let rows: Vec<Vec<String>> = self
+                .syscalls
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        format!("{:.0}", r.rate),
+                        format!("{:.0}", r.achieved),
+                        format!("{:.3}", r.p99_ms),
+                        format!("{:.2}", r.syscalls.server_per_message()),
+                        format!("{:.2}", r.syscalls.harness_per_message()),
+                    ]
+                })
+                .collect();
+            s.push_str("System calls per message (`perf stat -e raw_syscalls:sys_enter` over each measured phase, all threads of each process):\n\n");
+            s.push_str(&markdown_table(&headers, &rows));
+            s.push('\n');
+        }
+        s.push_str("Targets:\n\n");
+        let best_engine = self
+            .entries
+            .iter()
+            .filter(|e| e.server == Server::Engine)
+            .filter_map(|e| e.outcome.knee)
+            .fold(None, |m: Option<f64>, k| Some(m.map_or(k, |m| m.max(k))));
+        let verdict = |ok: bool| if ok { "met" } else { "not met" };
+        if let Some(k) = best_engine {
+            s.push_str(&format!(
+                "- 1,000,000 msg/s per engine core: best knee {k:.0} msg/s, {}.\n",
+                verdict(k >= 1e6)
+            ));
+        }
+        match self.engine_vs_control() {
+            Some((config, k, c)) => s.push_str(&format!(
+                "- 3x the control at equal p99: {config}: {k:.0} against {c:.0} msg/s, {:.2}x, {}.\n",
+                k / c,
+                verdict(k >= 3.0 * c)
+            )),
+            None => s.push_str("- 3x the control: not measured in this run.\n"),
+        }
+        match (self.knee(Server::Engine, "bs=1 bt=0"), best_ceiling) {
+            (Some(k), Some(c)) => s.push_str(&format!(
+                "- batch 1 at 70 % of the UDP ceiling: {k:.0} against {c:.0}/s, {:.0} %, {}.\n",
+                100.0 * k / c,
+                verdict(k >= 0.7 * c)
+            )),
+            _ => s.push_str("- batch 1 against the UDP ceiling: not measured in this run.\n"),
+        }
+        match &self.adaptive {
+            Some(a) => s.push_str(&format!(
+                "- adaptive batching (p50 of batch {} within 1.2x of batch 1 at {:.0} msg/s): {:.3} against {:.3} ms, {:.2}x, {}.\n",
+                a.batch_size,
+                a.rate,
+                a.p50_ms,
+                a.p50_bs1_ms,
+                a.ratio(),
+                verdict(a.ratio() <= 1.2)
+            )),
+            None => s.push_str("- adaptive batching: not measured in this run.\n"),
+        }
+        s
+    }
+
+    /// Writes performance.md, performance.json and performance.svg/png into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, PerfReportError> {
+        let w = |p: &Path, text: String| {
+            std::fs::write(p, text).map_err(|e| PerfReportError::Write(p.to_path_buf(), e))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| PerfReportError::Write(dir.to_path_buf(), e))?;
+        let md = dir.join("performance.md");
+        w(&md, self.markdown())?;
+        let json = dir.join("performance.json");
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| PerfReportError::Parse(json.clone(), e))?;
+        w(&json, text + "\n")?;
+        let (svg, png) = (dir.join("performance.svg"), dir.join("performance.png"));
+        let points: Vec<(String, f64, f64)> = self
+            .entries
+            .iter()
+            .flat_map(|e| {
+                let label = format!("{} @", e.label());
+                e.outcome
+                    .steps
+                    .iter()
+                    .map(move |s| (label.clone(), s.achieved, s.p99_ms))
+            })
+            .collect();
+        crate::plot::latency_vs_throughput_plot(&points, &svg, &png)?;
+        Ok(vec![md, json, svg, png])
+    }
+}
+
+/// Builds the report from the directories one performance run wrote.
+pub fn build(
+    engine: Option<&Path>,
+    control: Option<&Path>,
+    ceiling: Option<&Path>,
+    syscalls: Option<&Path>,
+    adaptive: Option<&Path>,
+) -> Result<PerfReport, PerfReportError> {
+    if engine.is_none() && control.is_none() && ceiling.is_none() {
+        return Err(PerfReportError::Empty);
+    }
+    let mut entries = Vec::new();
+    let mut p99_target_ms = None;
+    if let Some(d) = ceiling {
+        let (e, t) = read_ceiling(d)?;
+        entries.extend(e);
+        p99_target_ms = Some(t);
+    }
+    if let Some(d) = engine {
+        entries.extend(read_knees(d, Server::Engine)?);
+    }
+    if let Some(d) = control {
+        entries.extend(read_knees(d, Server::Control)?);
+    }
+    Ok(PerfReport {
+        machine: describe_machine(),
+        entries,
+        syscalls: syscalls
+            .map(read_syscall_runs)
+            .transpose()?
+            .unwrap_or_default(),
+        adaptive: adaptive.map(read_adaptive).transpose()?.flatten(),
+        p99_target_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knee::Step;
+
+    fn outcome(config: &str, knee: f64) -> Outcome {
+        Outcome {
+            config: config.into(),
+            knee: Some(knee),
+            p99_at_knee_ms: Some(4.0),
+            first_failure: Some(knee * 1.05),
+            failure: Some("p99 12.000 ms above 10.000 ms".into()),
+            capped: false,
+            steps: vec![
+                Step {
+                    rate: knee,
+                    achieved: knee,
+                    p99_ms: 4.0,
+                    held: true,
+                    why: String::new(),
+                },
+                Step {
+                    rate: knee * 1.05,
+                    achieved: knee,
+                    p99_ms: 12.0,
+                    held: false,
+                    why: "p99".into(),
+                },
+            ],
+        }
+    }
+
+    fn report() -> PerfReport {
+        let e = |server, c, k| Entry {
+            server,
+            outcome: outcome(c, k),
+        };
+        PerfReport {
+            machine: "test machine".into(),
+            entries: vec![
+                e(Server::Ceiling, "udp io=batched", 200_000.0),
+                e(Server::Ceiling, "udp io=per-datagram", 150_000.0),
+                e(Server::Engine, "bs=1 bt=0", 100_000.0),
+                e(Server::Engine, "bs=128 bt=0", 160_000.0),
+                e(Server::Control, "bs=128 bt=0", 40_000.0),
+            ],
+            syscalls: vec![],
+            adaptive: Some(Adaptive {
+                rate: 16_000.0,
+                p50_bs1_ms: 0.5,
+                batch_size: 128,
+                p50_ms: 0.55,
+            }),
+            p99_target_ms: Some(10.0),
+        }
+    }
+
+    #[test]
+    fn ratios_and_targets_come_from_the_knees() {
+        let md = report().markdown();
+        // Engine against the control at the same configuration, and against the best ceiling.
+        let cells = md.replace(' ', "");
+        assert!(cells.contains("|bs=128bt=0|160000|"), "{md}");
+        assert!(cells.contains("|4.00x|80%|"), "{md}");
+        assert!(cells.contains("||50%|"), "{md}");
+        assert!(
+            md.contains("bs=128 bt=0: 160000 against 40000 msg/s, 4.00x, met"),
+            "{md}"
+        );
+        assert!(md.contains("50 %, not met"), "{md}");
+        assert!(md.contains("best knee 160000 msg/s, not met"), "{md}");
+        assert!(md.contains("1.10x, met"), "{md}");
+    }
+
+    #[test]
+    fn a_missing_control_is_said_not_invented() {
+        let mut r = report();
+        r.entries.retain(|e| e.server != Server::Control);
+        r.adaptive = None;
+        let md = r.markdown();
+        assert!(md.contains("3x the control: not measured"), "{md}");
+        assert!(md.contains("adaptive batching: not measured"), "{md}");
+        assert!(!md.replace(' ', "").contains("x|"), "no ratio column filled: {md}");
+    }
+
+    #[test]
+    fn reads_what_knee_and_ceiling_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let knees = vec![crate::knee::Knee {
+            batch_size: 16,
+            batch_timeout_ms: 0.0,
+            outcome: outcome("bs=16 bt=0", 50_000.0),
+        }];
+        let kd = dir.path().join("engine");
+        crate::knee::write(&kd, &knees, std::time::Duration::from_millis(10)).unwrap();
+        let got = read_knees(&kd, Server::Engine).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].outcome.knee, Some(50_000.0));
+        assert!(matches!(
+            build(None, None, None, None, None),
+            Err(PerfReportError::Empty)
+        ));
+        let out = dir.path().join("out");
+        let r = build(Some(&kd), None, None, None, None).unwrap();
+        let files = r.write(&out).unwrap();
+        assert!(files.iter().all(|f| f.exists()));
+    }
+}
