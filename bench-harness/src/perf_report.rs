@@ -550,7 +550,10 @@ mod tests {
         let md = r.markdown();
         assert!(md.contains("3x the control: not measured"), "{md}");
         assert!(md.contains("adaptive batching: not measured"), "{md}");
-        assert!(!md.replace(' ', "").contains("x|"), "no ratio column filled: {md}");
+        assert!(
+            !md.replace(' ', "").contains("x|"),
+            "no ratio column filled: {md}"
+        );
     }
 
     #[test]

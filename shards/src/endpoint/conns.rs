@@ -2,7 +2,8 @@
 //! given, so any datagram finds it) and by authenticated peer; and what happens to a
 //! connection at its ends (accept, insert, finish, removal with its accounting).
 
-use std::collections::{HashMap, VecDeque};
+use super::Map;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -183,9 +184,9 @@ impl Conn {
 /// Connections by key, with their connection-ID and peer indexes.
 #[derive(Default)]
 pub(super) struct ConnIndex {
-    conns: HashMap<ConnKey, Conn>,
-    by_cid: HashMap<Vec<u8>, ConnKey>,
-    by_peer: HashMap<PeerId, ConnKey>,
+    conns: Map<ConnKey, Conn>,
+    by_cid: Map<Vec<u8>, ConnKey>,
+    by_peer: Map<PeerId, ConnKey>,
     next_key: ConnKey,
 }
 
@@ -234,7 +235,7 @@ impl ConnIndex {
         self.by_peer.get(peer).copied()
     }
 
-    pub(super) fn peer_map(&self) -> &HashMap<PeerId, ConnKey> {
+    pub(super) fn peer_map(&self) -> &Map<PeerId, ConnKey> {
         &self.by_peer
     }
 

@@ -50,6 +50,9 @@ mod timers;
 mod tests;
 
 use std::collections::VecDeque;
+
+/// The endpoint's hash maps: foldhash, randomly seeded (see the workspace Cargo.toml).
+pub(crate) type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 

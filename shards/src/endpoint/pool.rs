@@ -6,7 +6,8 @@
 //! action values ([`DialAction`], [`LostAction`], [`PoolRoute`], [`Upkeep`]) and never
 //! touch connections or routing themselves.
 
-use std::collections::{HashMap, VecDeque};
+use super::Map;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -205,8 +206,8 @@ pub(super) enum PoolRoute {
 /// The pool's entries, by dialed address, and the addresses of known dialed peers.
 #[derive(Debug)]
 pub(super) struct Pool {
-    entries: HashMap<SocketAddr, Outbound>,
-    by_peer: HashMap<PeerId, SocketAddr>,
+    entries: Map<SocketAddr, Outbound>,
+    by_peer: Map<PeerId, SocketAddr>,
     backoff: BackoffPolicy,
 }
 
@@ -216,8 +217,8 @@ pub(super) type Transition = Option<(ConnState, Option<PeerId>)>;
 impl Pool {
     pub(super) fn new(backoff: BackoffPolicy) -> Self {
         Pool {
-            entries: HashMap::new(),
-            by_peer: HashMap::new(),
+            entries: Map::default(),
+            by_peer: Map::default(),
             backoff,
         }
     }

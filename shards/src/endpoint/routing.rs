@@ -3,7 +3,7 @@
 //! [`Router::target`] without side effects; the endpoint then queues it, hands it over,
 //! or answers its sender with an ERROR record.
 
-use std::collections::HashMap;
+use super::Map;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -61,7 +61,7 @@ pub(super) enum Target {
 pub(super) struct Router {
     self_id: PeerId,
     index: usize,
-    remote: HashMap<PeerId, usize>,
+    remote: Map<PeerId, usize>,
     generation: u64,
 }
 
@@ -70,7 +70,7 @@ impl Router {
         Router {
             self_id,
             index,
-            remote: HashMap::new(),
+            remote: Map::default(),
             generation: 0,
         }
     }
@@ -80,7 +80,7 @@ impl Router {
     pub(super) fn target(
         &mut self,
         to: &PeerId,
-        local: &HashMap<PeerId, ConnKey>,
+        local: &Map<PeerId, ConnKey>,
         pool: &Pool,
         directory: &dyn PeerDirectory,
     ) -> Target {

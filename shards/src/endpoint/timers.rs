@@ -5,8 +5,9 @@
 //! the old one behind; stale entries are skipped when they surface and the heap is rebuilt
 //! when they outnumber the live ones, so memory stays proportional to the keys.
 
+use super::Map;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::hash::Hash;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -26,14 +27,14 @@ pub(super) enum TimerKey {
 #[derive(Debug)]
 pub(super) struct Timers<K: Ord + Hash + Copy> {
     heap: BinaryHeap<Reverse<(Instant, K)>>,
-    armed: HashMap<K, Instant>,
+    armed: Map<K, Instant>,
 }
 
 impl<K: Ord + Hash + Copy> Default for Timers<K> {
     fn default() -> Self {
         Timers {
             heap: BinaryHeap::new(),
-            armed: HashMap::new(),
+            armed: Map::default(),
         }
     }
 }
