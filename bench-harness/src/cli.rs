@@ -116,9 +116,10 @@ pub struct RunArgs {
     /// measured). Loss still exits 1.
     #[arg(long)]
     pub allow_saturation: bool,
-    /// Count the system calls of this process (the server under test: an `engine serve` or
-    /// `control-server` pid) and of the harness itself over the measured phase, with
-    /// `perf stat -e raw_syscalls:sys_enter`, and write them per message to syscalls.json.
+    /// Count the system calls and CPU time of this process (the server under test: an
+    /// `engine serve` or `control-server` pid) and of the harness itself over the measured
+    /// phase, with `perf stat -e raw_syscalls:sys_enter,task-clock`, and write them per
+    /// message to syscalls.json.
     /// Needs `perf` (Debian's linux-perf) and permission to trace the process.
     #[arg(long, value_name = "PID")]
     pub count_syscalls: Option<u32>,
@@ -311,12 +312,14 @@ pub fn run_cmd(a: &RunArgs) -> anyhow::Result<i32> {
             harness,
         };
         println!(
-            "system calls per message over the measured phase: server {:.2}, harness {:.2} ({} and {} calls for {} messages); wrote {}",
+            "per message over the measured phase: system calls: server {:.2}, harness {:.2} ({} and {} calls for {} messages); server CPU {:.2} us ({:.0} msg/s per core at this cost); wrote {}",
             report.server_per_message(),
             report.harness_per_message(),
             server.syscalls,
             harness.syscalls,
             result.sent,
+            report.server_cpu_us_per_message(),
+            report.server_messages_per_core_s(),
             report.write_json(&a.out)?.display()
         );
     }

@@ -339,6 +339,8 @@ impl PerfReport {
                 "p99 (ms)",
                 "server syscalls/msg",
                 "harness syscalls/msg",
+                "server CPU us/msg",
+                "server msg/s per core at that cost",
             ];
             let rows: Vec<Vec<String>> = self
                 .syscalls
@@ -351,10 +353,12 @@ impl PerfReport {
                         format!("{:.3}", r.p99_ms),
                         format!("{:.2}", r.syscalls.server_per_message()),
                         format!("{:.2}", r.syscalls.harness_per_message()),
+                        format!("{:.2}", r.syscalls.server_cpu_us_per_message()),
+                        format!("{:.0}", r.syscalls.server_messages_per_core_s()),
                     ]
                 })
                 .collect();
-            s.push_str("System calls per message (`perf stat -e raw_syscalls:sys_enter` over each measured phase, all threads of each process):\n\n");
+            s.push_str("Per message at one fixed rate (`perf stat -e raw_syscalls:sys_enter,task-clock` over each measured phase, all threads of each process; msg/s per core = messages / server CPU seconds):\n\n");
             s.push_str(&markdown_table(&headers, &rows));
             s.push('\n');
         }
@@ -371,6 +375,24 @@ impl PerfReport {
                 "- 1,000,000 msg/s per engine core: best knee {k:.0} msg/s, {}.\n",
                 verdict(k >= 1e6)
             ));
+        }
+        for bs in [1, 16, 128] {
+            let run = |prefix: &str| {
+                self.syscalls
+                    .iter()
+                    .find(|r| r.name == format!("{prefix}-bs{bs}"))
+            };
+            if let (Some(e), Some(c)) = (run("engine"), run("control")) {
+                let (ec, cc) = (
+                    e.syscalls.server_cpu_us_per_message(),
+                    c.syscalls.server_cpu_us_per_message(),
+                );
+                s.push_str(&format!(
+                    "- CPU per message at batch {bs} and {:.0} msg/s: engine {ec:.2} us, control {cc:.2} us: the engine carries {:.2}x the control's messages per core-second.\n",
+                    e.rate,
+                    cc / ec.max(1e-9)
+                ));
+            }
         }
         match self.engine_vs_control() {
             Some((config, k, c)) => s.push_str(&format!(
@@ -514,7 +536,30 @@ mod tests {
                 e(Server::Engine, "bs=128 bt=0", 160_000.0),
                 e(Server::Control, "bs=128 bt=0", 40_000.0),
             ],
-            syscalls: vec![],
+            syscalls: ["engine-bs128", "control-bs128"]
+                .iter()
+                .zip([2.0, 6.0])
+                .map(|(name, cpu_us)| SyscallRun {
+                    name: (*name).into(),
+                    rate: 20_000.0,
+                    achieved: 20_000.0,
+                    p99_ms: 1.0,
+                    syscalls: SyscallReport {
+                        window_s: 5.0,
+                        messages: 100_000,
+                        server: crate::syscalls::ProcessCount {
+                            pid: 1,
+                            syscalls: 150_000,
+                            cpu_s: cpu_us * 0.1,
+                        },
+                        harness: crate::syscalls::ProcessCount {
+                            pid: 2,
+                            syscalls: 90_000,
+                            cpu_s: 1.0,
+                        },
+                    },
+                })
+                .collect(),
             adaptive: Some(Adaptive {
                 rate: 16_000.0,
                 p50_bs1_ms: 0.5,
@@ -540,6 +585,14 @@ mod tests {
         assert!(md.contains("50 %, not met"), "{md}");
         assert!(md.contains("best knee 160000 msg/s, not met"), "{md}");
         assert!(md.contains("1.10x, met"), "{md}");
+        assert!(
+            md.contains("engine 2.00 us, control 6.00 us: the engine carries 3.00x"),
+            "{md}"
+        );
+        assert!(
+            cells.contains("|engine-bs128|20000|20000|1.000|1.50|0.90|2.00|500000|"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! System calls per message: counts a server process's (and the harness's own) system calls
-//! over a run's measured phase with `perf stat -e raw_syscalls:sys_enter`, the kernel's own
-//! tracepoint, so io_uring submissions, timers and wake-ups count as well as socket calls.
+//! System calls and CPU time per message: counts a server process's (and the harness's own)
+//! system calls over a run's measured phase with `perf stat -e raw_syscalls:sys_enter`, the
+//! kernel's own tracepoint, so io_uring submissions, timers and wake-ups count as well as
+//! socket calls, and its CPU time (`task-clock`, all threads, user and kernel). CPU time per
+//! message gives a server's messages per second per core even where the load generator,
+//! not the server, is what saturates first.
 //!
 //! Why `perf` and not `strace -c`: strace stops the process at every call and slows it by an
 //! order of magnitude, which changes how much each call carries; the tracepoint count costs
@@ -14,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 /// The tracepoint counted: every system call entry.
 pub const EVENT: &str = "raw_syscalls:sys_enter";
+/// The CPU time counted: milliseconds on a CPU, all threads.
+pub const CPU_EVENT: &str = "task-clock";
 
 /// Errors from counting system calls.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,9 @@ pub struct ProcessCount {
     pub pid: u32,
     /// System calls it entered in the window, all threads.
     pub syscalls: u64,
+    /// CPU seconds it used in the window, all threads, user and kernel.
+    #[serde(default)]
+    pub cpu_s: f64,
 }
 
 /// What `syscalls.json` in a run directory holds.
@@ -69,6 +77,16 @@ impl SyscallReport {
     /// The harness's system calls per message.
     pub fn harness_per_message(&self) -> f64 {
         self.harness.syscalls as f64 / self.messages.max(1) as f64
+    }
+
+    /// The server's CPU microseconds per message.
+    pub fn server_cpu_us_per_message(&self) -> f64 {
+        1e6 * self.server.cpu_s / self.messages.max(1) as f64
+    }
+
+    /// Messages per second one core of the server would carry at this cost per message.
+    pub fn server_messages_per_core_s(&self) -> f64 {
+        self.messages as f64 / self.server.cpu_s.max(1e-9)
     }
 
     /// Writes `syscalls.json` into `dir`.
@@ -98,7 +116,14 @@ impl Counter {
     /// Starts counting `pid`'s system calls for `window`, perf's output going to `out`.
     pub fn start(pid: u32, window: Duration, out: &Path) -> Result<Counter, SyscallError> {
         let child = Command::new("perf")
-            .args(["stat", "-x", ",", "-e", EVENT, "-p"])
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                &format!("{EVENT},{CPU_EVENT}"),
+                "-p",
+            ])
             .arg(pid.to_string())
             .arg("-o")
             .arg(out)
@@ -130,6 +155,7 @@ impl Counter {
         Ok(ProcessCount {
             pid: self.pid,
             syscalls: parse_perf_csv(&text)?,
+            cpu_s: parse_cpu_ms(&text)? / 1000.0,
         })
     }
 }
@@ -149,14 +175,28 @@ pub fn parse_perf_csv(text: &str) -> Result<u64, SyscallError> {
         .ok_or_else(|| SyscallError::NoCount(text.trim().to_string()))
 }
 
+/// The `task-clock` milliseconds in `perf stat -x ,` output (`1.32,msec,task-clock,...`).
+pub fn parse_cpu_ms(text: &str) -> Result<f64, SyscallError> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let mut f = l.split(',');
+            let value = f.next()?;
+            let _unit = f.next()?;
+            (f.next()? == CPU_EVENT).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .ok_or_else(|| SyscallError::NoCount(text.trim().to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn reads_the_count_and_refuses_a_missing_one() {
-        let text = "# started on Wed Dec  2 03:50:00 2026\n\n14020,,raw_syscalls:sys_enter,200123456,100.00,,\n";
+        let text = "# started on Wed Dec  2 03:50:00 2026\n\n14020,,raw_syscalls:sys_enter,200123456,100.00,,\n1.32,msec,task-clock,1322029,100.00,0.593,CPUs utilized\n";
         assert_eq!(parse_perf_csv(text).unwrap(), 14020);
+        assert!((parse_cpu_ms(text).unwrap() - 1.32).abs() < 1e-9);
         let text = "<not counted>,,raw_syscalls:sys_enter,0,0.00,,\n";
         assert!(matches!(
             parse_perf_csv(text),
@@ -175,13 +215,17 @@ mod tests {
             server: ProcessCount {
                 pid: 1,
                 syscalls: 1500,
+                cpu_s: 0.004,
             },
             harness: ProcessCount {
                 pid: 2,
                 syscalls: 900,
+                cpu_s: 0.5,
             },
         };
         assert!((r.server_per_message() - 1.5).abs() < 1e-9);
+        assert!((r.server_cpu_us_per_message() - 4.0).abs() < 1e-9);
+        assert!((r.server_messages_per_core_s() - 250_000.0).abs() < 1e-6);
         assert!((r.harness_per_message() - 0.9).abs() < 1e-9);
         let dir = tempfile::tempdir().unwrap();
         r.write_json(dir.path()).unwrap();
@@ -207,7 +251,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         match c.finish() {
-            Ok(n) => assert!(n.syscalls > 50, "{n:?}"),
+            Ok(n) => assert!(n.syscalls > 50 && n.cpu_s > 0.0, "{n:?}"),
             Err(e) => eprintln!("skipped: {e}"),
         }
     }

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One performance run, everything side by side on this machine, then one page:
+#   1. the raw UDP echo ceiling (bench-harness ceiling, per-datagram and batched I/O);
+#   2. the engine's knee for batch sizes 1, 16 and 128 (timeout 0), 1 shard on core 0;
+#   3. the tokio + quinn control's knee for the same configurations, on core 0;
+#   4. system calls per message of each server and of the harness at one fixed rate below
+#      every knee (perf stat -e raw_syscalls:sys_enter), servers pinned to core 0;
+#   5. the adaptive-batching check: batch 1 against batch 128 (timeout 0) at 10 % of the
+#      engine's batch-128 knee;
+#   6. bench-harness perf-report: $OUT/performance.md/.json/.svg/.png.
+# Every search: 16 connections, 64-byte echo, 3 s measured after 1 s warm-up, p99 <= 10 ms,
+# each rate run twice (REPEAT). The harness runs on the last core. Takes about 30 minutes
+# on 2 cores. Run it on a quiet machine: other load moves every number.
+#
+#   scripts/perf.sh                     # everything, into perf-out/
+#   OUT=/tmp/p REPEAT=1 scripts/perf.sh # quicker, noisier
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+if ! command -v perf >/dev/null 2>&1; then
+  echo "perf.sh: installing linux-perf (system call counts)" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq linux-perf >/dev/null
+fi
+command -v jq >/dev/null 2>&1 || {
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get install -y -qq jq >/dev/null
+}
+cargo build --release --locked -p engine -p bench-harness
+bh=target/release/bench-harness
+eng=target/release/engine
+out=${OUT:-perf-out}
+repeat=${REPEAT:-2}
+rm -rf "$out"
+mkdir -p "$out"
+search=(--message-size 64 --duration 3s --warmup 1s --drain 2s
+        --p99-target 10ms --min-rate 10000 --repeat "$repeat")
+
+echo "== 1/6 raw UDP ceiling" >&2
+$bh ceiling --out "$out/ceiling" "${search[@]}"
+echo "== 2/6 engine knee" >&2
+$bh knee --out "$out/engine" --connections 16 --batch-sizes 1,16,128 --batch-timeouts 0 "${search[@]}"
+echo "== 3/6 control knee" >&2
+$bh knee --server control --out "$out/control" --connections 16 --batch-sizes 1,16,128 \
+  --batch-timeouts 0 "${search[@]}"
+
+# The lowest knee of all, halved: every server is below saturation there.
+low=$(jq -s '[.[][] | .knee // empty] | min // 10000' "$out/engine/knee.json" "$out/control/knee.json")
+rate=$(jq -n --argjson k "$low" '[($k / 2 | floor), 1000] | max')
+port=4533
+# Starts a server on core 0, waits for its banner, counts its syscalls during one run.
+count() { # name, then the server command
+  local name=$1; shift
+  local log="$out/syscalls/$name.log"
+  mkdir -p "$out/syscalls"
+  taskset -c 0 "$@" > "$log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.1; done
+  grep -q "listening on" "$log" || { echo "perf.sh: $name did not start: $(cat "$log")" >&2; kill $pid; return 1; }
+  $bh run --target 127.0.0.1:$port --rate "$rate" --connections 16 --message-size 64 \
+    --duration 5s --warmup 1s --drain 2s --out "$out/syscalls/$name" --count-syscalls $pid || true
+  kill -INT $pid; wait $pid || true
+}
+echo "== 4/6 system calls per message at $rate msg/s" >&2
+for bs in 1 128; do
+  count "engine-bs$bs" $eng serve --listen 127.0.0.1:$port --shards 1 --batch-size $bs --batch-timeout 0
+  count "control-bs$bs" $bh control-server --listen 127.0.0.1:$port --batch-size $bs --batch-timeout 0
+done
+
+knee128=$(jq '[.[] | select(.batch_size == 128) | .knee // empty] | first // 10000' "$out/engine/knee.json")
+arate=$(jq -n --argjson k "$knee128" '[($k / 10 | floor), 1000] | max')
+echo "== 5/6 adaptive batching at $arate msg/s" >&2
+$bh sweep --out "$out/adaptive" --batch-sizes 1,128 --batch-timeouts 0 --rates "$arate" \
+  --connections 16 --message-size 64 --duration 5s --warmup 1s --drain 2s
+
+echo "== 6/6 report" >&2
+$bh perf-report --out "$out" --engine "$out/engine" --control "$out/control" \
+  --ceiling "$out/ceiling" --syscalls "$out/syscalls" --adaptive "$out/adaptive"
