@@ -145,6 +145,30 @@ pub struct Outcome {
     pub steps: Vec<Step>,
 }
 
+impl Outcome {
+    /// The knee as a table shows it: `>= N` when capped, `none` when not even the minimum held.
+    pub fn knee_cell(&self) -> String {
+        match (self.knee, self.capped) {
+            (Some(r), true) => format!(">= {r:.0}"),
+            (Some(r), false) => format!("{r:.0}"),
+            (None, _) => "below the minimum".to_string(),
+        }
+    }
+
+    /// p99 at the knee (ms), the first failing rate and why, as table cells.
+    pub fn result_cells(&self) -> [String; 3] {
+        [
+            self.p99_at_knee_ms
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_default(),
+            self.first_failure
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_default(),
+            self.failure.clone().unwrap_or_default().replace('|', "/"),
+        ]
+    }
+}
+
 /// The outcome of one batch configuration's search.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Knee {
@@ -375,22 +399,11 @@ pub fn outcome_markdown<'a>(
          | --- | ---: | ---: | ---: | --- | ---: |\n",
     );
     for k in outcomes {
-        let knee = match (k.knee, k.capped) {
-            (Some(r), true) => format!(">= {r:.0}"),
-            (Some(r), false) => format!("{r:.0}"),
-            (None, _) => "below the minimum".to_string(),
-        };
+        let [p99, first_failure, why] = k.result_cells();
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {p99} | {first_failure} | {why} | {} |\n",
             k.config,
-            knee,
-            k.p99_at_knee_ms
-                .map(|v| format!("{v:.3}"))
-                .unwrap_or_default(),
-            k.first_failure
-                .map(|v| format!("{v:.0}"))
-                .unwrap_or_default(),
-            k.failure.clone().unwrap_or_default().replace('|', "/"),
+            k.knee_cell(),
             k.steps.len()
         ));
     }

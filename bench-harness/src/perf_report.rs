@@ -295,11 +295,6 @@ impl PerfReport {
             .iter()
             .map(|e| {
                 let o = &e.outcome;
-                let knee = match (o.knee, o.capped) {
-                    (Some(k), true) => format!(">= {k:.0}"),
-                    (Some(k), false) => format!("{k:.0}"),
-                    (None, _) => "none".into(),
-                };
                 let vs_control = match (e.server, o.knee) {
                     (Server::Engine, Some(k)) => self
                         .knee(Server::Control, &o.config)
@@ -313,17 +308,14 @@ impl PerfReport {
                     }
                     _ => String::new(),
                 };
+                let [p99, first_failure, why] = o.result_cells();
                 vec![
                     e.server.name().to_string(),
                     o.config.clone(),
-                    knee,
-                    o.p99_at_knee_ms
-                        .map(|v| format!("{v:.3}"))
-                        .unwrap_or_default(),
-                    o.first_failure
-                        .map(|v| format!("{v:.0}"))
-                        .unwrap_or_default(),
-                    o.failure.clone().unwrap_or_default(),
+                    o.knee_cell(),
+                    p99,
+                    first_failure,
+                    why,
                     vs_control,
                     of_ceiling,
                 ]

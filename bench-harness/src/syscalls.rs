@@ -164,26 +164,23 @@ impl Counter {
 /// (`14020,,raw_syscalls:sys_enter,200123456,100.00,,`). `<not counted>` or
 /// `<not supported>` is an error, not a zero.
 pub fn parse_perf_csv(text: &str) -> Result<u64, SyscallError> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let mut f = l.split(',');
-            let value = f.next()?;
-            let _unit = f.next()?;
-            (f.next()? == EVENT).then(|| value.trim().parse::<u64>().ok())?
-        })
-        .ok_or_else(|| SyscallError::NoCount(text.trim().to_string()))
+    perf_value(text, EVENT)
 }
 
-/// The `task-clock` milliseconds in `perf stat -x ,` output (`1.32,msec,task-clock,...`).
+/// The [`CPU_EVENT`] milliseconds in `perf stat -x ,` output (`1.32,msec,task-clock,...`).
 pub fn parse_cpu_ms(text: &str) -> Result<f64, SyscallError> {
+    perf_value(text, CPU_EVENT)
+}
+
+/// The value of `event` in `perf stat -x ,` output (value, unit, event name, ...).
+fn perf_value<T: std::str::FromStr>(text: &str, event: &str) -> Result<T, SyscallError> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| {
             let mut f = l.split(',');
             let value = f.next()?;
             let _unit = f.next()?;
-            (f.next()? == CPU_EVENT).then(|| value.trim().parse::<f64>().ok())?
+            (f.next()? == event).then(|| value.trim().parse::<T>().ok())?
         })
         .ok_or_else(|| SyscallError::NoCount(text.trim().to_string()))
 }

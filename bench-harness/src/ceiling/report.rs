@@ -287,17 +287,14 @@ pub fn write(dir: &Path, report: &Report) -> Result<Vec<PathBuf>, CeilingError> 
             .iter()
             .map(|k| {
                 let o = &k.outcome;
+                let [p99, first_failure, why] = o.result_cells();
                 vec![
                     o.config.clone(),
                     k.io.to_string(),
                     o.knee.map(|v| format!("{v:.0}")).unwrap_or_default(),
-                    o.p99_at_knee_ms
-                        .map(|v| format!("{v:.3}"))
-                        .unwrap_or_default(),
-                    o.first_failure
-                        .map(|v| format!("{v:.0}"))
-                        .unwrap_or_default(),
-                    o.failure.clone().unwrap_or_default(),
+                    p99,
+                    first_failure,
+                    why,
                     o.capped.to_string(),
                     o.steps.len().to_string(),
                 ]
