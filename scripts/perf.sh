@@ -42,12 +42,18 @@ echo "== 1/6 raw UDP ceiling" >&2
 $bh ceiling --out "$out/ceiling" "${search[@]}"
 echo "== 2/6 engine knee" >&2
 $bh knee --out "$out/engine" --connections 16 --batch-sizes 1,16,128 --batch-timeouts 0 "${search[@]}"
-echo "== 3/6 control knee" >&2
-$bh knee --server control --out "$out/control" --connections 16 --batch-sizes 1,16,128 \
-  --batch-timeouts 0 "${search[@]}"
+control=()
+if $bh knee --help | grep -q -- '--server'; then
+  echo "== 3/6 control knee" >&2
+  $bh knee --server control --out "$out/control" --connections 16 --batch-sizes 1,16,128 \
+    --batch-timeouts 0 "${search[@]}"
+  control=(--control "$out/control")
+else
+  echo "== 3/6 control knee: skipped (this bench-harness has no control server)" >&2
+fi
 
 # The lowest knee of all, halved: every server is below saturation there.
-low=$(jq -s '[.[][] | .knee // empty] | min // 10000' "$out/engine/knee.json" "$out/control/knee.json")
+low=$(jq -s '[.[][] | .knee // empty] | min // 10000' "$out/engine/knee.json" ${control:+"$out/control/knee.json"})
 rate=$(jq -n --argjson k "$low" '[($k / 2 | floor), 1000] | max')
 port=4533
 # Starts a server on core 0, waits for its banner, counts its syscalls during one run.
@@ -66,7 +72,7 @@ count() { # name, then the server command
 echo "== 4/6 system calls per message at $rate msg/s" >&2
 for bs in 1 128; do
   count "engine-bs$bs" $eng serve --listen 127.0.0.1:$port --shards 1 --batch-size $bs --batch-timeout 0
-  count "control-bs$bs" $bh control-server --listen 127.0.0.1:$port --batch-size $bs --batch-timeout 0
+  [ ${#control[@]} -eq 0 ] || count "control-bs$bs" $bh control-server --listen 127.0.0.1:$port --batch-size $bs --batch-timeout 0
 done
 
 knee128=$(jq '[.[] | select(.batch_size == 128) | .knee // empty] | first // 10000' "$out/engine/knee.json")
@@ -76,5 +82,5 @@ $bh sweep --out "$out/adaptive" --batch-sizes 1,128 --batch-timeouts 0 --rates "
   --connections 16 --message-size 64 --duration 5s --warmup 1s --drain 2s
 
 echo "== 6/6 report" >&2
-$bh perf-report --out "$out" --engine "$out/engine" --control "$out/control" \
+$bh perf-report --out "$out" --engine "$out/engine" "${control[@]}" \
   --ceiling "$out/ceiling" --syscalls "$out/syscalls" --adaptive "$out/adaptive"
