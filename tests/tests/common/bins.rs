@@ -96,6 +96,22 @@ fn build() -> Result<HashMap<String, PathBuf>, String> {
         .args(["--bin", ENGINE, "--bin", HARNESS])
         .arg("--target-dir")
         .arg(&l.target_dir);
+    // cargo runs this test with the `tests` package's variables set (CARGO_MANIFEST_DIR,
+    // CARGO_PKG_*, ...). ring's build script tracks some of them (`rerun-if-env-changed`),
+    // so a build that inherited them would rebuild ring and everything above it, and the
+    // next `cargo test` would rebuild them back: minutes on every run.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| {
+            k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    k,
+                    "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+                )
+        }) {
+            cmd.env_remove(key);
+        }
+    }
     match l.profile_dir.as_str() {
         "debug" => cmd.args(["--profile", "dev"]),
         other => cmd.args(["--profile", other]),
