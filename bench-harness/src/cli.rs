@@ -448,9 +448,14 @@ pub struct KneeArgs {
     /// knee that repeats.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub repeat: u32,
-    /// Shards of each engine the search starts (pinned from core 0).
+    /// Shards of each engine the search starts (pinned from core 0); with `--server
+    /// control`, the control server's threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub engine_shards: u32,
+    /// The server each run starts: the engine, or the tokio + quinn control server
+    /// (`control-server`, the same protocol and batch policy) for a side-by-side knee.
+    #[arg(long, value_enum, default_value_t = crate::sweep::ServerKind::Engine)]
+    pub server: crate::sweep::ServerKind,
     /// Where the step run directories, knee.md/.csv/.json and knee.svg/.png go.
     #[arg(long, default_value = "knee-out")]
     pub out: PathBuf,
@@ -471,6 +476,7 @@ pub fn knee_cmd(a: &KneeArgs) -> anyhow::Result<i32> {
         max_steps: a.max_steps as usize,
         repeat: a.repeat as usize,
         engine_shards: a.engine_shards as usize,
+        server: a.server,
         load: a.load.to_config(placeholder, 1.0),
         out: a.out.clone(),
     };

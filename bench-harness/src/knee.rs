@@ -41,8 +41,10 @@ pub struct KneeConfig {
     /// Runs per rate; a rate holds only if every run holds (the machine's noise otherwise
     /// decides single runs near the knee).
     pub repeat: usize,
-    /// Engine shards.
+    /// Engine shards (control server threads).
     pub engine_shards: usize,
+    /// The server each run starts.
+    pub server: sweep::ServerKind,
     /// The load (target and rate are set per step).
     pub load: LoadConfig,
     /// Where step run directories, knee.md/.csv/.json and the plot go.
@@ -368,8 +370,16 @@ pub fn knee(
                     } else {
                         dir.join(format!("repeat{i}"))
                     };
-                    sweep::run_config(&cfg.load, cfg.engine_shards, bs, bt, rate, &run_dir)
-                        .map(|run| run.summary)
+                    sweep::run_config(
+                        &cfg.load,
+                        cfg.server,
+                        cfg.engine_shards,
+                        bs,
+                        bt,
+                        rate,
+                        &run_dir,
+                    )
+                    .map(|run| run.summary)
                 },
                 &mut on_step,
             )?;

@@ -1,5 +1,6 @@
 //! Output side of the engine's load-generator harness: HdrHistogram `.hgrm` and `.hlog`
-//! files, the per-run `summary.json`, comparison tables, plots, and `compare`.
+//! files, the per-run `summary.json`, comparison tables, plots, and `compare`; and the
+//! tokio + quinn control server the engine is measured against ([`control`]).
 //!
 //! Convention: the harness records latency in **nanoseconds** in `Histogram<u64>`s; people see
 //! **milliseconds** (`.hgrm` files, summaries, tables, plots).
@@ -8,6 +9,7 @@
 pub mod ceiling;
 pub mod cli;
 pub mod compare;
+pub mod control;
 pub mod hgrm;
 pub mod hlog;
 pub mod knee;

@@ -1,6 +1,7 @@
 //! `bench-harness`: open-loop load generator for the engine (`run`), batch-configuration
-//! sweeps (`sweep`), knee searches (`knee`), the raw UDP ceiling (`ceiling`) and comparison
-//! of finished runs (`compare`).
+//! sweeps (`sweep`), knee searches (`knee`), the raw UDP ceiling (`ceiling`), comparison
+//! of finished runs (`compare`) and the tokio + quinn control server the engine is compared
+//! against (`control-server`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,6 +37,11 @@ enum Command {
     /// Start an engine per batch configuration (in-process), run the same load against
     /// each, and write per-run directories, a comparison table and plots.
     Sweep(bench_harness::cli::SweepArgs),
+    /// Serve qme/1 with tokio + quinn (the engine's protocol code over another QUIC stack):
+    /// the matched control for throughput comparisons. Echo, relay and ERROR records as the
+    /// engine; prints `listening on ADDR with N thread(s); peer id HEX`; drains on
+    /// SIGINT/SIGTERM.
+    ControlServer(bench_harness::control::ControlArgs),
     /// Compare runs: writes comparison.md/.csv and percentile and throughput plots.
     Compare {
         /// Run directories (summary.json + latency.hlog), .hlog files (ns) or .hgrm files (ms).
@@ -80,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Knee(a) => Ok(code(bench_harness::cli::knee_cmd(&a)?)),
         Command::Ceiling(a) => Ok(code(bench_harness::cli::ceiling_cmd(&a)?)),
         Command::PerfReport(a) => Ok(code(bench_harness::cli::perf_report_cmd(&a)?)),
+        Command::ControlServer(a) => Ok(code(bench_harness::control::serve_cmd(&a)?)),
         Command::Compare { inputs, out } => {
             let output = bench_harness::compare::compare_outputs(&inputs, &out)
                 .with_context(|| format!("comparing {} input(s)", inputs.len()))?;

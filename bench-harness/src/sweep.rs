@@ -47,6 +47,14 @@ pub enum SweepError {
         /// Why.
         source: engine::EngineError,
     },
+    /// A control server did not start.
+    #[error("starting a control server for {label}: {source}")]
+    Control {
+        /// The configuration.
+        label: String,
+        /// Why.
+        source: crate::control::ControlError,
+    },
     /// The load failed.
     #[error("load for {label}: {source}")]
     Load {
@@ -63,6 +71,16 @@ pub enum SweepError {
         /// Why.
         source: output::OutputError,
     },
+}
+
+/// Which server a sweep or knee search starts for each run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ServerKind {
+    /// The engine (glommio shards + quiche), in process, shards pinned from core 0.
+    #[default]
+    Engine,
+    /// The tokio + quinn control server (`control-server`), in process, pinned from core 0.
+    Control,
 }
 
 /// One finished configuration.
@@ -128,44 +146,87 @@ pub fn sweep(
 }
 
 fn one(cfg: &SweepConfig, bs: u32, bt: Duration, rate: f64) -> Result<SweepRun, SweepError> {
-    run_config(&cfg.load, cfg.engine_shards, bs, bt, rate, &cfg.out)
+    run_config(
+        &cfg.load,
+        ServerKind::Engine,
+        cfg.engine_shards,
+        bs,
+        bt,
+        rate,
+        &cfg.out,
+    )
 }
 
-/// Starts a fresh in-process engine (echo, `engine_shards` shards pinned from core 0) with
-/// this batch configuration, runs `load` at `rate` against it, stops it, and writes the run
-/// directory under `out`.
+/// Starts a fresh in-process server (the engine's echo with `shards` shards, or the control
+/// server with `shards` threads, pinned from core 0) with this batch configuration, runs
+/// `load` at `rate` against it, stops it, and writes the run directory under `out`.
 pub fn run_config(
     load: &LoadConfig,
-    engine_shards: usize,
+    server: ServerKind,
+    shards: usize,
     bs: u32,
     bt: Duration,
     rate: f64,
     out: &std::path::Path,
 ) -> Result<SweepRun, SweepError> {
     let label = format!("bs={bs} bt={} @{}/s", format_duration(bt), rate.round());
-    let engine = Engine::start(EngineConfig {
-        listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-        shards: Some(engine_shards),
-        pin: true,
-        batch: BatchPolicy {
-            max_messages: bs as usize,
-            timeout: bt,
-            ..BatchPolicy::default()
-        },
-        app: AppKind::Echo,
-        ..EngineConfig::default()
-    })
-    .map_err(|source| SweepError::Engine {
-        label: label.clone(),
-        source,
-    })?;
-    let load_cfg = LoadConfig {
-        target: engine.local_addr(),
-        rate,
-        ..load.clone()
+    let batch = BatchPolicy {
+        max_messages: bs as usize,
+        timeout: bt,
+        ..BatchPolicy::default()
     };
-    let result = load::run(&load_cfg, Arc::new(Progress::default()));
-    let _ = engine.shutdown(Duration::from_secs(2));
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let run = |target| {
+        let load_cfg = LoadConfig {
+            target,
+            rate,
+            ..load.clone()
+        };
+        let result = load::run(&load_cfg, Arc::new(Progress::default()));
+        (load_cfg, result)
+    };
+    let (load_cfg, result) = match server {
+        ServerKind::Engine => {
+            let engine = Engine::start(EngineConfig {
+                listen,
+                shards: Some(shards),
+                pin: true,
+                batch,
+                app: AppKind::Echo,
+                ..EngineConfig::default()
+            })
+            .map_err(|source| SweepError::Engine {
+                label: label.clone(),
+                source,
+            })?;
+            let r = run(engine.local_addr());
+            let _ = engine.shutdown(Duration::from_secs(2));
+            r
+        }
+        ServerKind::Control => {
+            let identity = shards::identity::Identity::generate().map_err(|e| {
+                SweepError::Config(format!("a control server identity for {label}: {e}"))
+            })?;
+            let control = crate::control::ControlServer::start(
+                crate::control::ControlConfig {
+                    listen,
+                    threads: shards,
+                    pin: true,
+                    batch,
+                    drain_timeout: Duration::from_secs(2),
+                    ..crate::control::ControlConfig::default()
+                },
+                identity,
+            )
+            .map_err(|source| SweepError::Control {
+                label: label.clone(),
+                source,
+            })?;
+            let r = run(control.local_addr());
+            let _ = control.shutdown();
+            r
+        }
+    };
     let result = result.map_err(|source| SweepError::Load {
         label: label.clone(),
         source,

@@ -2,12 +2,14 @@
 //!
 //! [`FrameReader`] holds the bytes of a frame that has not arrived whole, pulls more from a
 //! stream source only as far as the current frame needs, opens whole frames and decodes
-//! their batches. [`crate::session::Session`] drives it with quiche's `stream_recv` as the
-//! source; the fuzz target `session_recv` drives it with arbitrary bytes in arbitrary
-//! chunks, so the buffering logic is exercised without sockets or a QUIC connection.
+//! their batches. [`crate::stream_session::StreamSession`] owns one and hands it the stream
+//! source of whatever transport drives it (quiche's `stream_recv` in
+//! [`crate::session::Session`], a quinn stream in the harness's control server); the fuzz
+//! target `session_recv` drives a stream session with arbitrary bytes in arbitrary chunks,
+//! so this one receive path is exercised without sockets or a QUIC connection.
 
 use crate::seal::{self, Opener};
-use crate::session::SessionError;
+use crate::stream_session::StreamError;
 use crate::wire::{self, Record};
 
 /// Most bytes of a partial frame read from the stream per step.
@@ -31,12 +33,19 @@ struct OpenFrame {
     at: usize,
 }
 
-/// What one read from the stream source gave.
+/// What one read from a stream source gave: the answer a transport's read callback
+/// returns to [`crate::stream_session::StreamSession`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StreamRead {
-    /// `n` bytes were written to the front of the buffer; `fin` when they end the stream.
-    Data { n: usize, fin: bool },
-    /// Nothing is readable now (quiche's `Done`).
+pub enum StreamRead {
+    /// `n` bytes were written to the front of the buffer; `fin` when they end the stream
+    /// (`n` may then be 0).
+    Data {
+        /// Bytes written.
+        n: usize,
+        /// Whether the stream ends after them.
+        fin: bool,
+    },
+    /// Nothing is readable now (quiche's `Done`, a pending quinn read).
     Done,
 }
 
@@ -113,23 +122,26 @@ impl FrameReader {
     /// [`RX_CHUNK`] at a time, so unread data stays with the source (flow control) and the
     /// buffer grows with bytes that arrived, not with what a header announces.
     ///
-    /// On an error the stream is unusable: nothing is guaranteed about what was appended
-    /// to `out` for the failing frame.
-    pub(crate) fn read_frames(
+    /// On an error (the protocol's, or one `read` returned) the stream is unusable: nothing
+    /// is guaranteed about what was appended to `out` for the failing frame.
+    pub(crate) fn read_frames<E: From<StreamError>>(
         &mut self,
         opener: &mut Opener,
         out: &mut Vec<Record>,
         max_frames: usize,
-        mut read: impl FnMut(&mut [u8]) -> Result<StreamRead, SessionError>,
-    ) -> Result<usize, SessionError> {
+        mut read: impl FnMut(&mut [u8]) -> Result<StreamRead, E>,
+    ) -> Result<usize, E> {
+        let protocol = |e: StreamError| E::from(e);
         let mut frames = 0;
         while frames < max_frames {
             if let Some(mut f) = self.open {
                 let plain = self
                     .rx
                     .get(..f.plain_end)
-                    .ok_or(SessionError::Protocol("frame bounds"))?;
-                wire::decode_records(plain, &mut f.at, RECORDS_PER_STEP, out)?;
+                    .ok_or(StreamError::Protocol("frame bounds"))
+                    .map_err(protocol)?;
+                wire::decode_records(plain, &mut f.at, RECORDS_PER_STEP, out)
+                    .map_err(|e| protocol(e.into()))?;
                 frames += 1;
                 if f.at >= f.plain_end {
                     self.open = None;
@@ -148,19 +160,23 @@ impl FrameReader {
                 seal::HEADER_LEN
             } else {
                 let header = frame_header(&self.rx);
-                seal::HEADER_LEN + seal::frame_len(header)?
+                seal::HEADER_LEN + seal::frame_len(header).map_err(|e| protocol(e.into()))?
             };
             if self.rx.len() >= need {
                 let header = frame_header(&self.rx);
                 let body = self
                     .rx
                     .get_mut(seal::HEADER_LEN..need)
-                    .ok_or(SessionError::Protocol("frame bounds"))?;
-                let n = opener.open_in_place(header, body)?;
+                    .ok_or(StreamError::Protocol("frame bounds"))
+                    .map_err(protocol)?;
+                let n = opener
+                    .open_in_place(header, body)
+                    .map_err(|e| protocol(e.into()))?;
                 let plain = body
                     .get(..n)
-                    .ok_or(SessionError::Protocol("frame bounds"))?;
-                wire::validate_batch(plain)?;
+                    .ok_or(StreamError::Protocol("frame bounds"))
+                    .map_err(protocol)?;
+                wire::validate_batch(plain).map_err(|e| protocol(e.into()))?;
                 self.opened += 1;
                 self.open = Some(OpenFrame {
                     len: need,
@@ -173,7 +189,7 @@ impl FrameReader {
                 if self.rx.is_empty() {
                     break;
                 }
-                return Err(SessionError::FinMidFrame);
+                return Err(protocol(StreamError::FinMidFrame));
             }
             // Read what the frame still lacks, a chunk at a time.
             let have = self.rx.len();
@@ -181,6 +197,11 @@ impl FrameReader {
             self.rx.resize(upto, 0);
             let dst = self.rx.get_mut(have..upto).unwrap_or(&mut []);
             match read(dst) {
+                Ok(StreamRead::Data { n: 0, fin: false }) => {
+                    // Nothing came after all: as `Done`, so a source cannot spin this loop.
+                    self.rx.truncate(have);
+                    break;
+                }
                 Ok(StreamRead::Data { n, fin }) => {
                     // A source never reports more than it was given room for.
                     self.rx.truncate(have + n.min(upto - have));
@@ -226,7 +247,7 @@ mod tests {
     }
 
     /// A source that hands out `bytes` as far as each read has room.
-    fn source(bytes: &[u8]) -> impl FnMut(&mut [u8]) -> Result<StreamRead, SessionError> + '_ {
+    fn source(bytes: &[u8]) -> impl FnMut(&mut [u8]) -> Result<StreamRead, StreamError> + '_ {
         let mut off = 0;
         move |dst: &mut [u8]| {
             let n = dst.len().min(bytes.len() - off);

@@ -3,9 +3,10 @@
 //! Pure protocol logic (no I/O, time passed in): [`wire`] (record and batch codec),
 //! [`seal`] (ChaCha20-Poly1305 per batch with per-direction counters), [`batch`] (flush
 //! policy), [`handshake`] (Noise XX over the session stream), [`identity`] (static keys and
-//! peer ids), [`cid`] (connection IDs that carry the shard index), [`session`] (one QUIC
-//! connection: quiche + handshake + sealed frames), [`endpoint`] (a shard's whole state
-//! machine: connections, routing, pool, drain, timers, counters).
+//! peer ids), [`cid`] (connection IDs that carry the shard index), [`stream_session`] (the
+//! session-stream protocol: handshake, sealed frames and records, without a transport),
+//! [`session`] (one QUIC connection: quiche driving a stream session), [`endpoint`] (a
+//! shard's whole state machine: connections, routing, pool, drain, timers, counters).
 //!
 //! I/O drivers: [`steering`] (SO_REUSEPORT group with a CBPF program that steers by CID),
 //! [`shard`] (the glommio executor per core, driving an endpoint), [`client`] (a blocking
@@ -30,6 +31,7 @@ pub mod session;
 pub mod shard;
 mod sockstat;
 pub mod steering;
+pub mod stream_session;
 pub mod tls;
 pub mod udp_batch;
 pub mod wire;

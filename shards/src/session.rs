@@ -1,19 +1,23 @@
 //! One QUIC connection carrying one engine session, without I/O.
 //!
-//! A [`Session`] owns the quiche connection, runs the Noise handshake on the session stream
-//! (client-initiated bidirectional stream 0), then moves sealed batches in both directions. The
-//! driver feeds it datagrams ([`Session::recv`]), asks it for datagrams ([`Session::send`]),
-//! and pulls decoded records only when it has room for them ([`Session::read_records`]): not
-//! reading is how back-pressure reaches the sender through QUIC flow control.
+//! A [`Session`] owns the quiche connection and a [`StreamSession`] (the Noise handshake,
+//! sealed frames and records of the session stream, client-initiated bidirectional stream
+//! 0) and moves stream bytes between the two: quiche's `stream_recv` is the stream
+//! session's source, and its outgoing bytes go to `stream_send` as flow control allows.
+//! The driver feeds it datagrams ([`Session::recv`]), asks it for datagrams
+//! ([`Session::send`]), and pulls decoded records only when it has room for them
+//! ([`Session::read_records`]): not reading is how back-pressure reaches the sender through
+//! QUIC flow control.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::frames::{FrameReader, StreamRead};
-use crate::handshake::{Handshake, HandshakeError, Role};
+use crate::handshake::Role;
 use crate::identity::Identity;
-use crate::seal::{Opener, SealError, SealKey, Sealer};
-use crate::wire::{self, PeerId, Record, WireError, close_code};
+use crate::stream_session::{StreamError, StreamRead, StreamSession};
+use crate::wire::{PeerId, Record, close_code};
+
+pub use crate::stream_session::FIN_MID_FRAME;
 
 /// The QUIC stream that carries the handshake and then the sealed frames.
 pub const SESSION_STREAM: u64 = 0;
@@ -25,41 +29,18 @@ pub enum SessionError {
     /// quiche refused an operation.
     #[error("quic: {0}")]
     Quic(#[from] quiche::Error),
-    /// The Noise handshake failed (bad message, wrong key, oversize).
-    #[error("handshake: {0}")]
-    Handshake(#[from] HandshakeError),
-    /// A sealed frame did not authenticate (tampered, replayed, reordered, truncated).
-    #[error("seal: {0}")]
-    Seal(#[from] SealError),
-    /// A batch did not decode.
-    #[error("wire: {0}")]
-    Wire(#[from] WireError),
-    /// The peer broke a protocol rule.
-    #[error("protocol violation: {0}")]
-    Protocol(&'static str),
-    /// A send was attempted before the handshake finished or after the stream finished.
-    #[error("session is not open for sending")]
-    NotOpen,
-    /// The peer finished the session stream with part of a sealed frame still buffered
-    /// (a truncated frame); closed with `SEAL_FAILED` and reason [`FIN_MID_FRAME`].
-    #[error("{FIN_MID_FRAME}")]
-    FinMidFrame,
+    /// The session-stream protocol failed (handshake, seal, batch, a protocol rule), or a
+    /// send came before the handshake or after the stream finished.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
 }
-
-/// Close reason text sent when the peer's stream FIN arrives inside a sealed frame.
-pub const FIN_MID_FRAME: &str = "stream finished mid-frame";
 
 impl SessionError {
     /// The QUIC application close code this error is reported with.
     pub fn close_code(&self) -> u64 {
         match self {
-            SessionError::Quic(_) | SessionError::NotOpen => close_code::INTERNAL_ERROR,
-            SessionError::Handshake(_) => close_code::HANDSHAKE_FAILED,
-            SessionError::Seal(SealError::TooLarge { .. } | SealError::TooShort { .. }) => {
-                close_code::FRAME_TOO_LARGE
-            }
-            SessionError::Seal(_) | SessionError::FinMidFrame => close_code::SEAL_FAILED,
-            SessionError::Wire(_) | SessionError::Protocol(_) => close_code::PROTOCOL_VIOLATION,
+            SessionError::Quic(_) => close_code::INTERNAL_ERROR,
+            SessionError::Stream(e) => e.close_code(),
         }
     }
 }
@@ -77,15 +58,6 @@ pub struct CloseInfo {
     pub reason: String,
     /// Whether the connection ended because the idle timeout fired.
     pub timed_out: bool,
-}
-
-enum Phase {
-    /// QUIC handshake and/or Noise handshake in progress.
-    Handshaking(Box<Handshake>),
-    /// Keys agreed; sealed frames flow.
-    Open { sealer: Sealer, opener: Opener },
-    /// A fatal error happened; the connection is closing.
-    Failed,
 }
 
 /// Tuning of the QUIC transport used by sessions.
@@ -168,23 +140,11 @@ fn base_config(t: &TransportConfig) -> Result<quiche::Config, quiche::Error> {
 /// One engine session over one QUIC connection.
 pub struct Session {
     conn: quiche::Connection,
-    phase: Phase,
+    /// The session-stream protocol; its outgoing bytes wait there for quiche's stream flow
+    /// control, its received ones for a whole frame.
+    stream: StreamSession,
     is_client: bool,
-    peer: Option<PeerId>,
     ready_reported: bool,
-    /// Bytes read from the stream that do not yet form a whole sealed frame, and whether
-    /// the peer finished the stream.
-    rx: FrameReader,
-    /// Sealed bytes waiting for quiche to accept them (stream flow control).
-    tx: Vec<u8>,
-    tx_off: usize,
-    /// Sealed bytes QUIC has accepted into the stream since the session opened; it only
-    /// moves while the peer grants flow-control credit (the driver's stall detector).
-    tx_accepted: u64,
-    /// Plaintext scratch for encoding batches.
-    scratch: Vec<u8>,
-    fin_sent: bool,
-    fin_wanted: bool,
     /// Close code and reason of the error that closed this session on this side.
     error: Option<(u64, String)>,
     created: Instant,
@@ -195,7 +155,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("trace_id", &self.conn.trace_id())
-            .field("peer", &self.peer)
+            .field("peer", &self.stream.peer())
             .field("is_client", &self.is_client)
             .finish()
     }
@@ -243,17 +203,9 @@ impl Session {
     ) -> Result<Session, SessionError> {
         Ok(Session {
             conn,
-            phase: Phase::Handshaking(Box::new(Handshake::new(role, identity)?)),
+            stream: StreamSession::new(role, identity)?,
             is_client,
-            peer: None,
             ready_reported: false,
-            rx: FrameReader::default(),
-            tx: Vec::new(),
-            tx_off: 0,
-            tx_accepted: 0,
-            scratch: Vec::new(),
-            fin_sent: false,
-            fin_wanted: false,
             error: None,
             created: now,
             established_at: None,
@@ -262,7 +214,7 @@ impl Session {
 
     /// The authenticated peer id, once the Noise handshake finished.
     pub fn peer(&self) -> Option<PeerId> {
-        self.peer
+        self.stream.peer()
     }
 
     /// Whether this side dialed.
@@ -275,7 +227,7 @@ impl Session {
         if self.ready_reported {
             return None;
         }
-        let peer = self.peer?;
+        let peer = self.stream.peer()?;
         self.ready_reported = true;
         Some(peer)
     }
@@ -287,12 +239,12 @@ impl Session {
 
     /// Whether sealed frames can be sent.
     pub fn is_open(&self) -> bool {
-        matches!(self.phase, Phase::Open { .. }) && !self.fin_wanted
+        self.stream.is_open()
     }
 
     /// Whether the peer finished its direction of the session stream.
     pub fn peer_finished(&self) -> bool {
-        self.rx.fin_received()
+        self.stream.peer_finished()
     }
 
     /// Whether the connection is fully closed and can be dropped.
@@ -381,49 +333,19 @@ impl Session {
 
     /// Moves the Noise handshake forward and flushes pending stream bytes.
     fn advance_handshake(&mut self) -> Result<(), SessionError> {
-        if let Phase::Handshaking(hs) = &mut self.phase {
-            if let Some(out) = hs.take_outgoing() {
-                self.tx.extend_from_slice(&out);
-            }
+        if self.stream.is_handshaking() {
             // Read only handshake bytes; the rest is left for read_records.
-            let mut buf = [0u8; 1024];
-            while !hs.is_finished() {
-                match self.conn.stream_recv(SESSION_STREAM, &mut buf) {
-                    Ok((n, fin)) => {
-                        let data = buf.get(..n).unwrap_or(&[]);
-                        let used = hs.feed(data)?;
-                        self.rx.extend(data.get(used..).unwrap_or(&[]));
-                        if let Some(out) = hs.take_outgoing() {
-                            self.tx.extend_from_slice(&out);
-                        }
-                        if fin {
-                            if !hs.is_finished() {
-                                return Err(SessionError::Protocol("stream finished in handshake"));
-                            }
-                            self.rx.set_fin();
-                        }
-                    }
-                    Err(quiche::Error::Done) => break,
+            let conn = &mut self.conn;
+            self.stream
+                .read_handshake(|dst| match conn.stream_recv(SESSION_STREAM, dst) {
+                    Ok((n, fin)) => Ok(StreamRead::Data { n, fin }),
+                    Err(quiche::Error::Done) => Ok(StreamRead::Done),
                     // The client has not opened the session stream yet (or, on the
                     // client, the stream is not readable yet): wait for it.
-                    Err(quiche::Error::InvalidStreamState(_)) => break,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if hs.is_finished() {
-                if let Some(out) = hs.take_outgoing() {
-                    self.tx.extend_from_slice(&out);
-                }
-                let Phase::Handshaking(hs) = std::mem::replace(&mut self.phase, Phase::Failed)
-                else {
-                    return Err(SessionError::NotOpen);
-                };
-                let keys = hs.into_keys()?;
-                self.peer = Some(keys.remote_peer);
-                self.phase = Phase::Open {
-                    sealer: Sealer::new(SealKey::from_bytes(*keys.send)),
-                    opener: Opener::new(SealKey::from_bytes(*keys.recv)),
-                };
+                    Err(quiche::Error::InvalidStreamState(_)) => Ok(StreamRead::Done),
+                    Err(e) => Err(SessionError::from(e)),
+                })?;
+            if self.established_at.is_none() && self.stream.is_established() {
                 self.established_at = Some(Instant::now());
             }
         }
@@ -431,34 +353,26 @@ impl Session {
         Ok(())
     }
 
-    /// Pushes buffered sealed bytes into the QUIC stream as far as flow control allows.
+    /// Pushes buffered stream bytes into the QUIC stream as far as flow control allows.
     fn flush_tx(&mut self) -> Result<(), SessionError> {
         // Only offer data when the stream can take some: every stream_send on a
         // flow-control-blocked connection re-arms a DATA_BLOCKED frame, and the send loop
         // would then emit a datagram per call.
         // (A stream this side has not opened yet has no capacity to ask about.)
         let writable = !matches!(self.conn.stream_capacity(SESSION_STREAM), Ok(0));
-        if self.tx_off < self.tx.len() && writable {
-            let pending = self.tx.get(self.tx_off..).unwrap_or(&[]);
-            match self.conn.stream_send(SESSION_STREAM, pending, false) {
-                Ok(n) => {
-                    self.tx_off += n;
-                    self.tx_accepted += n as u64;
-                }
+        if !self.stream.outgoing().is_empty() && writable {
+            match self
+                .conn
+                .stream_send(SESSION_STREAM, self.stream.outgoing(), false)
+            {
+                Ok(n) => self.stream.advance_outgoing(n),
                 Err(quiche::Error::Done) => {}
                 Err(e) => return Err(e.into()),
             }
-            if self.tx_off == self.tx.len() {
-                self.tx.clear();
-                self.tx_off = 0;
-            } else if self.tx_off > 64 * 1024 && self.tx_off * 2 > self.tx.len() {
-                self.tx.drain(..self.tx_off);
-                self.tx_off = 0;
-            }
         }
-        if self.fin_wanted && !self.fin_sent && self.tx.is_empty() && self.peer.is_some() {
+        if self.stream.fin_due() {
             match self.conn.stream_send(SESSION_STREAM, &[], true) {
-                Ok(_) => self.fin_sent = true,
+                Ok(_) => self.stream.fin_written(),
                 Err(quiche::Error::Done) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -469,14 +383,14 @@ impl Session {
     /// Sealed bytes accepted from the caller but not yet taken by the QUIC stream. The
     /// driver uses it (plus its batch queues) to decide when to stop feeding this session.
     pub fn pending_bytes(&self) -> usize {
-        self.tx.len() - self.tx_off
+        self.stream.pending_bytes()
     }
 
     /// Sealed bytes QUIC has taken into the session stream so far. It stops moving while
     /// the peer withholds flow-control credit, which is how the driver tells a peer that
     /// stopped reading from one that is merely slow.
     pub fn accepted_bytes(&self) -> u64 {
-        self.tx_accepted
+        self.stream.accepted_bytes()
     }
 
     /// Encodes and seals `records` as one batch (one AEAD operation) and queues the frame.
@@ -484,21 +398,13 @@ impl Session {
         &mut self,
         records: impl IntoIterator<Item = &'a Record>,
     ) -> Result<(), SessionError> {
-        if self.fin_wanted || self.error.is_some() {
-            return Err(SessionError::NotOpen);
+        if self.error.is_some() {
+            return Err(StreamError::NotOpen.into());
         }
-        let Phase::Open { sealer, .. } = &mut self.phase else {
-            return Err(SessionError::NotOpen);
-        };
-        self.scratch.clear();
-        wire::encode_batch(records, &mut self.scratch);
-        if self.scratch.is_empty() {
-            return Ok(());
-        }
-        sealer.seal_into(&self.scratch, &mut self.tx)?;
+        self.stream.send_batch(records)?;
         if let Err(e) = self.flush_tx() {
             self.fail(&e);
-            return Err(SessionError::NotOpen);
+            return Err(StreamError::NotOpen.into());
         }
         Ok(())
     }
@@ -507,7 +413,7 @@ impl Session {
     /// check how a peer reacts to forged or replayed frames.
     #[doc(hidden)]
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
-        self.tx.extend_from_slice(bytes);
+        self.stream.queue_raw(bytes);
         self.flush_tx()
     }
 
@@ -515,20 +421,15 @@ impl Session {
     /// that replay or reorder frames.
     #[doc(hidden)]
     pub fn seal_detached(&mut self, records: &[Record]) -> Result<Vec<u8>, SessionError> {
-        let Phase::Open { sealer, .. } = &mut self.phase else {
-            return Err(SessionError::NotOpen);
-        };
-        let mut plain = Vec::new();
-        wire::encode_batch(records, &mut plain);
-        let mut out = Vec::new();
-        sealer.seal_into(&plain, &mut out)?;
-        Ok(out)
+        Ok(self.stream.seal_detached(records)?)
     }
 
-    /// Reads and opens up to `max_frames` sealed frames, appending their records to `out`.
-    /// Returns the number of frames opened. Data beyond that stays in QUIC's receive buffer,
-    /// so a driver that stops calling this pushes back on the peer. On an error the session
-    /// is closed with the matching code and the error is returned.
+    /// Takes up to `max_frames` steps of the stream session's frame reader (a step opens a
+    /// whole frame or continues an opened one, at most 1024 records), appending records to
+    /// `out`, and returns how many steps gave records. Data beyond the frame being read
+    /// stays in QUIC's receive buffer, so a driver that stops calling this pushes back on
+    /// the peer. On an error the session is closed with the matching code and the error is
+    /// returned.
     pub fn read_records(
         &mut self,
         out: &mut Vec<Record>,
@@ -551,15 +452,12 @@ impl Session {
         out: &mut Vec<Record>,
         max_frames: usize,
     ) -> Result<usize, SessionError> {
-        let Phase::Open { opener, .. } = &mut self.phase else {
-            return Ok(0);
-        };
         let conn = &mut self.conn;
-        self.rx.read_frames(opener, out, max_frames, |dst| {
+        self.stream.read_records(out, max_frames, |dst| {
             match conn.stream_recv(SESSION_STREAM, dst) {
                 Ok((n, fin)) => Ok(StreamRead::Data { n, fin }),
                 Err(quiche::Error::Done) => Ok(StreamRead::Done),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(SessionError::from(e)),
             }
         })
     }
@@ -567,7 +465,7 @@ impl Session {
     /// Bytes read from the session stream and not yet consumed (part of a frame, or whole
     /// frames not yet opened).
     pub fn received_bytes(&self) -> usize {
-        self.rx.buffered()
+        self.stream.received_bytes()
     }
 
     /// Whether part of a sealed frame is buffered and the rest has not arrived: the frame
@@ -576,19 +474,19 @@ impl Session {
     /// Only bytes the peer has not sent count: while the rest of the frame waits readable in
     /// QUIC (this node stopped reading, for back-pressure), the frame is not awaited.
     pub fn awaiting_frame_bytes(&self) -> bool {
-        self.is_open() && self.rx.awaiting_bytes() && !self.conn.stream_readable(SESSION_STREAM)
+        self.stream.awaiting_frame_bytes() && !self.conn.stream_readable(SESSION_STREAM)
     }
 
     /// Sealed frames received and opened so far: while [`Session::awaiting_frame_bytes`]
     /// holds, the index of the frame awaited, so a deadline can be kept per frame.
     pub fn frames_opened(&self) -> u64 {
-        self.rx.frames_opened()
+        self.stream.frames_opened()
     }
 
     /// Ends this side of the session stream once every queued frame is in the stream.
     /// After it no more batches can be sent; the session closes when both sides finished.
     pub fn finish(&mut self) {
-        self.fin_wanted = true;
+        self.stream.finish();
         if let Err(e) = self.flush_tx() {
             self.fail(&e);
         }
@@ -596,9 +494,7 @@ impl Session {
 
     /// Whether both directions finished and everything this side sent was acknowledged.
     pub fn is_complete(&mut self) -> bool {
-        self.fin_sent
-            && self.rx.fin_received()
-            && self.rx.buffered() == 0
+        self.stream.both_finished()
             && matches!(
                 self.conn.stream_capacity(SESSION_STREAM),
                 Err(quiche::Error::InvalidStreamState(_))
@@ -609,10 +505,10 @@ impl Session {
     pub fn close_progress(&mut self) -> String {
         format!(
             "fin_sent={} fin_received={} pending={} partial_frame={} stream={:?} closing={}",
-            self.fin_sent,
-            self.rx.fin_received(),
+            self.stream.fin_sent(),
+            self.stream.peer_finished(),
             self.pending_bytes(),
-            self.rx.buffered(),
+            self.stream.received_bytes(),
             self.conn.stream_capacity(SESSION_STREAM),
             self.is_closing()
         )
@@ -628,7 +524,7 @@ impl Session {
         let code = e.close_code();
         let reason = e.to_string();
         self.close(code, &reason);
-        self.phase = Phase::Failed;
+        self.stream.fail();
         if self.error.is_none() {
             self.error = Some((code, reason));
         }
@@ -738,7 +634,10 @@ mod tests {
         pump(&mut client, &mut server);
         let mut out = Vec::new();
         let err = server.read_records(&mut out, 16).unwrap_err();
-        assert!(matches!(err, SessionError::FinMidFrame), "{err}");
+        assert!(
+            matches!(err, SessionError::Stream(StreamError::FinMidFrame)),
+            "{err}"
+        );
         assert!(out.is_empty());
         assert_eq!(
             server.error(),
@@ -767,11 +666,11 @@ mod tests {
         assert!(out.is_empty());
         // Amortized growth: at most twice what arrived plus one chunk, not 16 MiB.
         assert!(
-            server.rx.capacity() <= 2 * (1004 + RX_CHUNK),
+            server.stream.rx_capacity() <= 2 * (1004 + RX_CHUNK),
             "buffer of {} bytes for 1004 received",
-            server.rx.capacity()
+            server.stream.rx_capacity()
         );
-        assert_eq!(server.rx.buffered(), 1004);
+        assert_eq!(server.stream.received_bytes(), 1004);
     }
 
     #[test]
@@ -802,7 +701,11 @@ mod tests {
             client.send_raw(&[]).unwrap();
         }
         assert_eq!(out, records);
-        assert!(server.rx.capacity() <= RX_KEEP, "{}", server.rx.capacity());
+        assert!(
+            server.stream.rx_capacity() <= RX_KEEP,
+            "{}",
+            server.stream.rx_capacity()
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod reconnect;
 // The `bench-harness` crate and binary.
 mod ceiling_cli;
 mod compare;
+mod control;
 mod harness_cli;
 mod hgrm_golden;
 mod hlog_roundtrip;

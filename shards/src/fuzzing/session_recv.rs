@@ -1,9 +1,9 @@
 //! `session_recv`: the sealed-frame receive path after the handshake, without QUIC.
 
 use super::Input;
-use crate::frames::{FrameReader, RX_CHUNK, StreamRead};
+use crate::frames::RX_CHUNK;
 use crate::seal::{self, HEADER_LEN, MAX_SEALED_LEN, Opener, SealKey, Sealer};
-use crate::session::SessionError;
+use crate::stream_session::{StreamError, StreamRead, StreamSession};
 use crate::wire::{self, ErrorCode, ErrorRecord, Message, PeerId, Record};
 
 /// The receive key: the key of the sealed-frame test vector in docs/PROTOCOL.md (bytes
@@ -21,8 +21,9 @@ const MAX_STREAM: usize = 1 << 20;
 /// Largest payload of the op that seals one big message.
 const MAX_BIG_PAYLOAD: usize = 512 * 1024;
 
-/// Feeds a stream to the frame reader the way a session does after its handshake, in
-/// arbitrary chunks, and checks it against a one-shot oracle that opens the same bytes
+/// Feeds a stream to [`StreamSession::read_records`] (the receive path of the engine's
+/// sessions and of the harness's control server) after its handshake, in arbitrary chunks,
+/// and checks it against a one-shot oracle that opens the same bytes
 /// from one contiguous buffer: the records and the error (if any) must not depend on how
 /// the bytes arrived. Along the way: no read returns more frames than asked; the buffer
 /// never holds bytes past the frame it assembles, so unread data stays with QUIC; its size
@@ -71,8 +72,8 @@ struct Sealed {
 }
 
 struct Sim {
-    reader: FrameReader,
-    opener: Opener,
+    /// The receiving side, past its handshake, opening frames sealed under the fuzz key.
+    session: StreamSession,
     sealer: Sealer,
     /// Every byte the peer put on the stream.
     stream: Vec<u8>,
@@ -89,7 +90,7 @@ struct Sim {
     reads: usize,
     leftover_used: bool,
     out: Vec<Record>,
-    error: Option<SessionError>,
+    error: Option<StreamError>,
     /// The most bytes the buffer can have held so far.
     peak: usize,
 }
@@ -97,8 +98,7 @@ struct Sim {
 impl Sim {
     fn new() -> Self {
         Sim {
-            reader: FrameReader::default(),
-            opener: Opener::new(fuzz_key()),
+            session: StreamSession::open_with_keys(fuzz_key(), fuzz_key(), PeerId([0; 16])),
             sealer: Sealer::new(fuzz_key()),
             stream: Vec::new(),
             delivered: 0,
@@ -194,11 +194,11 @@ impl Sim {
             return;
         }
         let end = (self.taken + n).min(self.delivered);
-        self.reader
-            .extend(self.stream.get(self.taken..end).unwrap_or_default());
+        self.session
+            .extend_received(self.stream.get(self.taken..end).unwrap_or_default());
         self.taken = end;
         self.leftover_used = true;
-        self.peak = self.peak.max(self.reader.buffered());
+        self.peak = self.peak.max(self.session.received_bytes());
     }
 
     fn read(&mut self, max_frames: usize) {
@@ -207,14 +207,13 @@ impl Sim {
         }
         self.reads += 1;
         // The most the buffer can hold during this call: what it held plus what it takes.
-        let (held_before, taken_before) = (self.reader.buffered(), self.taken);
+        let (held_before, taken_before) = (self.session.received_bytes(), self.taken);
         let (stream, delivered, ended) = (&self.stream, self.delivered, self.ended);
         let (taken, fin_reported) = (&mut self.taken, &mut self.fin_reported);
-        let result = self.reader.read_frames(
-            &mut self.opener,
+        let result = self.session.read_records(
             &mut self.out,
             max_frames,
-            |dst: &mut [u8]| {
+            |dst: &mut [u8]| -> Result<StreamRead, StreamError> {
                 assert!(!*fin_reported, "read after the stream's FIN");
                 assert!(
                     !dst.is_empty() && dst.len() <= RX_CHUNK,
@@ -235,7 +234,7 @@ impl Sim {
                 Ok(StreamRead::Data { n, fin })
             },
         );
-        let buffered = self.reader.buffered();
+        let buffered = self.session.received_bytes();
         assert!(
             buffered <= self.taken,
             "{buffered} buffered of {} taken",
@@ -250,13 +249,19 @@ impl Sim {
                 );
                 self.check_buffer();
             }
-            Err(e) => self.error = Some(e),
+            Err(e) => {
+                assert!(
+                    !self.session.is_established(),
+                    "a session that failed reads on"
+                );
+                self.error = Some(e);
+            }
         }
         self.peak = self.peak.max(held_before + (self.taken - taken_before));
         assert!(
-            self.reader.capacity() <= 2 * (self.peak + RX_CHUNK),
+            self.session.rx_capacity() <= 2 * (self.peak + RX_CHUNK),
             "capacity {} for at most {} bytes held",
-            self.reader.capacity(),
+            self.session.rx_capacity(),
             self.peak
         );
     }
@@ -265,10 +270,10 @@ impl Sim {
     /// (unless leftover bytes were handed over, which may span frames).
     /// An opened frame whose records are still being handed on stays whole in the buffer.
     fn check_buffer(&self) {
-        if self.leftover_used || self.reader.holds_open_frame() {
+        if self.leftover_used || self.session.holds_open_frame() {
             return;
         }
-        let buffered = self.reader.buffered();
+        let buffered = self.session.received_bytes();
         let held = self.stream.get(self.taken - buffered..self.taken);
         if let Some(header) = held.and_then(|h| h.first_chunk::<HEADER_LEN>()) {
             match seal::frame_len(*header) {
@@ -305,8 +310,11 @@ impl Sim {
         assert_eq!(got, expect.error, "the error depends on how bytes arrived");
         if self.error.is_none() {
             assert_eq!(self.taken, self.stream.len(), "arrived bytes left unread");
-            assert_eq!(self.reader.buffered(), self.stream.len() - expect.consumed);
-            assert_eq!(self.reader.fin_received(), fin);
+            assert_eq!(
+                self.session.received_bytes(),
+                self.stream.len() - expect.consumed
+            );
+            assert_eq!(self.session.peer_finished(), fin);
         }
         if self.clean {
             self.check_sealed(&expect);
@@ -389,11 +397,11 @@ pub(super) fn oracle(stream: &[u8], fin: bool) -> Outcome {
         consumed: 0,
     };
     let mut rest = stream;
-    let fail = |o: &mut Outcome, e: SessionError| o.error = Some(e.to_string());
+    let fail = |o: &mut Outcome, e: StreamError| o.error = Some(e.to_string());
     loop {
         let Some(header) = rest.first_chunk::<HEADER_LEN>() else {
             if fin && !rest.is_empty() {
-                fail(&mut o, SessionError::FinMidFrame);
+                fail(&mut o, StreamError::FinMidFrame);
             }
             return o;
         };
@@ -406,7 +414,7 @@ pub(super) fn oracle(stream: &[u8], fin: bool) -> Outcome {
         };
         let Some(body) = rest.get(HEADER_LEN..HEADER_LEN + len) else {
             if fin {
-                fail(&mut o, SessionError::FinMidFrame);
+                fail(&mut o, StreamError::FinMidFrame);
             }
             return o;
         };
