@@ -350,7 +350,7 @@ impl PerfReport {
                     ]
                 })
                 .collect();
-            s.push_str("Per message at one fixed rate (`perf stat -e raw_syscalls:sys_enter,task-clock` over each measured phase, all threads of each process; msg/s per core = messages / server CPU seconds):\n\n");
+            s.push_str("Per message at one fixed rate (`perf stat -e raw_syscalls:sys_enter,task-clock` over each measured phase, all threads of each process; msg/s per core = messages / server CPU seconds). Far below saturation most messages cost the server a wake-up of its own, so these are costs at this rate, not capacity; the knees above are capacity:\n\n");
             s.push_str(&markdown_table(&headers, &rows));
             s.push('\n');
         }
@@ -380,7 +380,7 @@ impl PerfReport {
                     c.syscalls.server_cpu_us_per_message(),
                 );
                 s.push_str(&format!(
-                    "- CPU per message at batch {bs} and {:.0} msg/s: engine {ec:.2} us, control {cc:.2} us: the engine carries {:.2}x the control's messages per core-second.\n",
+                    "- CPU per message at batch {bs} and {:.0} msg/s: engine {ec:.2} us, control {cc:.2} us: at this rate the engine carries {:.2}x the control's messages per core-second.\n",
                     e.rate,
                     cc / ec.max(1e-9)
                 ));
@@ -578,7 +578,7 @@ mod tests {
         assert!(md.contains("best knee 160000 msg/s, not met"), "{md}");
         assert!(md.contains("1.10x, met"), "{md}");
         assert!(
-            md.contains("engine 2.00 us, control 6.00 us: the engine carries 3.00x"),
+            md.contains("engine 2.00 us, control 6.00 us: at this rate the engine carries 3.00x"),
             "{md}"
         );
         assert!(
