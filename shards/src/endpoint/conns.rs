@@ -56,6 +56,9 @@ pub(super) struct Conn {
     pub(super) refused: bool,
     /// Listed in `Endpoint::dirty` this turn.
     pub(super) dirty: bool,
+    /// [`Session::accepted_bytes`] before this turn's first datagram, when it received one:
+    /// the end of the turn compares, to learn whether the peer granted credit.
+    pub(super) turn_accepted: Option<u64>,
     /// Listed in `Endpoint::blocked`: it stopped reading because a destination (or its own
     /// queue) was full, and is serviced again when room appears.
     pub(super) blocked: bool,
@@ -341,6 +344,7 @@ impl Endpoint {
             finished: false,
             refused: false,
             dirty: false,
+            turn_accepted: None,
             blocked: false,
             progress_at: now,
             accepted_mark: 0,

@@ -101,6 +101,9 @@ pub(crate) const MIN_INITIAL_DATAGRAM: usize = 1200;
 pub(crate) const MIN_INITIAL_DCID: usize = 8;
 /// Spare datagram buffers kept for reuse.
 const SPARE_BUFFERS: usize = 256;
+/// Flush rounds at the end of a turn: records routed by senders that room woke up are
+/// flushed in the next round.
+const END_TURN_ROUNDS: usize = 4;
 
 /// What the endpoint does with a datagram whose destination CID names none of its
 /// connections.
@@ -473,26 +476,17 @@ impl Endpoint {
             },
         };
         let local = self.local_addr;
-        let accepted_before = self
-            .conns
-            .get(key)
-            .map_or(0, |c| c.session.accepted_bytes());
         if let Some(c) = self.conns.get_mut(key) {
+            // Credit granted by this turn's ACKs is judged at the end of the turn.
+            if c.turn_accepted.is_none() {
+                c.turn_accepted = Some(c.session.accepted_bytes());
+            }
             c.session.recv(pkt, from, local);
         }
         self.service(key, now);
-        // ACKs may have opened the window: seal what is due, then run the send loop.
-        self.flush_queue(key, now, false);
-        self.drive(key, now);
-        // If the peer granted credit (QUIC took more of our bytes), room appeared for the
-        // senders that stopped reading because this connection was full.
-        let credit = self
-            .conns
-            .get(key)
-            .is_some_and(|c| c.session.accepted_bytes() > accepted_before);
-        if (credit || self.room_freed) && (!self.blocked.is_empty() || !self.waiting.is_empty()) {
-            self.retry_blocked(now);
-        }
+        // Sealing and the send loop wait for the end of the turn: the replies to every
+        // datagram of a burst share batches and packets, and one ACK covers them all.
+        self.mark_dirty(key);
     }
 
     /// Whether a new peer must validate its address first: at least `retry_threshold`
@@ -721,11 +715,48 @@ impl Endpoint {
     }
 
     /// Flushes queues that became due during this turn (batch timeout 0, or full).
+    ///
+    /// Connections that received datagrams this turn are driven here too (ACKs, handshake
+    /// replies). If a peer's ACKs granted credit (QUIC took more of our bytes), room
+    /// appeared for the senders that stopped reading because that connection was full:
+    /// they are serviced, and what they queued is flushed in a further round.
     fn end_turn(&mut self, now: Instant) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for k in dirty {
+        for round in 0..END_TURN_ROUNDS {
+            let dirty = std::mem::take(&mut self.dirty);
+            if dirty.is_empty() {
+                return;
+            }
+            let mut credit = false;
+            for k in dirty {
+                let before = match self.conns.get_mut(k) {
+                    Some(c) => {
+                        c.dirty = false;
+                        c.turn_accepted.take()
+                    }
+                    None => continue,
+                };
+                self.flush_queue(k, now, false);
+                self.drive(k, now);
+                credit |= before.is_some_and(|b| {
+                    self.conns
+                        .get(k)
+                        .is_some_and(|c| c.session.accepted_bytes() > b)
+                });
+            }
+            let last = round + 1 == END_TURN_ROUNDS;
+            if !last
+                && (credit || self.room_freed)
+                && (!self.blocked.is_empty() || !self.waiting.is_empty())
+            {
+                self.retry_blocked(now);
+            }
+        }
+        // Still dirty after the last round (records kept moving between connections):
+        // flush without retrying further, so nothing queued this turn waits for a timer.
+        for k in std::mem::take(&mut self.dirty) {
             if let Some(c) = self.conns.get_mut(k) {
                 c.dirty = false;
+                c.turn_accepted = None;
             }
             self.flush_queue(k, now, false);
             self.drive(k, now);

@@ -131,3 +131,53 @@ fn datagrams_for_another_shards_cid_are_counted_as_misrouted() {
     assert_eq!(get(&s.unknown_datagrams), 1);
     assert_eq!(net.nodes[node].shards[0].connections(), 0);
 }
+
+#[test]
+fn a_receive_burst_is_answered_in_one_datagram() {
+    let mut net = Net::new();
+    let server = net.add(NodeSpec {
+        app: AppSpec::Echo,
+        ..NodeSpec::default()
+    });
+    // Batch size 1 on the client: every message leaves in its own datagram.
+    let client = net.add(NodeSpec {
+        batch: BatchPolicy {
+            max_messages: 1,
+            timeout: Duration::ZERO,
+            ..BatchPolicy::default()
+        },
+        ..NodeSpec::default()
+    });
+    let id = net.dial(client, server).expect("dial");
+    for seq in 0..8 {
+        net.send(client, id, seq, b"burst");
+    }
+    let mut burst = Vec::new();
+    while let Some(t) = net.ep(client).poll_transmit() {
+        burst.push(t.data);
+    }
+    assert!(burst.len() >= 8, "{} datagrams for 8 messages", burst.len());
+    // The server reads them as one receive burst: the eight echoes share one batch and,
+    // with the ACK for all eight datagrams, one datagram.
+    let (from, now) = (net.addr(client), net.now);
+    net.ep(server)
+        .handle_datagrams(now, burst.iter_mut().map(|d| (from, d.as_mut_slice())));
+    let mut replies = Vec::new();
+    while let Some(t) = net.ep(server).poll_transmit() {
+        replies.push(t);
+    }
+    assert_eq!(replies.len(), 1);
+    let to = net.addr(server);
+    net.wire
+        .extend(replies.into_iter().map(|t| (to, t.to, t.data)));
+    net.pump();
+    let seqs: Vec<u64> = net
+        .deliveries(client)
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Message { seq, payload, .. } if payload == b"burst" => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, (0..8).collect::<Vec<_>>());
+}
