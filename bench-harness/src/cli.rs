@@ -214,6 +214,15 @@ fn progress_bar(total: Duration, progress: Arc<Progress>) -> Option<std::thread:
 }
 
 /// Prints one run's summary as a table.
+/// `, steal N ms` for a step line when the hypervisor took CPU time during it.
+fn steal_part(ms: f64) -> String {
+    if ms > 0.0 {
+        format!(", steal {ms:.0} ms")
+    } else {
+        String::new()
+    }
+}
+
 pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
     let l = &s.latency_ms;
     println!(
@@ -264,6 +273,14 @@ pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
              latencies include its own delay; use more --threads or a lower --rate",
             lag.p99
         );
+    }
+    if let Some(n) = s.steal_ms.and_then(|ms| {
+        crate::steal::note(
+            Duration::from_secs_f64(ms / 1000.0),
+            Duration::from_secs_f64(s.wall_time_s),
+        )
+    }) {
+        println!("{n}");
     }
     if let Some(r) = r {
         for (k, v) in &r.errors {
@@ -482,10 +499,11 @@ pub fn knee_cmd(a: &KneeArgs) -> anyhow::Result<i32> {
     };
     let knees = crate::knee::knee(&cfg, |config, s| {
         println!(
-            "{config} @{:.0}/s: achieved {:.0}/s, p99 {:.3} ms: {}",
+            "{config} @{:.0}/s: achieved {:.0}/s, p99 {:.3} ms{}: {}",
             s.rate,
             s.achieved,
             s.p99_ms,
+            steal_part(s.steal_ms),
             if s.held {
                 "holds".to_string()
             } else {
@@ -602,7 +620,7 @@ pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
         let s = &r.summary;
         println!(
             "{} @{:.0}/s: sent {}, received {}, lost {}, achieved {:.0}/s, p99 {:.3} ms, lag p99 {:.3} ms, \
-             server {:.1} datagrams per receive call: {}",
+             server {:.1} datagrams per receive call{}: {}",
             ceiling::label(r.io),
             s.config.rate,
             s.sent,
@@ -612,6 +630,7 @@ pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
             s.latency_ms.p99,
             s.harness_lag_ms.p99,
             r.server.per_receive_call(),
+            steal_part(s.steal_ms.unwrap_or(0.0)),
             match v {
                 Ok(()) => "holds".to_string(),
                 Err(why) => format!("fails ({why})"),
@@ -624,6 +643,14 @@ pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
                  generators as much as by the server; try --threads",
                 s.harness_lag_ms.p99, s.refused
             );
+        }
+        if let Some(n) = s.steal_ms.and_then(|ms| {
+            crate::steal::note(
+                Duration::from_secs_f64(ms / 1000.0),
+                Duration::from_secs_f64(s.wall_time_s),
+            )
+        }) {
+            println!("  {n}");
         }
     })?;
     if let Some(r) = report.runs.first() {

@@ -89,6 +89,9 @@ pub struct Step {
     pub held: bool,
     /// Why not, when it did not.
     pub why: String,
+    /// CPU time (ms) the hypervisor took from the machine over this rate's runs.
+    #[serde(default)]
+    pub steal_ms: f64,
 }
 
 /// The limits of a search and the p99 a rate must hold (shared by `knee` and `ceiling`).
@@ -291,12 +294,14 @@ pub fn search_config<E>(
                 p99_ms: 0.0,
                 held: true,
                 why: String::new(),
+                steal_ms: 0.0,
             };
             for i in 0..params.repeat.max(1) {
                 let summary = run(rate, i)?;
                 let v = verdict(&summary, params.p99_target);
                 step.achieved = step.achieved.min(summary.achieved_rate);
                 step.p99_ms = step.p99_ms.max(summary.latency_ms.p99);
+                step.steal_ms += summary.steal_ms.unwrap_or(0.0);
                 if let Err(why) = v {
                     step.held = false;
                     step.why = why;
@@ -507,6 +512,7 @@ mod tests {
             } else {
                 "saturated".into()
             },
+            steal_ms: 0.0,
         }
     }
 

@@ -114,6 +114,9 @@ pub struct LoadResult {
     pub receive_window: Duration,
     /// Wall time of the whole run, connecting and closing included.
     pub wall_time: Duration,
+    /// CPU time the hypervisor took from this machine during the run (all CPUs together),
+    /// where `/proc/stat` tells it.
+    pub steal: Option<Duration>,
     /// When the measured phase started (for the interval log's start time).
     pub started_at: std::time::SystemTime,
 }
@@ -274,6 +277,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         return Err(LoadError::Config("duration must be above zero".into()));
     }
     let wall_start = Instant::now();
+    let steal = crate::steal::StealClock::start();
     let client_cfg = ClientConfig {
         send_capacity: SEND_CAPACITY,
         // Each message leaves as soon as it is due: the harness measures the engine's
@@ -401,6 +405,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         elapsed: cfg.duration,
         receive_window,
         wall_time: wall_start.elapsed(),
+        steal: steal.stolen(),
         started_at,
     })
 }

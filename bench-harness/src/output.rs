@@ -67,6 +67,7 @@ pub fn summarize(meta: &RunMeta, result: &LoadResult) -> Summary {
         measured: result.elapsed,
         receive_window: result.receive_window,
         wall: result.wall_time,
+        steal: result.steal,
     };
     Summary::from_histograms(config, &result.latency, &result.lag, counts, timing)
 }

@@ -289,6 +289,7 @@ impl PerfReport {
             "why it failed",
             "vs control, same config",
             "of best UDP ceiling",
+            "steal in failing step (ms)",
         ];
         let rows: Vec<Vec<String>> = self
             .entries
@@ -309,6 +310,15 @@ impl PerfReport {
                     _ => String::new(),
                 };
                 let [p99, first_failure, why] = o.result_cells();
+                // The hypervisor's share of the verdict: CPU time it took during the runs
+                // of the rate that failed.
+                let steal = o
+                    .steps
+                    .iter()
+                    .find(|st| !st.held && Some(st.rate) == o.first_failure)
+                    .filter(|st| st.steal_ms > 0.0)
+                    .map(|st| format!("{:.0}", st.steal_ms))
+                    .unwrap_or_default();
                 vec![
                     e.server.name().to_string(),
                     o.config.clone(),
@@ -318,6 +328,7 @@ impl PerfReport {
                     why,
                     vs_control,
                     of_ceiling,
+                    steal,
                 ]
             })
             .collect();
@@ -502,6 +513,7 @@ mod tests {
                     p99_ms: 4.0,
                     held: true,
                     why: String::new(),
+                    steal_ms: 0.0,
                 },
                 Step {
                     rate: knee * 1.05,
@@ -509,6 +521,7 @@ mod tests {
                     p99_ms: 12.0,
                     held: false,
                     why: "p99".into(),
+                    steal_ms: 120.0,
                 },
             ],
         }
@@ -568,7 +581,7 @@ mod tests {
         // Engine against the control at the same configuration, and against the best ceiling.
         let cells = md.replace(' ', "");
         assert!(cells.contains("|bs=128bt=0|160000|"), "{md}");
-        assert!(cells.contains("|4.00x|80%|"), "{md}");
+        assert!(cells.contains("|4.00x|80%|120|"), "{md}");
         assert!(cells.contains("||50%|"), "{md}");
         assert!(
             md.contains("bs=128 bt=0: 160000 against 40000 msg/s, 4.00x, met"),

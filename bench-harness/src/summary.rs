@@ -183,6 +183,8 @@ pub struct Timing {
     pub receive_window: Duration,
     /// The whole run, connecting and closing included.
     pub wall: Duration,
+    /// CPU time the hypervisor took from the machine during the run, where known.
+    pub steal: Option<Duration>,
 }
 
 /// A run whose achieved rate is below this fraction of the asked rate is saturated.
@@ -233,6 +235,10 @@ pub struct Summary {
     pub latency_ms: Percentiles,
     /// Harness scheduling lag.
     pub harness_lag_ms: LagPercentiles,
+    /// CPU time (ms, all CPUs together) the hypervisor took from the machine during the
+    /// run: stalls no server can avoid, which reach the latency tail. Absent where unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steal_ms: Option<f64>,
 }
 
 impl Summary {
@@ -257,6 +263,7 @@ impl Summary {
     ///     measured: Duration::from_secs(10),
     ///     receive_window: Duration::from_secs(10),
     ///     wall: Duration::from_secs(13),
+    ///     steal: None,
     /// };
     /// let s = Summary::from_histograms(config, &lat, &lag, counts, timing);
     /// assert_eq!((s.offered_rate, s.achieved_rate), (1000.0, 999.0));
@@ -291,6 +298,7 @@ impl Summary {
             errors: counts.errors,
             latency_ms: Percentiles::from_histogram_ns(latency_ns),
             harness_lag_ms: LagPercentiles::from_histogram_ns(harness_lag_ns),
+            steal_ms: timing.steal.map(|d| d.as_secs_f64() * 1000.0),
             config,
         }
     }
@@ -372,6 +380,7 @@ mod tests {
             errors: BTreeMap::from([("timeout".to_owned(), 3)]),
             latency_ms: Percentiles::default(),
             harness_lag_ms: LagPercentiles::default(),
+            steal_ms: None,
         }
     }
 

@@ -83,6 +83,7 @@ fn run_dir(root: &Path, name: &str, batch: u32, rate: f64, base_us: u64) -> Path
         measured: Duration::from_secs(2),
         receive_window: Duration::from_secs(2),
         wall: Duration::from_secs(3),
+        steal: None,
     };
     Summary::from_histograms(config, &lat, &lag, counts, timing)
         .write_json(&dir)

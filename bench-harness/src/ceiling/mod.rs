@@ -177,6 +177,7 @@ pub fn check(cfg: &LoadConfig) -> Result<(), CeilingError> {
 pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError> {
     check(cfg)?;
     let wall_start = Instant::now();
+    let steal = crate::steal::StealClock::start();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let (mut socks, server_addr) = steering::bind_group(loopback, 1)?;
     let server_sock = socks
@@ -312,6 +313,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
         elapsed: cfg.duration,
         receive_window: cfg.duration.max(p99_arrival),
         wall_time: wall_start.elapsed(),
+        steal: steal.stolen(),
         started_at,
     };
     Ok(CeilingRun {

@@ -1,0 +1,106 @@
+//! CPU steal time: on a virtual machine, time the hypervisor gave this machine's vCPUs to
+//! someone else. A vCPU that is taken away mid-run stalls whatever runs on it, engine or
+//! harness, and the stall shows up as latency no server change can remove; runs report it
+//! so that a tail can be told apart from the engine's own.
+//!
+//! ```
+//! let text = "cpu  10 0 5 100 0 0 1 7 0 0\ncpu0 5 0 2 50 0 0 1 3 0 0\n";
+//! assert_eq!(bench_harness::steal::parse_ticks(text), Some(7));
+//! ```
+
+use std::time::{Duration, Instant};
+
+/// Steal ticks of the aggregate `cpu` line of `/proc/stat` text (the sum over all CPUs;
+/// the 8th value after the name), or `None` when the line is missing or malformed.
+pub fn parse_ticks(proc_stat: &str) -> Option<u64> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
+fn ticks_now() -> Option<u64> {
+    parse_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn tick() -> Duration {
+    // SAFETY: sysconf reads a constant of the running system; no memory is involved.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Duration::from_secs(1) / u32::try_from(hz).ok().filter(|h| *h > 0).unwrap_or(100)
+}
+
+/// Steal time counted from when [`StealClock::start`] ran.
+#[derive(Debug, Clone, Copy)]
+pub struct StealClock {
+    ticks: Option<u64>,
+    at: Instant,
+}
+
+impl StealClock {
+    /// Starts counting (nothing is counted where `/proc/stat` cannot be read).
+    pub fn start() -> StealClock {
+        StealClock {
+            ticks: ticks_now(),
+            at: Instant::now(),
+        }
+    }
+
+    /// CPU time stolen from all of this machine's CPUs together since the start, or `None`
+    /// where it cannot be read.
+    pub fn stolen(&self) -> Option<Duration> {
+        let (a, b) = (self.ticks?, ticks_now()?);
+        Some(tick() * u32::try_from(b.saturating_sub(a)).unwrap_or(u32::MAX))
+    }
+
+    /// Wall time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.at.elapsed()
+    }
+}
+
+/// Steal above this share of one CPU's time during a run is worth a note next to its
+/// latencies (one 10 ms tick per second is enough to move a p99).
+pub const NOTE_FRACTION: f64 = 0.01;
+
+/// The note printed under a run whose machine lost `stolen` CPU time over `wall`, if it
+/// is worth one.
+pub fn note(stolen: Duration, wall: Duration) -> Option<String> {
+    let share = stolen.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+    (share > NOTE_FRACTION).then(|| {
+        format!(
+            "note: the hypervisor took {:.0} ms of CPU time from this machine during the run \
+             ({:.1} % of one CPU); stalls of that kind reach the latency tail whatever the server does",
+            stolen.as_secs_f64() * 1000.0,
+            share * 100.0
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_value_of_the_aggregate_line() {
+        let text = "cpu  269055 0 67875 678668 81523 0 14959 5502 0 0\n\
+                    cpu0 133316 0 34276 306375 76720 0 5743 2836 0 0\n";
+        assert_eq!(parse_ticks(text), Some(5502));
+        // Per-CPU lines alone, a short line or a non-number: nothing.
+        assert_eq!(parse_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_ticks("cpu  1 2 3 4 5 6 7\n"), None);
+        assert_eq!(parse_ticks("cpu  1 2 3 4 5 6 7 x 0\n"), None);
+    }
+
+    #[test]
+    fn a_note_only_above_one_percent_of_a_cpu() {
+        let wall = Duration::from_secs(10);
+        assert!(note(Duration::from_millis(100), wall).is_none());
+        let n = note(Duration::from_millis(310), wall).expect("a note");
+        assert!(n.contains("310 ms") && n.contains("3.1 %"), "{n}");
+    }
+
+    #[test]
+    fn the_clock_reads_this_machine() {
+        // /proc/stat exists on every Linux machine the harness runs on.
+        let c = StealClock::start();
+        assert!(c.stolen().is_some());
+    }
+}
