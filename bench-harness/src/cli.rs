@@ -223,6 +223,15 @@ fn steal_part(ms: f64) -> String {
     }
 }
 
+/// `, N disturbed runs made again` for a step line.
+fn disturbed_part(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        1 => ", 1 run disturbed by steal made again".into(),
+        n => format!(", {n} runs disturbed by steal made again"),
+    }
+}
+
 pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
     let l = &s.latency_ms;
     println!(
@@ -465,6 +474,12 @@ pub struct KneeArgs {
     /// knee that repeats.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub repeat: u32,
+    /// Failing runs per rate that are discarded and made again because the hypervisor took
+    /// more than 1 % of one CPU's time during them (CPU steal, from /proc/stat): such a
+    /// stall is the machine's, not the server's. Step lines count them ("disturbed"); 0
+    /// keeps every run.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub steal_retries: u32,
     /// Shards of each engine the search starts (pinned from core 0); with `--server
     /// control`, the control server's threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -492,6 +507,7 @@ pub fn knee_cmd(a: &KneeArgs) -> anyhow::Result<i32> {
         precision: a.precision,
         max_steps: a.max_steps as usize,
         repeat: a.repeat as usize,
+        steal_retries: a.steal_retries as usize,
         engine_shards: a.engine_shards as usize,
         server: a.server,
         load: a.load.to_config(placeholder, 1.0),
@@ -499,11 +515,12 @@ pub fn knee_cmd(a: &KneeArgs) -> anyhow::Result<i32> {
     };
     let knees = crate::knee::knee(&cfg, |config, s| {
         println!(
-            "{config} @{:.0}/s: achieved {:.0}/s, p99 {:.3} ms{}: {}",
+            "{config} @{:.0}/s: achieved {:.0}/s, p99 {:.3} ms{}{}: {}",
             s.rate,
             s.achieved,
             s.p99_ms,
             steal_part(s.steal_ms),
+            disturbed_part(s.disturbed),
             if s.held {
                 "holds".to_string()
             } else {
@@ -574,6 +591,12 @@ pub struct CeilingArgs {
     /// Runs per rate: a rate holds only if every run holds.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub repeat: u32,
+    /// Failing runs per rate that are discarded and made again because the hypervisor took
+    /// more than 1 % of one CPU's time during them (CPU steal, from /proc/stat): such a
+    /// stall is the machine's, not the server's. Step lines count them ("disturbed"); 0
+    /// keeps every run.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub steal_retries: u32,
     /// Where the run directories, ceiling.md, ceiling-runs.csv, ceiling.json and (for a
     /// search) ceiling-knee.csv and ceiling.svg/.png go.
     #[arg(long, default_value = "ceiling-out")]
@@ -613,6 +636,7 @@ pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
             precision: a.precision,
             max_steps: a.max_steps as usize,
             repeat: a.repeat as usize,
+            steal_retries: a.steal_retries as usize,
         },
         out: a.out.clone(),
     };

@@ -41,6 +41,9 @@ pub struct KneeConfig {
     /// Runs per rate; a rate holds only if every run holds (the machine's noise otherwise
     /// decides single runs near the knee).
     pub repeat: usize,
+    /// Times a failing run made while the hypervisor took CPU time is run again (see
+    /// [`SearchParams::steal_retries`]).
+    pub steal_retries: usize,
     /// Engine shards (control server threads).
     pub engine_shards: usize,
     /// The server each run starts.
@@ -89,9 +92,13 @@ pub struct Step {
     pub held: bool,
     /// Why not, when it did not.
     pub why: String,
-    /// CPU time (ms) the hypervisor took from the machine over this rate's runs.
+    /// CPU time (ms) the hypervisor took from the machine over this rate's runs (the
+    /// discarded ones included).
     #[serde(default)]
     pub steal_ms: f64,
+    /// Failing runs discarded and made again because of steal.
+    #[serde(default)]
+    pub disturbed: usize,
 }
 
 /// The limits of a search and the p99 a rate must hold (shared by `knee` and `ceiling`).
@@ -109,6 +116,11 @@ pub struct SearchParams {
     pub max_steps: usize,
     /// Runs per rate; a rate holds only if every run holds.
     pub repeat: usize,
+    /// Per rate, how many failing runs are discarded and made again because the
+    /// hypervisor took more than [`crate::steal::NOTE_FRACTION`] of one CPU during them
+    /// (the stall was the machine's, not the server's). Each is counted in
+    /// [`Step::disturbed`]; 0 keeps every run.
+    pub steal_retries: usize,
 }
 
 impl SearchParams {
@@ -268,6 +280,13 @@ pub fn search<E>(
     })
 }
 
+/// Whether the hypervisor took more than [`crate::steal::NOTE_FRACTION`] of one CPU during
+/// the run.
+fn disturbed(s: &Summary) -> bool {
+    s.steal_ms
+        .is_some_and(|ms| ms / 1000.0 > crate::steal::NOTE_FRACTION * s.wall_time_s)
+}
+
 /// Searches one configuration: `run(rate, i)` makes run `i` (from 0) of a rate and returns
 /// its summary. The worst of [`SearchParams::repeat`] runs decides (a failing run ends the
 /// rate's runs); `on_step` is told about each rate as it is decided.
@@ -295,13 +314,20 @@ pub fn search_config<E>(
                 held: true,
                 why: String::new(),
                 steal_ms: 0.0,
+                disturbed: 0,
             };
-            for i in 0..params.repeat.max(1) {
+            let mut i = 0;
+            while i < params.repeat.max(1) {
                 let summary = run(rate, i)?;
                 let v = verdict(&summary, params.p99_target);
+                step.steal_ms += summary.steal_ms.unwrap_or(0.0);
+                if v.is_err() && step.disturbed < params.steal_retries && disturbed(&summary) {
+                    step.disturbed += 1;
+                    continue;
+                }
+                i += 1;
                 step.achieved = step.achieved.min(summary.achieved_rate);
                 step.p99_ms = step.p99_ms.max(summary.latency_ms.p99);
-                step.steal_ms += summary.steal_ms.unwrap_or(0.0);
                 if let Err(why) = v {
                     step.held = false;
                     step.why = why;
@@ -345,6 +371,7 @@ impl KneeConfig {
             precision: self.precision,
             max_steps: self.max_steps,
             repeat: self.repeat,
+            steal_retries: self.steal_retries,
         }
     }
 }
@@ -513,7 +540,91 @@ mod tests {
                 "saturated".into()
             },
             steal_ms: 0.0,
+            disturbed: 0,
         }
+    }
+
+    /// A run at `rate` with every message back, p99 `p99_ms`, and `steal_ms` of steal over
+    /// a 2 s wall time.
+    fn run_summary(rate: f64, p99_ms: u64, steal_ms: u64) -> Summary {
+        use crate::summary::{Counts, Mode, RunConfig, Timing};
+        let mut lat = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        lat.record(p99_ms * 1_000_000).unwrap();
+        let lag = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        let n = rate as u64;
+        let config = RunConfig {
+            target: "127.0.0.1:1".into(),
+            mode: Mode::Echo,
+            connections: 1,
+            rate,
+            duration_s: 1.0,
+            warmup_s: 0.0,
+            message_size: 64,
+            batch_size: None,
+            batch_timeout_ms: None,
+            cores: 1,
+        };
+        let counts = Counts {
+            offered: n,
+            sent: n,
+            received: n,
+            ..Counts::default()
+        };
+        let timing = Timing {
+            measured: Duration::from_secs(1),
+            receive_window: Duration::from_secs(1),
+            wall: Duration::from_secs(2),
+            steal: Some(Duration::from_millis(steal_ms)),
+        };
+        Summary::from_histograms(config, &lat, &lag, counts, timing)
+    }
+
+    /// One rate, searched with `retries`; the runs' (p99 ms, steal ms) in order.
+    fn one_rate(retries: usize, runs: &[(u64, u64)]) -> (Step, usize) {
+        let params = SearchParams {
+            p99_target: Duration::from_millis(10),
+            min_rate: 1000.0,
+            max_rate: 1000.0,
+            precision: 0.05,
+            max_steps: 1,
+            repeat: 1,
+            steal_retries: retries,
+        };
+        let mut made = 0;
+        let out = search_config(
+            "c",
+            &params,
+            |rate, _| {
+                let (p99, steal) = runs[made.min(runs.len() - 1)];
+                made += 1;
+                Ok::<_, SweepError>(run_summary(rate, p99, steal))
+            },
+            |_, _| {},
+        )
+        .unwrap();
+        (out.steps[0].clone(), made)
+    }
+
+    #[test]
+    fn a_failing_run_the_hypervisor_disturbed_is_made_again_within_the_limit() {
+        // 100 ms stolen over 2 s is 5 % of a CPU: disturbed. Two retries, then a clean run.
+        let (step, made) = one_rate(2, &[(50, 100), (40, 100), (2, 0)]);
+        assert!(step.held, "{step:?}");
+        assert_eq!((step.disturbed, made), (2, 3));
+        assert!(step.p99_ms < 3.0, "discarded runs do not count: {step:?}");
+        assert_eq!(step.steal_ms, 200.0, "but their steal is reported");
+        // One retry only: the second disturbed failure stands.
+        let (step, made) = one_rate(1, &[(50, 100), (40, 100), (2, 0)]);
+        assert!(!step.held);
+        assert_eq!((step.disturbed, made), (1, 2));
+        // A failure without steal (10 ms of 2 s is 0.5 %) is never made again.
+        let (step, made) = one_rate(2, &[(50, 10), (2, 0)]);
+        assert!(!step.held);
+        assert_eq!((step.disturbed, made), (0, 1));
+        // Retries off.
+        let (step, made) = one_rate(0, &[(50, 100), (2, 0)]);
+        assert!(!step.held);
+        assert_eq!((step.disturbed, made), (0, 1));
     }
 
     #[test]

@@ -514,6 +514,7 @@ mod tests {
                     held: true,
                     why: String::new(),
                     steal_ms: 0.0,
+                    disturbed: 0,
                 },
                 Step {
                     rate: knee * 1.05,
@@ -522,6 +523,7 @@ mod tests {
                     held: false,
                     why: "p99".into(),
                     steal_ms: 120.0,
+                    disturbed: 0,
                 },
             ],
         }
