@@ -4,12 +4,7 @@ use super::*;
 
 #[test]
 fn drain_flushes_queues_at_once_and_counts_what_is_left_at_the_deadline() {
-    let mut net = Net::new();
-    let server = net.add(NodeSpec {
-        app: AppSpec::Echo,
-        ..NodeSpec::default()
-    });
-    let client = net.add(NodeSpec {
+    let (mut net, server, client) = echo_server_and(NodeSpec {
         batch: BatchPolicy {
             timeout: Duration::from_secs(60),
             max_messages: 1000,

@@ -345,6 +345,17 @@ fn echo_pair(pool: PoolConfig) -> (Net, usize, usize) {
     (net, server, client)
 }
 
+/// An echo server and a client built from `client` (default spec for the server).
+fn echo_server_and(client: NodeSpec) -> (Net, usize, usize) {
+    let mut net = Net::new();
+    let server = net.add(NodeSpec {
+        app: AppSpec::Echo,
+        ..NodeSpec::default()
+    });
+    let client = net.add(client);
+    (net, server, client)
+}
+
 mod drain;
 mod hardening;
 mod pool;

@@ -144,12 +144,7 @@ fn failed_dials_back_off_exponentially_then_give_up() {
 
 #[test]
 fn messages_for_a_peer_being_redialed_wait_and_then_go() {
-    let mut net = Net::new();
-    let server = net.add(NodeSpec {
-        app: AppSpec::Echo,
-        ..NodeSpec::default()
-    });
-    let client = net.add(NodeSpec {
+    let (mut net, server, client) = echo_server_and(NodeSpec {
         reconnect: BackoffPolicy {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),

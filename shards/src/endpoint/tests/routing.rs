@@ -134,13 +134,8 @@ fn datagrams_for_another_shards_cid_are_counted_as_misrouted() {
 
 #[test]
 fn a_receive_burst_is_answered_in_one_datagram() {
-    let mut net = Net::new();
-    let server = net.add(NodeSpec {
-        app: AppSpec::Echo,
-        ..NodeSpec::default()
-    });
     // Batch size 1 on the client: every message leaves in its own datagram.
-    let client = net.add(NodeSpec {
+    let (mut net, server, client) = echo_server_and(NodeSpec {
         batch: BatchPolicy {
             max_messages: 1,
             timeout: Duration::ZERO,
