@@ -8,7 +8,7 @@
 //! assert_eq!(bench_harness::steal::parse_ticks(text), Some(7));
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Steal ticks of the aggregate `cpu` line of `/proc/stat` text (the sum over all CPUs;
 /// the 8th value after the name), or `None` when the line is missing or malformed.
@@ -31,16 +31,12 @@ fn tick() -> Duration {
 #[derive(Debug, Clone, Copy)]
 pub struct StealClock {
     ticks: Option<u64>,
-    at: Instant,
 }
 
 impl StealClock {
     /// Starts counting (nothing is counted where `/proc/stat` cannot be read).
     pub fn start() -> StealClock {
-        StealClock {
-            ticks: ticks_now(),
-            at: Instant::now(),
-        }
+        StealClock { ticks: ticks_now() }
     }
 
     /// CPU time stolen from all of this machine's CPUs together since the start, or `None`
@@ -48,11 +44,6 @@ impl StealClock {
     pub fn stolen(&self) -> Option<Duration> {
         let (a, b) = (self.ticks?, ticks_now()?);
         Some(tick() * u32::try_from(b.saturating_sub(a)).unwrap_or(u32::MAX))
-    }
-
-    /// Wall time since the start.
-    pub fn elapsed(&self) -> Duration {
-        self.at.elapsed()
     }
 }
 
