@@ -213,7 +213,6 @@ fn progress_bar(total: Duration, progress: Arc<Progress>) -> Option<std::thread:
     }))
 }
 
-/// Prints one run's summary as a table.
 /// `, steal N ms` for a step line when the hypervisor took CPU time during it.
 fn steal_part(ms: f64) -> String {
     if ms > 0.0 {
@@ -232,6 +231,7 @@ fn disturbed_part(n: usize) -> String {
     }
 }
 
+/// Prints one run's summary as a table.
 pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
     let l = &s.latency_ms;
     println!(
@@ -283,12 +283,7 @@ pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
             lag.p99
         );
     }
-    if let Some(n) = s.steal_ms.and_then(|ms| {
-        crate::steal::note(
-            Duration::from_secs_f64(ms / 1000.0),
-            Duration::from_secs_f64(s.wall_time_s),
-        )
-    }) {
+    if let Some(n) = s.steal_note() {
         println!("{n}");
     }
     if let Some(r) = r {
@@ -668,12 +663,7 @@ pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
                 s.harness_lag_ms.p99, s.refused
             );
         }
-        if let Some(n) = s.steal_ms.and_then(|ms| {
-            crate::steal::note(
-                Duration::from_secs_f64(ms / 1000.0),
-                Duration::from_secs_f64(s.wall_time_s),
-            )
-        }) {
+        if let Some(n) = s.steal_note() {
             println!("  {n}");
         }
     })?;

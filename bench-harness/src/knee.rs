@@ -280,13 +280,6 @@ pub fn search<E>(
     })
 }
 
-/// Whether the hypervisor took more than [`crate::steal::NOTE_FRACTION`] of one CPU during
-/// the run.
-fn disturbed(s: &Summary) -> bool {
-    s.steal_ms
-        .is_some_and(|ms| ms / 1000.0 > crate::steal::NOTE_FRACTION * s.wall_time_s)
-}
-
 /// Searches one configuration: `run(rate, i)` makes run `i` (from 0) of a rate and returns
 /// its summary. The worst of [`SearchParams::repeat`] runs decides (a failing run ends the
 /// rate's runs); `on_step` is told about each rate as it is decided.
@@ -321,7 +314,10 @@ pub fn search_config<E>(
                 let summary = run(rate, i)?;
                 let v = verdict(&summary, params.p99_target);
                 step.steal_ms += summary.steal_ms.unwrap_or(0.0);
-                if v.is_err() && step.disturbed < params.steal_retries && disturbed(&summary) {
+                if v.is_err()
+                    && step.disturbed < params.steal_retries
+                    && summary.disturbed_by_steal()
+                {
                     step.disturbed += 1;
                     continue;
                 }

@@ -48,19 +48,28 @@ impl StealClock {
 }
 
 /// Steal above this share of one CPU's time during a run is worth a note next to its
-/// latencies (one 10 ms tick per second is enough to move a p99).
+/// latencies, and makes a failing search run count as disturbed (one 10 ms tick per
+/// second is enough to move a p99).
 pub const NOTE_FRACTION: f64 = 0.01;
 
-/// The note printed under a run whose machine lost `stolen` CPU time over `wall`, if it
-/// is worth one.
-pub fn note(stolen: Duration, wall: Duration) -> Option<String> {
-    let share = stolen.as_secs_f64() / wall.as_secs_f64().max(1e-9);
-    (share > NOTE_FRACTION).then(|| {
+/// `stolen_ms` over a run of `wall_s` seconds, as a share of one CPU's time.
+pub fn share(stolen_ms: f64, wall_s: f64) -> f64 {
+    stolen_ms / 1000.0 / wall_s.max(1e-9)
+}
+
+/// Whether `stolen_ms` over `wall_s` is above [`NOTE_FRACTION`].
+pub fn disturbs(stolen_ms: f64, wall_s: f64) -> bool {
+    share(stolen_ms, wall_s) > NOTE_FRACTION
+}
+
+/// The note printed under a run whose machine lost `stolen_ms` of CPU time over `wall_s`
+/// seconds, if it is worth one.
+pub fn note(stolen_ms: f64, wall_s: f64) -> Option<String> {
+    disturbs(stolen_ms, wall_s).then(|| {
         format!(
-            "note: the hypervisor took {:.0} ms of CPU time from this machine during the run \
+            "note: the hypervisor took {stolen_ms:.0} ms of CPU time from this machine during the run \
              ({:.1} % of one CPU); stalls of that kind reach the latency tail whatever the server does",
-            stolen.as_secs_f64() * 1000.0,
-            share * 100.0
+            share(stolen_ms, wall_s) * 100.0
         )
     })
 }
@@ -82,9 +91,9 @@ mod tests {
 
     #[test]
     fn a_note_only_above_one_percent_of_a_cpu() {
-        let wall = Duration::from_secs(10);
-        assert!(note(Duration::from_millis(100), wall).is_none());
-        let n = note(Duration::from_millis(310), wall).expect("a note");
+        assert!(note(100.0, 10.0).is_none());
+        assert!(!disturbs(100.0, 10.0) && disturbs(110.0, 10.0));
+        let n = note(310.0, 10.0).expect("a note");
         assert!(n.contains("310 ms") && n.contains("3.1 %"), "{n}");
     }
 

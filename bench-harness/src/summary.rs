@@ -303,6 +303,19 @@ impl Summary {
         }
     }
 
+    /// The note to print when the hypervisor took enough CPU time during the run to show in
+    /// its latencies ([`crate::steal::note`]).
+    pub fn steal_note(&self) -> Option<String> {
+        crate::steal::note(self.steal_ms?, self.wall_time_s)
+    }
+
+    /// Whether the hypervisor took more than [`crate::steal::NOTE_FRACTION`] of one CPU
+    /// during the run.
+    pub fn disturbed_by_steal(&self) -> bool {
+        self.steal_ms
+            .is_some_and(|ms| crate::steal::disturbs(ms, self.wall_time_s))
+    }
+
     /// Short label for tables and plot legends: `bs={batch_size} bt={timeout}ms @{rate}/s`
     /// (`nobatch @{rate}/s` without batching). Plots group series by the part before `@`.
     pub fn label(&self) -> String {

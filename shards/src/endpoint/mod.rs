@@ -743,6 +743,10 @@ impl Endpoint {
                         .is_some_and(|c| c.session.accepted_bytes() > b)
                 });
             }
+            // Flushing and driving mark nothing dirty, so after the last round, which
+            // retries no one, nothing queued waits for a timer. Credit is only learned in
+            // the first round (every connection that received is dirty there); later rounds
+            // retry for `room_freed`, which stays set for the next turn if the last cannot.
             let last = round + 1 == END_TURN_ROUNDS;
             if !last
                 && (credit || self.room_freed)
@@ -750,16 +754,6 @@ impl Endpoint {
             {
                 self.retry_blocked(now);
             }
-        }
-        // Still dirty after the last round (records kept moving between connections):
-        // flush without retrying further, so nothing queued this turn waits for a timer.
-        for k in std::mem::take(&mut self.dirty) {
-            if let Some(c) = self.conns.get_mut(k) {
-                c.dirty = false;
-                c.turn_accepted = None;
-            }
-            self.flush_queue(k, now, false);
-            self.drive(k, now);
         }
     }
 }
