@@ -496,16 +496,14 @@ fn drive(
                     }
                     p.next_seq += 1;
                 }
-                if !p.dead {
-                    let _ = p.client.flush();
-                }
                 sending |= intended_of(p, p.next_seq) < measure_end;
             }
             if p.dead {
                 continue;
             }
-            // Every pass services every connection (timers, inbox) and reads the sockets
-            // poll(2) found readable.
+            // Every pass services every connection (timers, inbox), reads the sockets
+            // poll(2) found readable, then seals and sends what was queued above, with the
+            // acknowledgements of what it read in the same packets.
             if p.client.poll_ready(ready).is_err() || p.client.is_closed() {
                 p.dead = true;
                 r.connection_errors += 1;

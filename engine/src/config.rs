@@ -321,6 +321,9 @@ pub struct ConfigFile {
     /// [`TransportConfig::gso`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gso: Option<bool>,
+    /// [`TransportConfig::gro`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gro: Option<bool>,
     /// [`PoolConfig::keepalive`]; unset = a third of the idle timeout.
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub keepalive: Option<Duration>,
@@ -420,6 +423,7 @@ impl ConfigFile {
         set(&mut e.transport.window, &self.window);
         set(&mut e.transport.max_udp_payload, &self.max_udp_payload);
         set(&mut e.transport.gso, &self.gso);
+        set(&mut e.transport.gro, &self.gro);
         set(&mut e.pool.keepalive, &self.keepalive);
         set(&mut e.pool.ttl, &self.pool_ttl);
         set(&mut e.pool.stall_timeout, &self.stall_timeout);
@@ -469,6 +473,7 @@ impl From<&ServeConfig> for ConfigFile {
             window: Some(e.transport.window),
             max_udp_payload: Some(e.transport.max_udp_payload),
             gso: Some(e.transport.gso),
+            gro: Some(e.transport.gro),
             keepalive: Some(e.pool.keepalive),
             pool_ttl: Some(e.pool.ttl),
             stall_timeout: Some(e.pool.stall_timeout),

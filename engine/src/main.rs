@@ -100,6 +100,11 @@ struct ServeArgs {
     /// gso = false). GSO is used only where the kernel supports it.
     #[arg(long, env = "ENGINE_NO_GSO")]
     no_gso: bool,
+    /// Read one datagram per recvmmsg slot instead of receiving runs of same-size
+    /// datagrams as one buffer with UDP GRO (file key: gro = false). GRO is used only
+    /// where the kernel supports it.
+    #[arg(long, env = "ENGINE_NO_GRO")]
+    no_gro: bool,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (e.g. 127.0.0.1:9100),
     /// from one unpinned thread. Off by default. Read them with `engine status`.
     #[arg(long, env = "ENGINE_METRICS", value_name = "ADDR")]
@@ -204,6 +209,7 @@ impl ServeArgs {
             window: self.window,
             max_udp_payload: self.max_udp_payload,
             gso: self.no_gso.then_some(false),
+            gro: self.no_gro.then_some(false),
             keepalive: self.keepalive,
             pool_ttl: self.pool_ttl,
             stall_timeout: self.stall_timeout,
@@ -221,12 +227,13 @@ impl ServeArgs {
     }
 }
 
-/// The `serve` argument that sets config key `key` (they share names, except `pin` and
-/// `gso`, set by `--no-pin` and `--no-gso`).
+/// The `serve` argument that sets config key `key` (they share names, except `pin`, `gso`
+/// and `gro`, set by `--no-pin`, `--no-gso` and `--no-gro`).
 fn arg_id(key: &str) -> &str {
     match key {
         "pin" => "no_pin",
         "gso" => "no_gso",
+        "gro" => "no_gro",
         _ => key,
     }
 }

@@ -25,13 +25,16 @@ use crate::cid;
 use crate::endpoint::Delivery;
 use crate::identity::Identity;
 use crate::session::{self, CloseInfo, Session, SessionError, TransportConfig};
-use crate::udp_batch::{RecvBatch, SendBatch};
+use crate::udp_batch::{RecvBatch, SendBatch, enable_gro, gso_supported};
 use crate::wire::{Message, PeerId, Record, close_code};
 
 /// Datagrams one `recvmmsg` reads and one `sendmmsg` sends: a burst of replies or of
 /// packets costs one system call, and a read that returns fewer has emptied the socket (no
 /// second call to learn that it is empty).
 const IO_BURST: usize = 16;
+/// Receive slots when the socket has UDP GRO: each holds a whole run of datagrams
+/// ([`crate::udp_batch::GRO_SLOT`] bytes), so fewer are needed.
+const GRO_BURST: usize = 8;
 /// Bytes of one send slot: quiche writes packets up to the path's payload limit, at most
 /// this.
 const SEND_SLOT: usize = 1500;
@@ -140,6 +143,8 @@ impl Client {
         };
         let socket = UdpSocket::bind(bind)?;
         socket.set_nonblocking(true)?;
+        let gro = cfg.transport.gro && enable_gro(socket.as_raw_fd());
+        let gso = cfg.transport.gso && gso_supported(socket.as_raw_fd());
         let local = socket.local_addr()?;
         let mut qcfg = session::client_config(&cfg.transport)?;
         let scid = cid::new_cid(0, &mut rand::thread_rng());
@@ -156,12 +161,16 @@ impl Client {
             seq: 0,
             // A node sends datagrams up to the payload size this client advertises (1200
             // bytes during the handshake); a larger one would be cut short and dropped.
-            rx: RecvBatch::new(IO_BURST, cfg.transport.max_udp_payload.max(SEND_SLOT)),
+            rx: if gro {
+                RecvBatch::with_gro(GRO_BURST)
+            } else {
+                RecvBatch::new(IO_BURST, cfg.transport.max_udp_payload.max(SEND_SLOT))
+            },
             cfg,
             out: (0..IO_BURST)
                 .map(|_| (vec![0; SEND_SLOT], 0, addr))
                 .collect(),
-            tx: SendBatch::default(),
+            tx: SendBatch::new(gso),
         };
         let deadline = Instant::now() + c.cfg.connect_timeout;
         loop {
@@ -368,24 +377,22 @@ impl Client {
     }
 
     /// One service turn without waiting, for a caller that waits on many clients' sockets
-    /// with one `poll(2)` ([`Client::raw_fd`]): runs due timers, sends what is due, reads the
-    /// socket only if `readable` (what `poll(2)` reported; reading an empty socket costs a
-    /// system call to learn nothing) and delivers what arrived. `poll_ready(true)` is
-    /// `poll(Duration::ZERO)`.
+    /// with one `poll(2)` ([`Client::raw_fd`]): runs due timers, reads the socket only if
+    /// `readable` (what `poll(2)` reported; reading an empty socket costs a system call to
+    /// learn nothing), delivers what arrived, then seals what is due and sends. Reading
+    /// first lets the acknowledgement of what was read ride in the same packets as the
+    /// messages queued since the last turn, instead of an ACK-only datagram of its own.
+    /// `poll_ready(true)` is `poll(Duration::ZERO)`.
     pub fn poll_ready(&mut self, readable: bool) -> Result<(), ClientError> {
         // Timers run on every call, so a caller that services many clients in turn never
         // leaves one without loss recovery or idle detection.
         self.run_timers();
-        if self.cfg.batch.timeout.is_zero() {
-            self.flush_due(true)?;
-        } else {
-            self.flush_due(false)?;
-        }
         if readable {
             self.read_socket()?;
         }
         self.read_session()?;
-        self.drive()
+        // Sends whatever QUIC has, acknowledgements included, even with nothing due.
+        self.flush_due(self.cfg.batch.timeout.is_zero())
     }
 
     /// Waits for a datagram, the QUIC timer or the batch deadline, whichever comes first.
@@ -415,8 +422,8 @@ impl Client {
         self.drive()
     }
 
-    /// Reads what the socket holds, [`IO_BURST`] datagrams per `recvmmsg`, until a call
-    /// returns fewer (the socket was empty then).
+    /// Reads what the socket holds, [`IO_BURST`] datagrams (or [`GRO_BURST`] GRO runs) per
+    /// `recvmmsg`, until a call returns fewer (the socket was empty then).
     fn read_socket(&mut self) -> Result<(), ClientError> {
         let fd = self.socket.as_raw_fd();
         loop {
@@ -429,7 +436,7 @@ impl Client {
                             self.session.recv(pkt, from, local);
                         }
                     }
-                    if n < IO_BURST {
+                    if n < self.rx.slots() {
                         return Ok(());
                     }
                 }
@@ -517,6 +524,10 @@ impl Client {
     pub fn rebind(&mut self) -> Result<SocketAddr, ClientError> {
         let s = UdpSocket::bind(SocketAddr::new(self.local.ip(), 0))?;
         s.set_nonblocking(true)?;
+        // The receive slots were sized for GRO runs or not; the new socket must match.
+        if self.rx.gro() && !enable_gro(s.as_raw_fd()) {
+            self.rx = RecvBatch::new(IO_BURST, self.cfg.transport.max_udp_payload.max(SEND_SLOT));
+        }
         self.socket = s;
         Ok(self.socket.local_addr()?)
     }

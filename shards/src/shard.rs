@@ -23,15 +23,13 @@ use tracing::Instrument;
 use crate::endpoint::{Endpoint, EndpointError, Transmit};
 use crate::hist::SharedHistograms;
 use crate::sockstat::{Notify, kernel_queue_delay, socket_inode};
-use crate::udp_batch::{RecvBatch, SendBatch, gso_supported};
+use crate::udp_batch::{RecvBatch, SendBatch, enable_gro, gso_supported};
 
 pub use crate::endpoint::{
     App, Command, ConnectionSlots, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_STALL_TIMEOUT, Delivery, Hop,
     MemoryBudget, PeerActivity, PeerDirectory, PoolConfig, ShardConfig, ShardMsg, ShardStats,
 };
 
-/// Largest UDP datagram the shard reads.
-const MAX_DATAGRAM: usize = 65_535;
 /// Pause after a failed UDP receive before trying again.
 const RECV_ERROR_PAUSE: Duration = Duration::from_millis(1);
 /// One datagram in this many has its time in the kernel's receive queue measured
@@ -96,8 +94,13 @@ async fn drive(
     span: tracing::Span,
 ) -> Result<(), ShardError> {
     let stats = cfg.stats.clone();
-    // Receive slots fit the largest datagram QUIC is allowed to send us.
+    // Receive slots fit the largest datagram QUIC is allowed to send us, or with GRO a
+    // coalesced run (then `slot` is unused).
     let slot = cfg.transport.max_udp_payload.max(1500) + 64;
+    let gro = cfg.transport.gro && enable_gro(socket.as_raw_fd());
+    if cfg.transport.gro && !gro {
+        tracing::info!("UDP GRO not supported by this kernel; one datagram per recvmmsg slot");
+    }
     let gso = cfg.transport.gso && gso_supported(socket.as_raw_fd());
     if cfg.transport.gso && !gso {
         tracing::info!("UDP GSO not supported by this kernel; one datagram per sendmmsg slot");
@@ -175,7 +178,7 @@ async fn drive(
     {
         let sh = shard.clone();
         tasks.push(glommio::spawn_local(
-            async move { sh.recv_loop(slot).await }.instrument(span.clone()),
+            async move { sh.recv_loop(slot, gro).await }.instrument(span.clone()),
         ));
     }
     if shard.senders.is_some() {
@@ -242,64 +245,77 @@ impl Shard {
         self.flush_outbox().await;
     }
 
-    /// Waits for a datagram, then takes whatever else is already queued with one
-    /// `recvmmsg`, and hands the whole burst to the endpoint as one turn (replies to a
-    /// burst share batches). Yields to the other tasks when its time slice is used up, so
-    /// timers run under a flood.
-    async fn recv_loop(self: Rc<Self>, slot: usize) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut burst = RecvBatch::new(RECV_BURST, slot);
+    /// Waits until a datagram is queued (a one-byte peek through the executor, which does
+    /// not consume it), then reads up to [`RECV_BURST`] queued datagrams, or GRO runs, with
+    /// one `recvmmsg` and hands them to the endpoint as one turn (replies to a burst share
+    /// batches). Every datagram is read by `recvmmsg`, so a GRO socket never has a run read
+    /// without its segment size. Yields to the other tasks when its time slice is used up,
+    /// so timers run under a flood.
+    async fn recv_loop(self: Rc<Self>, slot: usize, gro: bool) {
+        let mut peek = [0u8; 1];
+        let mut burst = if gro {
+            RecvBatch::with_gro(RECV_BURST)
+        } else {
+            RecvBatch::new(RECV_BURST, slot)
+        };
         let fd = self.socket.as_raw_fd();
         let mut count = 0u64;
         // Datagram count at which the next receive delay is sampled (bursts move the count
         // by more than one, so a modulus would skip samples).
         let mut next_sample = 1u64;
         loop {
-            match self.socket.recv_from(&mut buf).await {
-                Ok((n, from)) => {
-                    count += 1;
+            if let Err(e) = self.socket.peek_from(&mut peek).await {
+                let e = std::io::Error::from(e);
+                // A queued ICMP error is reported (and cleared) here; anything else is
+                // unexpected but must not spin.
+                if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                    tracing::warn!("udp recv failed: {e}");
+                    glommio::timer::sleep(RECV_ERROR_PAUSE).await;
+                }
+                continue;
+            }
+            self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
+            match burst.recv(fd) {
+                Ok(_) => {
+                    self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
                     let sample = if count >= next_sample {
                         next_sample = count + RX_DELAY_SAMPLE;
                         kernel_queue_delay(fd)
                     } else {
                         None
                     };
-                    let more = match burst.recv(fd) {
-                        Ok(k) => {
-                            self.stats.receive_calls.fetch_add(2, Ordering::Relaxed);
-                            k
-                        }
-                        Err(_) => {
-                            self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
-                            0
-                        }
-                    };
-                    count += more as u64;
-                    {
-                        let mut ep = self.ep.borrow_mut();
-                        if let Some(d) = sample {
-                            ep.record_receive_delay(d);
-                        }
-                        let first = buf.get_mut(..n).map(|pkt| (from, pkt));
-                        let stats = &self.stats;
-                        let rest = burst.iter_mut().filter_map(|(from, pkt, truncated)| {
-                            if truncated || from.is_none() {
-                                stats.truncated_datagrams.fetch_add(1, Ordering::Relaxed);
-                                stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-                                return None;
-                            }
-                            from.map(|f| (f, pkt))
-                        });
-                        ep.handle_datagrams(Instant::now(), first.into_iter().chain(rest));
+                    let mut ep = self.ep.borrow_mut();
+                    if let Some(d) = sample {
+                        ep.record_receive_delay(d);
                     }
-                    self.settle().await;
-                    glommio::yield_if_needed().await;
+                    let stats = &self.stats;
+                    let mut got = 0u64;
+                    let datagrams = burst.iter_mut().filter_map(|(from, pkt, truncated)| {
+                        got += 1;
+                        if truncated || from.is_none() {
+                            stats.truncated_datagrams.fetch_add(1, Ordering::Relaxed);
+                            stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                            return None;
+                        }
+                        from.map(|f| (f, pkt))
+                    });
+                    ep.handle_datagrams(Instant::now(), datagrams);
+                    count += got;
                 }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::Interrupted
+                            | std::io::ErrorKind::ConnectionRefused
+                    ) => {}
                 Err(e) => {
                     tracing::warn!("udp recv failed: {e}");
                     glommio::timer::sleep(RECV_ERROR_PAUSE).await;
                 }
             }
+            self.settle().await;
+            glommio::yield_if_needed().await;
         }
     }
 

@@ -1,6 +1,8 @@
 //! Batched datagram I/O on a non-blocking UDP socket: `recvmmsg` to drain what is
-//! already queued after the executor's receive completes, and `sendmmsg` to hand the
-//! kernel many datagrams in one system call, coalesced with UDP GSO where the kernel allows.
+//! queued, with UDP GRO where the kernel allows (a run of same-size datagrams from one
+//! source arrives as one buffer, cut back into the original datagrams here), and
+//! `sendmmsg` to hand the kernel many datagrams in one system call, coalesced with UDP GSO
+//! where the kernel allows.
 //! Both use `MSG_DONTWAIT` and never block the executor: `WouldBlock` tells the driver to
 //! fall back to glommio's awaited operations.
 //! Public so the blocking client and the load harness use the same calls as the shards.
@@ -38,6 +40,12 @@ pub struct RecvBatch {
     addrs: Vec<libc::sockaddr_storage>,
     iovecs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
+    /// Control data per slot, for the `UDP_GRO` segment size (GRO batches only).
+    controls: Vec<GsoControl>,
+    /// Segment size of each filled slot: the datagram size of a coalesced run, or 0 for
+    /// one plain datagram.
+    segment_sizes: Vec<usize>,
+    gro: bool,
     filled: usize,
 }
 
@@ -58,8 +66,32 @@ impl RecvBatch {
                 .collect(),
             iovecs: Vec::with_capacity(slots),
             msgs: Vec::with_capacity(slots),
+            controls: Vec::new(),
+            segment_sizes: vec![0; slots],
+            gro: false,
             filled: 0,
         }
+    }
+
+    /// `slots` receive buffers of [`GRO_SLOT`] bytes each for a socket on which
+    /// [`enable_gro`] succeeded: each holds one datagram or one coalesced run, which
+    /// [`RecvBatch::iter_mut`] cuts back into datagrams. Memory is fixed at
+    /// `slots * GRO_SLOT` bytes.
+    pub fn with_gro(slots: usize) -> RecvBatch {
+        let mut b = RecvBatch::new(slots, GRO_SLOT);
+        b.controls = vec![[0; 4]; b.bufs.len()];
+        b.gro = true;
+        b
+    }
+
+    /// Receive slots: the most datagrams (or GRO runs) one [`RecvBatch::recv`] reads.
+    pub fn slots(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// Whether the slots take GRO runs ([`RecvBatch::with_gro`]).
+    pub fn gro(&self) -> bool {
+        self.gro
     }
 
     /// Reads as many queued datagrams as there are slots, without waiting. Returns how
@@ -81,10 +113,15 @@ impl RecvBatch {
             // The iovec vector is not reallocated below, so this pointer stays valid.
             m.msg_hdr.msg_iov = self.iovecs.as_mut_ptr().wrapping_add(i);
             m.msg_hdr.msg_iovlen = 1;
+            if let Some(c) = self.controls.get_mut(i) {
+                m.msg_hdr.msg_control = c.as_mut_ptr().cast();
+                m.msg_hdr.msg_controllen = std::mem::size_of::<GsoControl>() as _;
+            }
             self.msgs.push(m);
         }
-        // SAFETY: every header points at a live buffer, iovec and address slot owned by
-        // `self` for the duration of the call; the kernel writes at most the given lengths.
+        // SAFETY: every header points at a live buffer, iovec, address slot and (GRO)
+        // control slot owned by `self` for the duration of the call; the kernel writes at
+        // most the given lengths.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -99,23 +136,36 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         self.filled = n as usize;
+        for (size, m) in self.segment_sizes.iter_mut().zip(self.msgs.iter()) {
+            *size = if self.gro {
+                gro_segment_size(&m.msg_hdr)
+            } else {
+                0
+            };
+        }
         Ok(self.filled)
     }
 
-    /// The datagrams of the last call: source, bytes, and whether each was cut short
-    /// because it did not fit in its slot.
+    /// The datagrams of the last call (a coalesced run counts as the datagrams it holds):
+    /// source, bytes, and whether each was cut short because it did not fit in its slot.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Option<SocketAddr>, &mut [u8], bool)> + '_ {
         let filled = self.filled;
         self.bufs
             .iter_mut()
             .zip(self.msgs.iter())
             .zip(self.addrs.iter())
+            .zip(self.segment_sizes.iter())
             .take(filled)
-            .map(|((buf, m), a)| {
+            .flat_map(|(((buf, m), a), &segment)| {
                 let truncated = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
                 let n = (m.msg_len as usize).min(buf.len());
                 let from = sockaddr_to_std(a, m.msg_hdr.msg_namelen);
-                (from, &mut buf[..n], truncated)
+                // A plain datagram is one chunk of its own length (an empty one included).
+                let chunk = if segment == 0 { n.max(1) } else { segment };
+                buf[..n]
+                    .chunks_mut(chunk)
+                    .chain((n == 0).then_some(&mut [][..]))
+                    .map(move |d| (from, d, truncated))
             })
     }
 
@@ -142,6 +192,55 @@ fn sockaddr_to_std(a: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<S
     // kernel wrote; socket2 checks the family before reading.
     let addr = unsafe { socket2::SockAddr::new(*a, len) };
     addr.as_socket()
+}
+
+/// Bytes of one GRO receive slot: the largest UDP payload, which bounds a coalesced run.
+pub const GRO_SLOT: usize = 65_535;
+/// `UDP_GRO` (linux/udp.h); not in every libc release.
+const UDP_GRO: libc::c_int = 104;
+
+/// Asks the kernel to deliver runs of same-size datagrams from one source on `fd` as one
+/// buffer with their size attached (`UDP_GRO`). Returns whether it agreed; the socket must
+/// then be read only through a [`RecvBatch::with_gro`] (or another reader of the
+/// `UDP_GRO` control message), or datagrams run together.
+pub fn enable_gro(fd: RawFd) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is valid for reads of the size passed; the kernel does not keep it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+/// The `UDP_GRO` segment size the kernel attached to a received message, or 0.
+fn gro_segment_size(hdr: &libc::msghdr) -> usize {
+    if hdr.msg_control.is_null() || hdr.msg_controllen < std::mem::size_of::<libc::cmsghdr>() as _ {
+        return 0;
+    }
+    // SAFETY: `hdr` was filled by recvmmsg: `msg_control` points at the slot's control
+    // buffer and `msg_controllen` is what the kernel wrote, so CMSG_FIRSTHDR/NXTHDR stay
+    // inside it; the data of a `UDP_GRO` message is one int, read unaligned.
+    unsafe {
+        let mut cm = libc::CMSG_FIRSTHDR(hdr);
+        while !cm.is_null() {
+            if (*cm).cmsg_level == libc::SOL_UDP
+                && (*cm).cmsg_type == UDP_GRO
+                && (*cm).cmsg_len as usize
+                    >= libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize
+            {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast::<libc::c_int>());
+                return usize::try_from(size).unwrap_or(0);
+            }
+            cm = libc::CMSG_NXTHDR(hdr, cm);
+        }
+    }
+    0
 }
 
 /// Most segments one GSO send may carry (the kernel's `UDP_MAX_SEGMENTS` on older kernels).
@@ -525,6 +624,81 @@ mod tests {
         assert_eq!((n, send.last_messages()), (60, 2));
         let got: Vec<Vec<u8>> = read_each(&rx, 60).into_iter().map(|(_, d)| d).collect();
         assert_eq!(got, big);
+    }
+
+    /// Source, bytes and truncation of one datagram read.
+    type Received = (Option<SocketAddr>, Vec<u8>, bool);
+
+    /// Reads with `batch` until `count` datagrams arrived (or 5 s passed); returns them and
+    /// how many `recvmmsg` slots (datagrams or runs) they came in.
+    fn read_batched(
+        batch: &mut RecvBatch,
+        rx: &std::net::UdpSocket,
+        count: usize,
+    ) -> (Vec<Received>, usize) {
+        let mut got = Vec::new();
+        let mut slots = 0;
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < count && std::time::Instant::now() < give_up {
+            match batch.recv(rx.as_raw_fd()) {
+                Ok(n) => {
+                    slots += n;
+                    got.extend(batch.iter_mut().map(|(f, d, t)| (f, d.to_vec(), t)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (got, slots)
+    }
+
+    #[test]
+    fn gro_runs_are_cut_back_into_the_datagrams_that_were_sent() {
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        if !gso_supported(tx.as_raw_fd()) || !enable_gro(rx.as_raw_fd()) {
+            eprintln!("UDP GSO or GRO not supported by this kernel; runs not exercised");
+            return;
+        }
+        let to = rx.local_addr().unwrap();
+        // One GSO message of five 1200 B datagrams and a 300 B tail, then a lone 1200 B one
+        // and an empty datagram: on loopback the run arrives as one GRO buffer.
+        let mut plan: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1200]).collect();
+        plan.push(vec![50; 300]);
+        let mut send = SendBatch::new(true);
+        let n = send
+            .send(tx.as_raw_fd(), plan.iter().map(|d| (to, d.as_slice())))
+            .unwrap();
+        assert_eq!((n, send.last_messages()), (6, 1));
+        tx.send_to(&[51; 1200], to).unwrap();
+        tx.send_to(&[], to).unwrap();
+        plan.push(vec![51; 1200]);
+        plan.push(Vec::new());
+        let mut batch = RecvBatch::with_gro(4);
+        assert!(batch.gro());
+        let (got, slots) = read_batched(&mut batch, &rx, plan.len());
+        let from = Some(tx.local_addr().unwrap());
+        let want: Vec<_> = plan.iter().map(|d| (from, d.clone(), false)).collect();
+        assert_eq!(got, want);
+        // The six of the GSO send shared one slot (two or three slots in all: the kernel
+        // may or may not append the lone datagram to the run).
+        assert!(slots <= 3, "{slots} slots for {} datagrams", plan.len());
+    }
+
+    #[test]
+    fn a_gro_batch_reads_a_socket_without_gro_one_datagram_per_slot() {
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let plan: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1000]).collect();
+        let n = SendBatch::new(gso_supported(tx.as_raw_fd()))
+            .send(tx.as_raw_fd(), plan.iter().map(|d| (to, d.as_slice())))
+            .unwrap();
+        assert_eq!(n, 6);
+        let mut batch = RecvBatch::with_gro(8);
+        let (got, slots) = read_batched(&mut batch, &rx, plan.len());
+        let data: Vec<Vec<u8>> = got.into_iter().map(|(_, d, _)| d).collect();
+        assert_eq!((data, slots), (plan, 6));
     }
 
     #[test]
