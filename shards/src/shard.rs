@@ -442,10 +442,10 @@ impl Shard {
                 if pending.is_empty() {
                     return;
                 }
-                let sent = self
-                    .send_batch
-                    .borrow_mut()
-                    .send(fd, pending.iter().map(|t| (t.to, t.data.as_slice())));
+                let sent = self.send_batch.borrow_mut().send_flows(
+                    fd,
+                    pending.iter().map(|t| (t.to, t.flow, t.data.as_slice())),
+                );
                 match sent {
                     Ok(k) => {
                         let (gso_sends, gso_datagrams) = self.send_batch.borrow().last_coalesced();

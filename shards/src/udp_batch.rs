@@ -280,8 +280,9 @@ pub fn gso_supported(fd: RawFd) -> bool {
 #[derive(Default)]
 pub struct SendBatch {
     gso: bool,
-    /// The datagrams of the call in progress (destination, bytes); empty between calls.
-    items: Vec<(SocketAddr, libc::iovec)>,
+    /// The datagrams of the call in progress (destination, flow, bytes); empty between
+    /// calls.
+    items: Vec<(SocketAddr, u64, libc::iovec)>,
     addrs: Vec<socket2::SockAddr>,
     /// Datagrams in each message, in order.
     segments: Vec<usize>,
@@ -339,10 +340,23 @@ impl SendBatch {
         fd: RawFd,
         datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,
     ) -> io::Result<usize> {
+        self.send_flows(fd, datagrams.map(|(to, data)| (to, 0, data)))
+    }
+
+    /// [`SendBatch::send`] for datagrams of several flows (connections): only consecutive
+    /// datagrams of one flow to one address share a GSO message, so a receiver that steers
+    /// a GSO train by its first datagram (a reuseport group steered by connection ID) gets
+    /// every datagram where it would have gone alone.
+    pub fn send_flows<'a>(
+        &mut self,
+        fd: RawFd,
+        datagrams: impl Iterator<Item = (SocketAddr, u64, &'a [u8])>,
+    ) -> io::Result<usize> {
         self.items.clear();
-        for (to, data) in datagrams {
+        for (to, flow, data) in datagrams {
             self.items.push((
                 to,
+                flow,
                 libc::iovec {
                     iov_base: data.as_ptr() as *mut libc::c_void,
                     iov_len: data.len(),
@@ -375,14 +389,15 @@ impl SendBatch {
         self.msgs.clear();
         self.messages = 0;
         self.sent_messages = 0;
-        // Group: (destination, segment size, bytes so far) of the message being built.
-        let mut open: Option<(SocketAddr, usize, usize)> = None;
-        for &(to, iov) in &self.items {
+        // Group: (destination, flow, segment size, bytes so far) of the message being built.
+        let mut open: Option<(SocketAddr, u64, usize, usize)> = None;
+        for &(to, flow, iov) in &self.items {
             let len = iov.iov_len;
             let joins = match open {
-                Some((dst, size, total)) => {
+                Some((dst, group_flow, size, total)) => {
                     self.gso
                         && dst == to
+                        && group_flow == flow
                         && len <= size
                         && total + len <= GSO_MAX_BYTES
                         && self.segments.last().is_some_and(|n| *n < GSO_MAX_SEGMENTS)
@@ -390,7 +405,8 @@ impl SendBatch {
                 None => false,
             };
             if joins {
-                if let (Some(n), Some((_, size, total))) = (self.segments.last_mut(), open.as_mut())
+                if let (Some(n), Some((_, _, size, total))) =
+                    (self.segments.last_mut(), open.as_mut())
                 {
                     *n += 1;
                     *total += len;
@@ -402,7 +418,7 @@ impl SendBatch {
             } else {
                 self.addrs.push(socket2::SockAddr::from(to));
                 self.segments.push(1);
-                open = Some((to, len, len));
+                open = Some((to, flow, len, len));
             }
             self.iovecs.push(iov);
         }
@@ -596,6 +612,31 @@ mod tests {
         assert_eq!(got_a, want_a);
         let got_b: Vec<Vec<u8>> = read_each(&rx_b, 3).into_iter().map(|(_, d)| d).collect();
         assert_eq!(got_b, vec![vec![60; 900], vec![61; 900], vec![62; 900]]);
+    }
+
+    #[test]
+    fn gso_never_joins_datagrams_of_two_flows() {
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        if !gso_supported(tx.as_raw_fd()) {
+            eprintln!("UDP GSO not supported by this kernel; flows not exercised");
+            return;
+        }
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        // Two connections to one address, same-size packets: flow 1, 1, 2, 2, 1.
+        let plan: Vec<(u64, Vec<u8>)> = [1u64, 1, 2, 2, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (*f, vec![i as u8; 1000]))
+            .collect();
+        let mut send = SendBatch::new(true);
+        let items = plan.iter().map(|(f, d)| (to, *f, d.as_slice()));
+        assert_eq!(send.send_flows(tx.as_raw_fd(), items).unwrap(), 5);
+        assert_eq!(send.last_messages(), 3);
+        assert_eq!(send.last_coalesced(), (2, 4));
+        let got: Vec<Vec<u8>> = read_each(&rx, 5).into_iter().map(|(_, d)| d).collect();
+        let want: Vec<Vec<u8>> = plan.into_iter().map(|(_, d)| d).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -158,7 +158,16 @@ pub struct Transmit {
     pub to: SocketAddr,
     /// The datagram; hand the buffer back with [`Endpoint::recycle`] once sent.
     pub data: Vec<u8>,
+    /// Which connection sent it ([`STATELESS_FLOW`] for a Retry or version negotiation).
+    /// Only datagrams of one flow may share a GSO send: a peer with several shards steers a
+    /// whole GSO train (and a GRO run) by its first datagram's connection ID, so packets of
+    /// two connections to one address in one train would reach one shard and be dropped
+    /// there as misrouted.
+    pub flow: u64,
 }
+
+/// [`Transmit::flow`] of datagrams that belong to no connection.
+pub const STATELESS_FLOW: u64 = u64::MAX;
 
 /// Why an endpoint could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -437,6 +446,7 @@ impl Endpoint {
                         self.outbox.push_back(Transmit {
                             to: from,
                             data: out,
+                            flow: STATELESS_FLOW,
                         });
                     }
                     return;
@@ -523,6 +533,7 @@ impl Endpoint {
                 self.outbox.push_back(Transmit {
                     to: from,
                     data: out,
+                    flow: STATELESS_FLOW,
                 });
             }
             Err(e) => {

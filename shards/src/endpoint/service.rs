@@ -283,6 +283,7 @@ impl Endpoint {
                     self.outbox.push_back(Transmit {
                         to: info.to,
                         data: buf,
+                        flow: key,
                     });
                 }
                 None => {

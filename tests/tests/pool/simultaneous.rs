@@ -63,6 +63,15 @@ fn simultaneous_dials_converge_to_one_connection() {
         }
         assert_eq!(a.stats().dropped() + b.stats().dropped(), 0);
         assert_eq!(a.stats().connections + b.stats().connections, 2);
+        // Both nodes held two connections to one address for a while: no GSO train may
+        // have mixed their packets (a 2-shard receiver steers a train by its first packet
+        // and would drop the other connection's as misrouted, a lost CONNECTION_CLOSE
+        // among them).
+        assert_eq!(
+            a.stats().misrouted + b.stats().misrouted,
+            0,
+            "round {round}"
+        );
     }
 }
 
