@@ -427,6 +427,9 @@ fn drive(
     // When message `seq` of a peer is due, counted from the run's origin.
     let intended_of =
         |p: &Peer, seq: u64| -> Duration { Duration::from_secs_f64(seq as f64 / p.rate) };
+    // One payload buffer, rewritten per message and copied by the client into a buffer
+    // a sealed message left behind.
+    let mut body = vec![0u8; cfg.message_size.max(PAYLOAD_HEADER)];
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(peers.len());
     // Which peers' sockets the last poll(2) found readable; before the first, all.
     let mut readable: Vec<bool> = vec![true; peers.len()];
@@ -466,8 +469,8 @@ fn drive(
                         false
                     } else {
                         budget -= 1;
-                        let body = payload(p.next_seq, due.as_nanos() as u64, cfg.message_size);
-                        match p.client.try_send_with_seq(p.dst, p.next_seq, body) {
+                        write_payload(&mut body, p.next_seq, due.as_nanos() as u64);
+                        match p.client.try_send_slice(p.dst, p.next_seq, &body, now) {
                             Ok(true) => true,
                             Ok(false) => {
                                 full = true;

@@ -111,7 +111,15 @@ pub struct Client {
     /// Packets quiche wrote, with their length and destination, sent with one `sendmmsg`.
     out: Vec<(Vec<u8>, usize, SocketAddr)>,
     tx: SendBatch,
+    /// The batch being sealed, reused across flushes.
+    batch: Vec<(Record, Instant)>,
+    /// Payload buffers of sealed messages, reused by [`Client::try_send_slice`] (at most
+    /// [`SPARE_PAYLOADS`]).
+    spare: Vec<Vec<u8>>,
 }
+
+/// Payload buffers a client keeps for reuse: one full batch's worth.
+const SPARE_PAYLOADS: usize = 1024;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,6 +179,8 @@ impl Client {
                 .map(|_| (vec![0; SEND_SLOT], 0, addr))
                 .collect(),
             tx: SendBatch::new(gso),
+            batch: Vec::new(),
+            spare: Vec::new(),
         };
         let deadline = Instant::now() + c.cfg.connect_timeout;
         loop {
@@ -259,6 +269,16 @@ impl Client {
         seq: u64,
         payload: Vec<u8>,
     ) -> Result<(), ClientError> {
+        self.queue_message_at(dst, seq, payload, Instant::now())
+    }
+
+    fn queue_message_at(
+        &mut self,
+        dst: PeerId,
+        seq: u64,
+        payload: Vec<u8>,
+        now: Instant,
+    ) -> Result<(), ClientError> {
         let r = Record::Message(Message {
             dst,
             src: self.me,
@@ -266,7 +286,6 @@ impl Client {
             payload,
         });
         let size = r.encoded_len();
-        let now = Instant::now();
         self.queue.push(r, size, now);
         if self.queue.is_due(now) && self.cfg.batch.timeout > Duration::ZERO {
             self.flush_due(false)?;
@@ -291,6 +310,31 @@ impl Client {
             }
         }
         self.queue_message(dst, seq, payload)?;
+        Ok(true)
+    }
+
+    /// [`Client::try_send_with_seq`] for a caller that keeps its payload in a buffer of its
+    /// own: the bytes are copied into a buffer a sealed message left behind, so a steady
+    /// sender allocates nothing per message. `now` is the caller's clock reading (one per
+    /// pass over many clients, instead of one per message); it starts the batch timeout.
+    pub fn try_send_slice(
+        &mut self,
+        dst: PeerId,
+        seq: u64,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<bool, ClientError> {
+        self.check_open()?;
+        if self.is_full() {
+            self.flush()?;
+            if self.is_full() {
+                return Ok(false);
+            }
+        }
+        let mut body = self.spare.pop().unwrap_or_default();
+        body.clear();
+        body.extend_from_slice(payload);
+        self.queue_message_at(dst, seq, body, now)?;
         Ok(true)
     }
 
@@ -323,8 +367,15 @@ impl Client {
     fn flush_due(&mut self, force: bool) -> Result<(), ClientError> {
         let now = Instant::now();
         while !self.queue.is_empty() && (force || self.queue.is_due(now)) {
-            let batch = self.queue.pop_batch();
-            self.session.send_batch(batch.iter().map(|(r, _)| r))?;
+            self.batch.clear();
+            self.queue.pop_batch_into(&mut self.batch);
+            let sent = self.session.send_batch(self.batch.iter().map(|(r, _)| r));
+            for (r, _) in self.batch.drain(..) {
+                if let (Record::Message(m), true) = (r, self.spare.len() < SPARE_PAYLOADS) {
+                    self.spare.push(m.payload);
+                }
+            }
+            sent?;
         }
         self.drive()
     }
