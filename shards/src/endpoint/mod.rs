@@ -660,9 +660,11 @@ impl Endpoint {
     }
 
     /// Hands back a sent datagram's buffer for reuse.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        // Kept at its length, bytes and all: every user resizes a spare buffer to the size
+        // it writes into and truncates it to what it wrote, so only the bytes a resize adds
+        // past the old length are zeroed (not the whole buffer once per packet).
         if self.spare.len() < SPARE_BUFFERS {
-            buf.clear();
             self.spare.push(buf);
         }
     }

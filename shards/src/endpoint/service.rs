@@ -287,7 +287,6 @@ impl Endpoint {
                     });
                 }
                 None => {
-                    buf.clear();
                     self.spare.push(buf);
                     break;
                 }
