@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One performance run, everything side by side on this machine, then one page:
-#   1. the raw UDP echo ceiling (bench-harness ceiling, per-datagram and batched I/O);
+#   1. the raw UDP echo ceiling (bench-harness ceiling: per-datagram, batched and offload I/O);
 #   2. the engine's knee for batch sizes 1, 16 and 128 (timeout 0), 1 shard on core 0;
 #   3. the tokio + quinn control's knee for the same configurations, on core 0;
 #   4. system calls per message of each server and of the harness at one fixed rate below

@@ -537,13 +537,14 @@ pub fn knee_cmd(a: &KneeArgs) -> anyhow::Result<i32> {
 #[derive(Args, Debug, Clone)]
 pub struct CeilingArgs {
     /// Echo server I/O modes (comma separated), one row each: `per-datagram` (one
-    /// recvfrom and one sendto per datagram) or `batched` (recvmmsg/sendmmsg, up to 64 per
-    /// call, as the shards do).
+    /// recvfrom and one sendto per datagram), `batched` (recvmmsg/sendmmsg, up to 64 per
+    /// call) or `offload` (batched with UDP GRO on receive and GSO on send, server and
+    /// generators, as the shards do where the kernel has them).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "per-datagram,batched"
+        default_value = "per-datagram,batched,offload"
     )]
     pub io: Vec<crate::ceiling::IoMode>,
     /// One run per io mode at this rate (datagrams per second) instead of the knee search.

@@ -26,10 +26,10 @@ fn runs_csv(text: &str) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
-/// One run per io mode at a low rate: both rows in the report, nothing lost, and the counts
-/// add up in the table and in each run's summary.
+/// One run per io mode at a low rate: every mode's row in the report, nothing lost, and the
+/// counts add up in the table and in each run's summary.
 #[test]
-fn a_single_rate_run_reports_both_io_modes_and_loses_nothing() {
+fn a_single_rate_run_reports_every_io_mode_and_loses_nothing() {
     let out = std::env::temp_dir().join(format!("bh-ceiling-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let o = Command::new(bin())
@@ -48,8 +48,8 @@ fn a_single_rate_run_reports_both_io_modes_and_loses_nothing() {
     assert!(stdout.contains("SO_RCVBUF"), "{stdout}");
     let md = std::fs::read_to_string(out.join("ceiling.md")).unwrap();
     let rows = runs_csv(&std::fs::read_to_string(out.join("ceiling-runs.csv")).unwrap());
-    assert_eq!(rows.len(), 2, "{rows:?}");
-    for (row, io) in rows.iter().zip(["per-datagram", "batched"]) {
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for (row, io) in rows.iter().zip(["per-datagram", "batched", "offload"]) {
         assert_eq!(row["config"], format!("udp io={io}"));
         assert!(md.contains(&format!("udp io={io}")), "{md}");
         let n = |k: &str| -> u64 { row[k].parse().unwrap_or_else(|_| panic!("{k}: {row:?}")) };
@@ -96,7 +96,7 @@ fn a_single_rate_run_reports_both_io_modes_and_loses_nothing() {
     }
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("ceiling.json")).unwrap()).unwrap();
-    assert_eq!(report["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(report["runs"].as_array().unwrap().len(), 3);
     assert!(report["knees"].as_array().unwrap().is_empty());
     std::fs::remove_dir_all(&out).unwrap();
 }

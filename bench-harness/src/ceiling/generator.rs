@@ -1,6 +1,6 @@
 //! The open-loop generator threads.
 
-use super::server::wait_for;
+use super::server::{batches, wait_for};
 use super::*;
 
 pub(super) struct GenOut {
@@ -16,6 +16,7 @@ pub(super) struct GenOut {
 /// every measured datagram is accounted for or `hard_deadline`.
 pub(super) fn generate(
     sock: &UdpSocket,
+    io: IoMode,
     server: SocketAddr,
     mut tally: Tally,
     message_size: usize,
@@ -24,8 +25,14 @@ pub(super) fn generate(
 ) -> GenOut {
     let fd = sock.as_raw_fd();
     let mut bufs: Vec<Vec<u8>> = (0..BURST).map(|_| vec![0u8; message_size]).collect();
-    let mut tx = SendBatch::default();
-    let mut rx = RecvBatch::new(BURST, message_size + 1);
+    // Batched I/O in every mode (so generators out-run the server), with GSO and GRO when
+    // the server uses them: its replies to one generator then come back as runs.
+    let gen_io = if io == IoMode::Offload {
+        IoMode::Offload
+    } else {
+        IoMode::Batched
+    };
+    let (mut rx, mut tx) = batches(fd, gen_io, message_size + 1);
     let (mut send_calls, mut recv_calls) = (0u64, 0u64);
     let (mut datagrams_sent, mut datagrams_read) = (0u64, 0u64);
     std::thread::sleep(origin.saturating_duration_since(Instant::now()));
@@ -76,7 +83,7 @@ pub(super) fn generate(
             recv_calls += 1;
             match rx.recv(fd) {
                 Ok(n) => {
-                    datagrams_read += n as u64;
+                    datagrams_read += rx.iter_mut().count() as u64;
                     let at = origin.elapsed();
                     for (_, data, truncated) in rx.iter_mut() {
                         if truncated {

@@ -4,10 +4,12 @@
 //!
 //! An in-process echo server (one thread, pinned to the first core as shard 0 is, on a
 //! socket from [`shards::steering::bind_group`], so non-blocking with the engine's buffer
-//! sizes) sends every datagram back to where it came from, in one of two ways ([`IoMode`]):
-//! one `recvfrom` and one `sendto` per datagram, or `recvmmsg`/`sendmmsg` bursts of up to
-//! [`BURST`] ([`shards::udp_batch`], the shards' calls). Both wait in `poll(2)` when idle and
-//! read until the socket is empty when woken.
+//! sizes) sends every datagram back to where it came from, in one of three ways
+//! ([`IoMode`]): one `recvfrom` and one `sendto` per datagram; `recvmmsg`/`sendmmsg` bursts
+//! of up to [`BURST`] ([`shards::udp_batch`], the shards' calls); or those bursts with UDP
+//! GRO on receive and GSO on send, as the shards move datagrams (their generators then use
+//! GSO and GRO too). All wait in `poll(2)` when idle and read until the socket is empty when
+//! woken.
 //!
 //! Generator threads (pinned from the last core down, each with its own socket made the
 //! same way, batched I/O so they out-run the server) drive it open loop. Datagram `k` of
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use shards::steering::{self, SteeringError};
-use shards::udp_batch::{RecvBatch, SendBatch};
+use shards::udp_batch::{RecvBatch, SendBatch, enable_gro, gso_supported};
 
 use crate::knee::{self, Outcome, SearchParams};
 use crate::load::{self, LoadConfig, LoadResult, Mode, PAYLOAD_HEADER};
@@ -65,14 +67,18 @@ pub enum IoMode {
     PerDatagram,
     /// `recvmmsg`/`sendmmsg` bursts of up to 64 datagrams (`BURST`).
     Batched,
+    /// Batched, with UDP GRO on receive (a burst of up to 64 runs) and GSO on send, on the
+    /// server and the generators, where the kernel has them: the shards' I/O.
+    Offload,
 }
 
 impl IoMode {
-    /// `per-datagram` or `batched`, as on the command line.
+    /// `per-datagram`, `batched` or `offload`, as on the command line.
     pub fn name(self) -> &'static str {
         match self {
             IoMode::PerDatagram => "per-datagram",
             IoMode::Batched => "batched",
+            IoMode::Offload => "offload",
         }
     }
 }
@@ -236,7 +242,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
             .name(format!("ceiling-gen-{t}"))
             .spawn(move || {
                 pin_to(pin, core);
-                generate(&sock, server_addr, tally, size, origin, hard_deadline)
+                generate(&sock, io, server_addr, tally, size, origin, hard_deadline)
             }) {
             Ok(h) => generators.push(h),
             Err(e) => {

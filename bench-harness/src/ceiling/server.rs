@@ -24,13 +24,28 @@ pub(super) fn wait_for(fd: RawFd, events: libc::c_short, wait: Duration) -> bool
     n > 0 && pfd.revents & events != 0
 }
 
+/// The receive and send batches for `io` on `fd` (`slot`: the largest datagram without
+/// GRO). With [`IoMode::Offload`], GRO is turned on for `fd` and GSO used where the kernel
+/// has them; otherwise one datagram per slot and per message.
+pub(super) fn batches(fd: RawFd, io: IoMode, slot: usize) -> (RecvBatch, SendBatch) {
+    if io == IoMode::Offload {
+        let rx = if enable_gro(fd) {
+            RecvBatch::with_gro(BURST)
+        } else {
+            RecvBatch::new(BURST, slot)
+        };
+        (rx, SendBatch::new(gso_supported(fd)))
+    } else {
+        (RecvBatch::new(BURST, slot), SendBatch::default())
+    }
+}
+
 /// The echo server's loop, until `stop`.
 pub(super) fn serve(sock: &UdpSocket, io: IoMode, stop: &AtomicBool, slot: usize) -> ServerStats {
     let fd = sock.as_raw_fd();
     let mut st = ServerStats::default();
     let mut buf = vec![0u8; slot];
-    let mut rx = RecvBatch::new(BURST, slot);
-    let mut tx = SendBatch::default();
+    let (mut rx, mut tx) = batches(fd, io, slot);
     while !stop.load(Ordering::Acquire) {
         if !wait_for(fd, libc::POLLIN, SERVER_POLL) {
             continue;
@@ -38,7 +53,7 @@ pub(super) fn serve(sock: &UdpSocket, io: IoMode, stop: &AtomicBool, slot: usize
         st.wakeups += 1;
         match io {
             IoMode::PerDatagram => echo_each(sock, &mut buf, &mut st),
-            IoMode::Batched => echo_batched(fd, &mut rx, &mut tx, &mut st),
+            IoMode::Batched | IoMode::Offload => echo_batched(fd, &mut rx, &mut tx, &mut st),
         }
     }
     st
@@ -79,11 +94,13 @@ fn echo_each(sock: &UdpSocket, buf: &mut [u8], st: &mut ServerStats) {
 fn echo_batched(fd: RawFd, rx: &mut RecvBatch, tx: &mut SendBatch, st: &mut ServerStats) {
     loop {
         st.receive_calls += 1;
-        let n = match rx.recv(fd) {
+        let slots = match rx.recv(fd) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
+        // Datagrams: with GRO a slot holds a run of them.
+        let n = rx.iter_mut().count();
         st.received += n as u64;
         let mut done = 0;
         let mut waited = false;
@@ -118,7 +135,7 @@ fn echo_batched(fd: RawFd, rx: &mut RecvBatch, tx: &mut SendBatch, st: &mut Serv
             }
         }
         // Fewer than a full burst: the socket was empty when it was read.
-        if n < BURST {
+        if slots < BURST {
             return;
         }
     }

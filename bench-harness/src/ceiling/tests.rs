@@ -102,7 +102,7 @@ fn duplicates_corruption_and_unsent_sequence_numbers_are_told_apart() {
 
 #[test]
 fn a_low_rate_run_loses_nothing_and_counts_add_up() {
-    for io in [IoMode::PerDatagram, IoMode::Batched] {
+    for io in [IoMode::PerDatagram, IoMode::Batched, IoMode::Offload] {
         let cfg = LoadConfig {
             target: SocketAddr::from(([127, 0, 0, 1], 0)),
             threads: 2,
