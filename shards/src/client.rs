@@ -302,15 +302,21 @@ impl Client {
         seq: u64,
         payload: Vec<u8>,
     ) -> Result<bool, ClientError> {
-        self.check_open()?;
-        if self.is_full() {
-            self.flush()?;
-            if self.is_full() {
-                return Ok(false);
-            }
+        if !self.make_room()? {
+            return Ok(false);
         }
         self.queue_message(dst, seq, payload)?;
         Ok(true)
+    }
+
+    /// Whether one more message may be queued without blocking: fails on a closed
+    /// connection; when full, seals what was queued first so QUIC can take what it may.
+    fn make_room(&mut self) -> Result<bool, ClientError> {
+        self.check_open()?;
+        if self.is_full() {
+            self.flush()?;
+        }
+        Ok(!self.is_full())
     }
 
     /// [`Client::try_send_with_seq`] for a caller that keeps its payload in a buffer of its
@@ -324,12 +330,8 @@ impl Client {
         payload: &[u8],
         now: Instant,
     ) -> Result<bool, ClientError> {
-        self.check_open()?;
-        if self.is_full() {
-            self.flush()?;
-            if self.is_full() {
-                return Ok(false);
-            }
+        if !self.make_room()? {
+            return Ok(false);
         }
         let mut body = self.spare.pop().unwrap_or_default();
         body.clear();
