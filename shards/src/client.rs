@@ -114,12 +114,15 @@ pub struct Client {
     /// The batch being sealed, reused across flushes.
     batch: Vec<(Record, Instant)>,
     /// Payload buffers of sealed messages, reused by [`Client::try_send_slice`] (at most
-    /// [`SPARE_PAYLOADS`]).
+    /// [`SPARE_PAYLOADS`] of at most [`SPARE_PAYLOAD_BYTES`] each).
     spare: Vec<Vec<u8>>,
 }
 
 /// Payload buffers a client keeps for reuse: one full batch's worth.
 const SPARE_PAYLOADS: usize = 1024;
+/// Largest payload buffer kept for reuse, so the spares hold at most 4 MiB however large
+/// the messages once were.
+const SPARE_PAYLOAD_BYTES: usize = 4096;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -373,7 +376,10 @@ impl Client {
             self.queue.pop_batch_into(&mut self.batch);
             let sent = self.session.send_batch(self.batch.iter().map(|(r, _)| r));
             for (r, _) in self.batch.drain(..) {
-                if let (Record::Message(m), true) = (r, self.spare.len() < SPARE_PAYLOADS) {
+                if let Record::Message(m) = r
+                    && self.spare.len() < SPARE_PAYLOADS
+                    && m.payload.capacity() <= SPARE_PAYLOAD_BYTES
+                {
                     self.spare.push(m.payload);
                 }
             }
