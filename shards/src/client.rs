@@ -326,6 +326,23 @@ impl Client {
     /// own: the bytes are copied into a buffer a sealed message left behind, so a steady
     /// sender allocates nothing per message. `now` is the caller's clock reading (one per
     /// pass over many clients, instead of one per message); it starts the batch timeout.
+    ///
+    /// ```no_run
+    /// use shards::client::{Client, ClientConfig};
+    /// use shards::identity::Identity;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut c = Client::connect("127.0.0.1:4433".parse()?, &Identity::generate()?, ClientConfig::default())?;
+    /// let node = c.node_id();
+    /// let mut body = [0u8; 64];
+    /// for seq in 0..1000u64 {
+    ///     body[..8].copy_from_slice(&seq.to_le_bytes());
+    ///     if !c.try_send_slice(node, seq, &body, std::time::Instant::now())? {
+    ///         break; // back-pressure: the node has not taken what this client holds
+    ///     }
+    /// }
+    /// c.poll_ready(true)?; // read, then seal and send what was queued
+    /// # Ok(()) }
+    /// ```
     pub fn try_send_slice(
         &mut self,
         dst: PeerId,
