@@ -262,7 +262,7 @@ impl Shard {
         let mut count = 0u64;
         // Datagram count at which the next receive delay is sampled (bursts move the count
         // by more than one, so a modulus would skip samples).
-        let mut next_sample = 1u64;
+        let mut next_sample = 0u64;
         loop {
             if let Err(e) = self.socket.peek_from(&mut peek).await {
                 let e = std::io::Error::from(e);
@@ -288,10 +288,9 @@ impl Shard {
                     if let Some(d) = sample {
                         ep.record_receive_delay(d);
                     }
+                    count += burst.datagrams() as u64;
                     let stats = &self.stats;
-                    let mut got = 0u64;
                     let datagrams = burst.iter_mut().filter_map(|(from, pkt, truncated)| {
-                        got += 1;
                         if truncated || from.is_none() {
                             stats.truncated_datagrams.fetch_add(1, Ordering::Relaxed);
                             stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
@@ -300,7 +299,6 @@ impl Shard {
                         from.map(|f| (f, pkt))
                     });
                     ep.handle_datagrams(Instant::now(), datagrams);
-                    count += got;
                 }
                 Err(e)
                     if matches!(

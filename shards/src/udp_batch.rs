@@ -4,7 +4,7 @@
 //! `sendmmsg` to hand the kernel many datagrams in one system call, coalesced with UDP GSO
 //! where the kernel allows.
 //! Both use `MSG_DONTWAIT` and never block the executor: `WouldBlock` tells the driver to
-//! fall back to glommio's awaited operations.
+//! wait for the socket (the shards with an awaited one-byte peek through glommio).
 //! Public so the blocking client and the load harness use the same calls as the shards.
 //!
 //! ```
@@ -45,7 +45,6 @@ pub struct RecvBatch {
     /// Segment size of each filled slot: the datagram size of a coalesced run, or 0 for
     /// one plain datagram.
     segment_sizes: Vec<usize>,
-    gro: bool,
     filled: usize,
 }
 
@@ -68,7 +67,6 @@ impl RecvBatch {
             msgs: Vec::with_capacity(slots),
             controls: Vec::new(),
             segment_sizes: vec![0; slots],
-            gro: false,
             filled: 0,
         }
     }
@@ -80,7 +78,6 @@ impl RecvBatch {
     pub fn with_gro(slots: usize) -> RecvBatch {
         let mut b = RecvBatch::new(slots, GRO_SLOT);
         b.controls = vec![[0; 4]; b.bufs.len()];
-        b.gro = true;
         b
     }
 
@@ -91,7 +88,7 @@ impl RecvBatch {
 
     /// Whether the slots take GRO runs ([`RecvBatch::with_gro`]).
     pub fn gro(&self) -> bool {
-        self.gro
+        !self.controls.is_empty()
     }
 
     /// Reads as many queued datagrams as there are slots, without waiting. Returns how
@@ -136,14 +133,35 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         self.filled = n as usize;
-        for (size, m) in self.segment_sizes.iter_mut().zip(self.msgs.iter()) {
-            *size = if self.gro {
-                gro_segment_size(&m.msg_hdr)
-            } else {
-                0
-            };
+        let gro = self.gro();
+        for (size, m) in self
+            .segment_sizes
+            .iter_mut()
+            .zip(&self.msgs)
+            .take(self.filled)
+        {
+            *size = if gro { gro_segment_size(&m.msg_hdr) } else { 0 };
         }
         Ok(self.filled)
+    }
+
+    /// Datagrams the last call read: as many as [`RecvBatch::iter_mut`] yields (a GRO run
+    /// counts as the datagrams it holds), without walking them.
+    pub fn datagrams(&self) -> usize {
+        self.bufs
+            .iter()
+            .zip(&self.msgs)
+            .zip(&self.segment_sizes)
+            .take(self.filled)
+            .map(|((buf, m), &segment)| {
+                let n = (m.msg_len as usize).min(buf.len());
+                if segment == 0 {
+                    1
+                } else {
+                    n.div_ceil(segment).max(1)
+                }
+            })
+            .sum()
     }
 
     /// The datagrams of the last call (a coalesced run counts as the datagrams it holds):
@@ -689,7 +707,9 @@ mod tests {
             match batch.recv(rx.as_raw_fd()) {
                 Ok(n) => {
                     slots += n;
+                    let before = got.len();
                     got.extend(batch.iter_mut().map(|(f, d, t)| (f, d.to_vec(), t)));
+                    assert_eq!(batch.datagrams(), got.len() - before);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
                 Err(e) => panic!("{e}"),

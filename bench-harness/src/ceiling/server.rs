@@ -100,7 +100,7 @@ fn echo_batched(fd: RawFd, rx: &mut RecvBatch, tx: &mut SendBatch, st: &mut Serv
             Err(_) => return,
         };
         // Datagrams: with GRO a slot holds a run of them.
-        let n = rx.iter_mut().count();
+        let n = rx.datagrams();
         st.received += n as u64;
         let mut done = 0;
         let mut waited = false;
