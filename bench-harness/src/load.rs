@@ -513,7 +513,9 @@ fn drive(
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
-                record(&mut r, d, at, p.rate, cfg, progress);
+                if let Some(body) = record(&mut r, d, at, p.rate, cfg, progress) {
+                    p.client.recycle(body);
+                }
             }
         }
         if !sending {
@@ -574,7 +576,9 @@ fn close_all(
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
-                record(r, d, at, p.rate, cfg, progress);
+                if let Some(body) = record(r, d, at, p.rate, cfg, progress) {
+                    p.client.recycle(body);
+                }
             }
         }
         let soon = (Instant::now() + Duration::from_millis(1)).min(deadline);
@@ -585,7 +589,8 @@ fn close_all(
     }
 }
 
-/// Accounts for one delivery that arrived `at` after the run's origin.
+/// Accounts for one delivery that arrived `at` after the run's origin, and returns a
+/// message's payload for the client to reuse.
 /// `rate` is the per-connection rate of the connection it arrived on: an error record is
 /// about a message that connection sent, whose intended time its sequence number gives.
 fn record(
@@ -595,35 +600,15 @@ fn record(
     rate: f64,
     cfg: &LoadConfig,
     progress: &Progress,
-) {
+) -> Option<Vec<u8>> {
     let warm_end = cfg.warmup;
     let measure_end = cfg.warmup + cfg.duration;
     progress.received.fetch_add(1, Ordering::Relaxed);
     match d {
-        Delivery::Message { payload: body, .. } => match parse_payload(&body, cfg.message_size) {
-            Some((_, intended_ns)) => {
-                let intended = Duration::from_nanos(intended_ns);
-                if intended >= warm_end && intended < measure_end {
-                    r.received += 1;
-                    r.arrivals
-                        .saturating_record(at.saturating_sub(warm_end).as_nanos() as u64);
-                    progress.measured_done.fetch_add(1, Ordering::Relaxed);
-                    let lat = at.saturating_sub(intended).as_nanos() as u64;
-                    r.latency.saturating_record(lat);
-                    let sec = (intended - warm_end).as_secs() as usize;
-                    while r.intervals.len() <= sec {
-                        r.intervals.push(new_hist());
-                    }
-                    if let Some(h) = r.intervals.get_mut(sec) {
-                        h.saturating_record(lat);
-                    }
-                }
-            }
-            None => {
-                r.corrupted += 1;
-                progress.measured_done.fetch_add(1, Ordering::Relaxed);
-            }
-        },
+        Delivery::Message { payload: body, .. } => {
+            account_message(r, &body, at, cfg, progress);
+            Some(body)
+        }
         Delivery::Error(e) => {
             // Only errors about measured messages count (warm-up ones are not measured).
             let intended = Duration::from_secs_f64(e.seq as f64 / rate);
@@ -631,6 +616,43 @@ fn record(
                 *r.errors.entry(format!("{:?}", e.code)).or_default() += 1;
                 progress.measured_done.fetch_add(1, Ordering::Relaxed);
             }
+            None
+        }
+    }
+}
+
+/// Records one echoed message's latency (measured ones only) or counts it corrupted.
+fn account_message(
+    r: &mut ThreadResult,
+    body: &[u8],
+    at: Duration,
+    cfg: &LoadConfig,
+    progress: &Progress,
+) {
+    let warm_end = cfg.warmup;
+    let measure_end = cfg.warmup + cfg.duration;
+    match parse_payload(body, cfg.message_size) {
+        Some((_, intended_ns)) => {
+            let intended = Duration::from_nanos(intended_ns);
+            if intended >= warm_end && intended < measure_end {
+                r.received += 1;
+                r.arrivals
+                    .saturating_record(at.saturating_sub(warm_end).as_nanos() as u64);
+                progress.measured_done.fetch_add(1, Ordering::Relaxed);
+                let lat = at.saturating_sub(intended).as_nanos() as u64;
+                r.latency.saturating_record(lat);
+                let sec = (intended - warm_end).as_secs() as usize;
+                while r.intervals.len() <= sec {
+                    r.intervals.push(new_hist());
+                }
+                if let Some(h) = r.intervals.get_mut(sec) {
+                    h.saturating_record(lat);
+                }
+            }
+        }
+        None => {
+            r.corrupted += 1;
+            progress.measured_done.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

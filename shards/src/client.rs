@@ -26,7 +26,7 @@ use crate::endpoint::Delivery;
 use crate::identity::Identity;
 use crate::session::{self, CloseInfo, Session, SessionError, TransportConfig};
 use crate::udp_batch::{RecvBatch, SendBatch, enable_gro, gso_supported};
-use crate::wire::{Message, PeerId, Record, close_code};
+use crate::wire::{Message, PayloadPool, PeerId, Record, close_code};
 
 /// Datagrams one `recvmmsg` reads and one `sendmmsg` sends: a burst of replies or of
 /// packets costs one system call, and a read that returns fewer has emptied the socket (no
@@ -113,9 +113,10 @@ pub struct Client {
     tx: SendBatch,
     /// The batch being sealed, reused across flushes.
     batch: Vec<(Record, Instant)>,
-    /// Payload buffers of sealed messages, reused by [`Client::try_send_slice`] (at most
-    /// [`SPARE_PAYLOADS`] of at most [`SPARE_PAYLOAD_BYTES`] each).
-    spare: Vec<Vec<u8>>,
+    /// Payload buffers of sealed messages and of deliveries handed back with
+    /// [`Client::recycle`], reused by [`Client::try_send_slice`] and for the payloads of
+    /// messages received (at most [`SPARE_PAYLOADS`] of at most [`SPARE_PAYLOAD_BYTES`]).
+    spare: PayloadPool,
 }
 
 /// Payload buffers a client keeps for reuse: one full batch's worth.
@@ -183,7 +184,7 @@ impl Client {
                 .collect(),
             tx: SendBatch::new(gso),
             batch: Vec::new(),
-            spare: Vec::new(),
+            spare: PayloadPool::new(SPARE_PAYLOADS, SPARE_PAYLOAD_BYTES),
         };
         let deadline = Instant::now() + c.cfg.connect_timeout;
         loop {
@@ -353,9 +354,7 @@ impl Client {
         if !self.make_room()? {
             return Ok(false);
         }
-        let mut body = self.spare.pop().unwrap_or_default();
-        body.clear();
-        body.extend_from_slice(payload);
+        let body = self.spare.copy_of(payload);
         self.queue_message_at(dst, seq, body, now)?;
         Ok(true)
     }
@@ -393,11 +392,8 @@ impl Client {
             self.queue.pop_batch_into(&mut self.batch);
             let sent = self.session.send_batch(self.batch.iter().map(|(r, _)| r));
             for (r, _) in self.batch.drain(..) {
-                if let Record::Message(m) = r
-                    && self.spare.len() < SPARE_PAYLOADS
-                    && m.payload.capacity() <= SPARE_PAYLOAD_BYTES
-                {
-                    self.spare.push(m.payload);
+                if let Record::Message(m) = r {
+                    self.spare.put(m.payload);
                 }
             }
             sent?;
@@ -432,6 +428,26 @@ impl Client {
     /// A delivery already received, without waiting.
     pub fn try_recv(&mut self) -> Option<Delivery> {
         self.inbox.pop_front()
+    }
+
+    /// Hands back the payload of a delivery once it has been read, so the next message
+    /// received or sent reuses its buffer instead of allocating one (the client keeps at
+    /// most 1024 buffers of at most 4 KiB; others are dropped).
+    ///
+    /// ```no_run
+    /// use shards::client::{Client, ClientConfig};
+    /// use shards::endpoint::Delivery;
+    /// use shards::identity::Identity;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut c = Client::connect("127.0.0.1:4433".parse()?, &Identity::generate()?, ClientConfig::default())?;
+    /// while let Some(Delivery::Message { payload, .. }) = c.recv(std::time::Duration::from_millis(10))? {
+    ///     println!("{} bytes", payload.len());
+    ///     c.recycle(payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn recycle(&mut self, payload: Vec<u8>) {
+        self.spare.put(payload);
     }
 
     /// Runs I/O for at most `timeout`: flushes due batches, reads datagrams, runs timers.
@@ -528,7 +544,9 @@ impl Client {
     fn read_session(&mut self) -> Result<(), ClientError> {
         while self.inbox.len() < self.cfg.inbox_capacity {
             self.records.clear();
-            let n = self.session.read_records(&mut self.records, 1)?;
+            let n = self
+                .session
+                .read_records_pooled(&mut self.records, &mut self.spare, 1)?;
             if n == 0 {
                 break;
             }

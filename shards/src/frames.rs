@@ -10,7 +10,7 @@
 
 use crate::seal::{self, Opener};
 use crate::stream_session::StreamError;
-use crate::wire::{self, Record};
+use crate::wire::{self, PayloadPool, Record};
 
 /// Most bytes of a partial frame read from the stream per step.
 pub(crate) const RX_CHUNK: usize = 64 * 1024;
@@ -53,7 +53,10 @@ pub enum StreamRead {
 /// peer finished the stream.
 #[derive(Debug, Default)]
 pub(crate) struct FrameReader {
+    /// `rx[..filled]` is stream data; the rest is scratch kept initialized, so a read is
+    /// handed room without zeroing it first (the buffer only grows with a read's room).
     rx: Vec<u8>,
+    filled: usize,
     fin_received: bool,
     open: Option<OpenFrame>,
     /// Frames opened so far: the index of the frame being read (the frame deadline is per
@@ -65,7 +68,9 @@ impl FrameReader {
     /// Appends stream bytes that arrived before the sealed-frame phase (the ones after the
     /// last handshake message).
     pub(crate) fn extend(&mut self, bytes: &[u8]) {
+        self.rx.truncate(self.filled);
         self.rx.extend_from_slice(bytes);
+        self.filled = self.rx.len();
     }
 
     /// Records that the peer finished the stream (seen while the handshake was read).
@@ -80,20 +85,25 @@ impl FrameReader {
 
     /// Bytes of a partial frame held.
     pub(crate) fn buffered(&self) -> usize {
-        self.rx.len()
+        self.filled
+    }
+
+    /// The stream data held.
+    fn data(&self) -> &[u8] {
+        self.rx.get(..self.filled).unwrap_or_default()
     }
 
     /// Whether part of a frame is held and the rest has not arrived (a whole frame waiting
     /// to be opened does not count).
     pub(crate) fn awaiting_bytes(&self) -> bool {
-        if self.rx.is_empty() || self.open.is_some() {
+        if self.filled == 0 || self.open.is_some() {
             return false;
         }
-        if self.rx.len() < seal::HEADER_LEN {
+        if self.filled < seal::HEADER_LEN {
             return true;
         }
-        match seal::frame_len(frame_header(&self.rx)) {
-            Ok(len) => self.rx.len() < seal::HEADER_LEN + len,
+        match seal::frame_len(frame_header(self.data())) {
+            Ok(len) => self.filled < seal::HEADER_LEN + len,
             Err(_) => false,
         }
     }
@@ -128,6 +138,7 @@ impl FrameReader {
         &mut self,
         opener: &mut Opener,
         out: &mut Vec<Record>,
+        pool: &mut PayloadPool,
         max_frames: usize,
         mut read: impl FnMut(&mut [u8]) -> Result<StreamRead, E>,
     ) -> Result<usize, E> {
@@ -140,14 +151,20 @@ impl FrameReader {
                     .get(..f.plain_end)
                     .ok_or(StreamError::Protocol("frame bounds"))
                     .map_err(protocol)?;
-                wire::decode_records(plain, &mut f.at, RECORDS_PER_STEP, out)
+                wire::decode_records_pooled(plain, &mut f.at, RECORDS_PER_STEP, out, pool)
                     .map_err(|e| protocol(e.into()))?;
                 frames += 1;
                 if f.at >= f.plain_end {
                     self.open = None;
-                    self.rx.drain(..f.len);
+                    // The frame's bytes are consumed: move what follows it to the front.
+                    let rest = self.filled.saturating_sub(f.len);
+                    if rest > 0 && self.filled <= self.rx.len() {
+                        self.rx.copy_within(f.len..self.filled, 0);
+                    }
+                    self.filled = rest;
                     // A large frame must not pin its buffer for the connection's lifetime.
-                    if self.rx.capacity() > RX_KEEP && self.rx.len() <= RX_KEEP {
+                    if self.rx.capacity() > RX_KEEP && self.filled <= RX_KEEP {
+                        self.rx.truncate(RX_KEEP);
                         self.rx.shrink_to(RX_KEEP);
                     }
                 } else {
@@ -156,14 +173,14 @@ impl FrameReader {
                 continue;
             }
             // Work out how many bytes the current frame still needs.
-            let need = if self.rx.len() < seal::HEADER_LEN {
+            let need = if self.filled < seal::HEADER_LEN {
                 seal::HEADER_LEN
             } else {
-                let header = frame_header(&self.rx);
+                let header = frame_header(self.data());
                 seal::HEADER_LEN + seal::frame_len(header).map_err(|e| protocol(e.into()))?
             };
-            if self.rx.len() >= need {
-                let header = frame_header(&self.rx);
+            if self.filled >= need {
+                let header = frame_header(self.data());
                 let body = self
                     .rx
                     .get_mut(seal::HEADER_LEN..need)
@@ -186,37 +203,32 @@ impl FrameReader {
                 continue;
             }
             if self.fin_received {
-                if self.rx.is_empty() {
+                if self.filled == 0 {
                     break;
                 }
                 return Err(protocol(StreamError::FinMidFrame));
             }
             // Read what the frame still lacks, a chunk at a time.
-            let have = self.rx.len();
+            let have = self.filled;
             let upto = need.min(have + RX_CHUNK);
-            self.rx.resize(upto, 0);
+            if self.rx.len() < upto {
+                self.rx.resize(upto, 0);
+            }
             let dst = self.rx.get_mut(have..upto).unwrap_or(&mut []);
             match read(dst) {
                 Ok(StreamRead::Data { n: 0, fin: false }) => {
                     // Nothing came after all: as `Done`, so a source cannot spin this loop.
-                    self.rx.truncate(have);
                     break;
                 }
                 Ok(StreamRead::Data { n, fin }) => {
                     // A source never reports more than it was given room for.
-                    self.rx.truncate(have + n.min(upto - have));
+                    self.filled = have + n.min(upto - have);
                     if fin {
                         self.fin_received = true;
                     }
                 }
-                Ok(StreamRead::Done) => {
-                    self.rx.truncate(have);
-                    break;
-                }
-                Err(e) => {
-                    self.rx.truncate(have);
-                    return Err(e);
-                }
+                Ok(StreamRead::Done) => break,
+                Err(e) => return Err(e),
             }
         }
         Ok(frames)
@@ -283,7 +295,13 @@ mod tests {
         loop {
             let mut step = Vec::new();
             let n = reader
-                .read_frames(&mut opener, &mut step, 1, &mut read)
+                .read_frames(
+                    &mut opener,
+                    &mut step,
+                    &mut PayloadPool::none(),
+                    1,
+                    &mut read,
+                )
                 .unwrap();
             if n == 0 {
                 break;
@@ -313,8 +331,76 @@ mod tests {
         let mut reader = FrameReader::default();
         let mut opener = Opener::new(SealKey::from_bytes([3; 32]));
         let mut out = Vec::new();
-        let res = reader.read_frames(&mut opener, &mut out, 4, source(&frame));
+        let res = reader.read_frames(
+            &mut opener,
+            &mut out,
+            &mut PayloadPool::none(),
+            4,
+            source(&frame),
+        );
         assert!(res.is_err());
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    /// Frames of shrinking and growing sizes, trickled in small reads: the scratch a larger
+    /// frame left past the data never shows up in a later one, and pooled payloads decode
+    /// the same as fresh ones.
+    #[test]
+    fn scratch_left_by_a_larger_frame_never_leaks_into_the_next() {
+        let batch = |n: u64, len: usize| -> Vec<Record> {
+            (0..n)
+                .map(|seq| {
+                    Record::Message(Message {
+                        dst: PeerId([1; 16]),
+                        src: PeerId([2; 16]),
+                        seq,
+                        payload: vec![u8::try_from(len % 251).unwrap(); len],
+                    })
+                })
+                .collect()
+        };
+        let batches = [batch(40, 300), batch(3, 5), batch(1, 0), batch(20, 64)];
+        let mut sealer = Sealer::new(SealKey::from_bytes([3; 32]));
+        let mut stream = Vec::new();
+        for b in &batches {
+            let mut plain = Vec::new();
+            wire::encode_batch(b, &mut plain);
+            sealer.seal_into(&plain, &mut stream).unwrap();
+        }
+        for chunk in [7, 1000, usize::MAX] {
+            let mut reader = FrameReader::default();
+            let mut opener = Opener::new(SealKey::from_bytes([3; 32]));
+            let mut pool = PayloadPool::new(64, 4096);
+            let mut off = 0;
+            let mut read = |dst: &mut [u8]| {
+                let n = dst.len().min(stream.len() - off).min(chunk);
+                if n == 0 {
+                    return Ok::<_, StreamError>(StreamRead::Done);
+                }
+                dst[..n].copy_from_slice(&stream[off..off + n]);
+                off += n;
+                Ok(StreamRead::Data { n, fin: false })
+            };
+            let mut got = Vec::new();
+            loop {
+                let mut step = Vec::new();
+                if reader
+                    .read_frames(&mut opener, &mut step, &mut pool, 1, &mut read)
+                    .unwrap()
+                    == 0
+                {
+                    break;
+                }
+                for r in &step {
+                    if let Record::Message(m) = r {
+                        pool.put(m.payload.clone());
+                    }
+                }
+                got.extend(step);
+            }
+            assert_eq!(got, batches.concat(), "chunk {chunk}");
+            assert_eq!(reader.buffered(), 0);
+            assert!(!reader.awaiting_bytes());
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::handshake::Role;
 use crate::identity::Identity;
 use crate::stream_session::{StreamError, StreamRead, StreamSession};
-use crate::wire::{PeerId, Record, close_code};
+use crate::wire::{PayloadPool, PeerId, Record, close_code};
 
 pub use crate::stream_session::FIN_MID_FRAME;
 
@@ -440,10 +440,21 @@ impl Session {
         out: &mut Vec<Record>,
         max_frames: usize,
     ) -> Result<usize, SessionError> {
+        self.read_records_pooled(out, &mut PayloadPool::none(), max_frames)
+    }
+
+    /// [`Session::read_records`], taking message payload buffers from `pool` where they
+    /// fit, so a node or client that recycles sent payloads allocates none per message.
+    pub fn read_records_pooled(
+        &mut self,
+        out: &mut Vec<Record>,
+        pool: &mut PayloadPool,
+        max_frames: usize,
+    ) -> Result<usize, SessionError> {
         if self.error.is_some() {
             return Ok(0);
         }
-        match self.read_records_inner(out, max_frames) {
+        match self.read_records_inner(out, pool, max_frames) {
             Ok(n) => Ok(n),
             Err(e) => {
                 self.fail(&e);
@@ -455,16 +466,18 @@ impl Session {
     fn read_records_inner(
         &mut self,
         out: &mut Vec<Record>,
+        pool: &mut PayloadPool,
         max_frames: usize,
     ) -> Result<usize, SessionError> {
         let conn = &mut self.conn;
-        self.stream.read_records(out, max_frames, |dst| {
-            match conn.stream_recv(SESSION_STREAM, dst) {
-                Ok((n, fin)) => Ok(StreamRead::Data { n, fin }),
-                Err(quiche::Error::Done) => Ok(StreamRead::Done),
-                Err(e) => Err(SessionError::from(e)),
-            }
-        })
+        self.stream
+            .read_records_pooled(out, pool, max_frames, |dst| {
+                match conn.stream_recv(SESSION_STREAM, dst) {
+                    Ok((n, fin)) => Ok(StreamRead::Data { n, fin }),
+                    Err(quiche::Error::Done) => Ok(StreamRead::Done),
+                    Err(e) => Err(SessionError::from(e)),
+                }
+            })
     }
 
     /// Bytes read from the session stream and not yet consumed (part of a frame, or whole

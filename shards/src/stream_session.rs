@@ -70,7 +70,7 @@ use crate::frames::FrameReader;
 use crate::handshake::{Handshake, HandshakeError, Role};
 use crate::identity::Identity;
 use crate::seal::{Opener, SealError, SealKey, Sealer};
-use crate::wire::{self, PeerId, Record, WireError, close_code};
+use crate::wire::{self, PayloadPool, PeerId, Record, WireError, close_code};
 
 pub use crate::frames::StreamRead;
 
@@ -314,10 +314,22 @@ impl StreamSession {
         max_steps: usize,
         read: impl FnMut(&mut [u8]) -> Result<StreamRead, E>,
     ) -> Result<usize, E> {
+        self.read_records_pooled(out, &mut PayloadPool::none(), max_steps, read)
+    }
+
+    /// [`StreamSession::read_records`], taking message payload buffers from `pool` where
+    /// they fit (the node's and the client's hot path: no allocation per message).
+    pub fn read_records_pooled<E: From<StreamError>>(
+        &mut self,
+        out: &mut Vec<Record>,
+        pool: &mut PayloadPool,
+        max_steps: usize,
+        read: impl FnMut(&mut [u8]) -> Result<StreamRead, E>,
+    ) -> Result<usize, E> {
         let Phase::Open { opener, .. } = &mut self.phase else {
             return Ok(0);
         };
-        let res = self.rx.read_frames(opener, out, max_steps, read);
+        let res = self.rx.read_frames(opener, out, pool, max_steps, read);
         if res.is_err() {
             self.fail();
         }

@@ -55,6 +55,7 @@ pub(super) async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         records: VecDeque::new(),
         opened: Vec::new(),
         batch: Vec::new(),
+        payloads: PayloadPool::new(1024, 4096),
         blocked: None,
         partial_since: None,
         partial_frame: 0,
@@ -219,6 +220,9 @@ struct Conn {
     records: VecDeque<Record>,
     opened: Vec<Record>,
     batch: Vec<(Queued, Instant)>,
+    /// Payload buffers of sent messages, reused for the next decoded ones, as the engine's
+    /// shards do (at most 1024 of at most 4 KiB).
+    payloads: PayloadPool,
     blocked: Option<Blocked>,
     /// Since when part of a sealed frame has waited for its rest (the frame deadline).
     partial_since: Option<tokio::time::Instant>,
@@ -327,9 +331,12 @@ impl Conn {
             let (inbound, recv) = (&mut self.inbound, &mut self.recv);
             let n = self
                 .ss
-                .read_records(&mut self.opened, 1, |dst: &mut [u8]| {
-                    inbound.read(recv, dst)
-                })
+                .read_records_pooled(
+                    &mut self.opened,
+                    &mut self.payloads,
+                    1,
+                    |dst: &mut [u8]| inbound.read(recv, dst),
+                )
                 .map_err(End::from)?;
             if n == 0 {
                 self.peer_done = self.ss.peer_finished();
@@ -573,7 +580,11 @@ impl Conn {
             && self.ss.pending_bytes() < MAX_SESSION_BACKLOG
             && self.ss.is_open()
         {
-            self.batch.clear();
+            for (q, _) in self.batch.drain(..) {
+                if let Record::Message(m) = q.record {
+                    self.payloads.put(m.payload);
+                }
+            }
             self.queue.pop_batch_into(&mut self.batch);
             self.ss
                 .send_batch(self.batch.iter().map(|(q, _)| &q.record))?;

@@ -61,7 +61,7 @@ use shards::identity::Identity;
 use shards::session::TransportConfig;
 use shards::stream_session::{StreamError, StreamRead, StreamSession};
 use shards::wire::{
-    ErrorCode, ErrorRecord, MESSAGE_HEADER_LEN, Message, PeerId, Record, close_code,
+    ErrorCode, ErrorRecord, MESSAGE_HEADER_LEN, Message, PayloadPool, PeerId, Record, close_code,
 };
 use tokio::sync::{Semaphore, TryAcquireError, mpsc, watch};
 

@@ -62,7 +62,7 @@ use rand::rngs::StdRng;
 use crate::cid::{self, CID_LEN};
 use crate::hist::Histograms;
 use crate::session;
-use crate::wire::{ErrorCode, Message, PeerId, Record};
+use crate::wire::{ErrorCode, Message, PayloadPool, PeerId, Record};
 
 use conns::{ConnIndex, ConnKey};
 use routing::{Origin, RouteOutcome, Router};
@@ -101,6 +101,10 @@ pub(crate) const MIN_INITIAL_DATAGRAM: usize = 1200;
 pub(crate) const MIN_INITIAL_DCID: usize = 8;
 /// Spare datagram buffers kept for reuse.
 const SPARE_BUFFERS: usize = 256;
+/// Payload buffers of sent messages kept for the next decoded ones (a full turn's worth).
+const SPARE_PAYLOADS: usize = 1024;
+/// Largest payload buffer kept, so the spares hold at most 4 MiB per shard.
+const SPARE_PAYLOAD_BYTES: usize = 4096;
 /// Flush rounds at the end of a turn: records routed by senders that room woke up are
 /// flushed in the next round.
 const END_TURN_ROUNDS: usize = 4;
@@ -234,6 +238,9 @@ pub struct Endpoint {
     room_signal: bool,
     decode_buf: Vec<Record>,
     batch_buf: Vec<(conns::Queued, Instant)>,
+    /// Payload buffers of sealed messages, reused for the payloads of messages decoded
+    /// next (bounded: [`SPARE_PAYLOADS`] of at most [`SPARE_PAYLOAD_BYTES`], 4 MiB).
+    payloads: PayloadPool,
     /// Shard-local histograms, added into `cfg.histograms` every publish period.
     hist: Histograms,
     last_publish: Instant,
@@ -317,6 +324,7 @@ impl Endpoint {
             room_signal: false,
             decode_buf: Vec::new(),
             batch_buf: Vec::new(),
+            payloads: PayloadPool::new(SPARE_PAYLOADS, SPARE_PAYLOAD_BYTES),
             hist: Histograms::new(),
             last_publish: now,
             activity_dirty: false,

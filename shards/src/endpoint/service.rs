@@ -7,9 +7,9 @@ use std::time::Instant;
 use rand::RngCore;
 
 use crate::cid;
-use crate::wire::{PeerId, Record, close_code};
+use crate::wire::{PayloadPool, PeerId, Record, close_code};
 
-use super::conns::{ConnKey, Kind, SealedFrame};
+use super::conns::{ConnKey, Kind, Queued, SealedFrame};
 use super::interface::ShardMsg;
 use super::routing::{Origin, RouteOutcome};
 use super::stats::{add, held, inc, sub};
@@ -66,7 +66,9 @@ impl Endpoint {
             }
             let mut buf = std::mem::take(&mut self.decode_buf);
             buf.clear();
-            let res = c.session.read_records(&mut buf, 1);
+            let res = c
+                .session
+                .read_records_pooled(&mut buf, &mut self.payloads, 1);
             match res {
                 Ok(0) => {
                     self.decode_buf = buf;
@@ -213,7 +215,7 @@ impl Endpoint {
             && (force || c.queue.is_due(now))
             && c.session.pending_bytes() < MAX_SESSION_BACKLOG
         {
-            batch.clear();
+            recycle(&mut batch, &mut self.payloads);
             c.queue.pop_batch_into(&mut batch);
             let mut bytes = 0usize;
             let mut msgs = 0u64;
@@ -263,7 +265,7 @@ impl Endpoint {
                 }
             }
         }
-        batch.clear();
+        recycle(&mut batch, &mut self.payloads);
         self.batch_buf = batch;
     }
 
@@ -330,5 +332,14 @@ impl Endpoint {
             c.deadline(&self.cfg.pool, MAX_SESSION_BACKLOG)
         };
         self.timers.set(TimerKey::Conn(key), deadline);
+    }
+}
+
+/// Empties a sent batch, keeping its message payload buffers for the next messages decoded.
+fn recycle(batch: &mut Vec<(Queued, Instant)>, pool: &mut PayloadPool) {
+    for (q, _) in batch.drain(..) {
+        if let Record::Message(m) = q.record {
+            pool.put(m.payload);
+        }
     }
 }
