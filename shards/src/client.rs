@@ -387,16 +387,22 @@ impl Client {
 
     fn flush_due(&mut self, force: bool) -> Result<(), ClientError> {
         let now = Instant::now();
+        let mut sealed_any = false;
         while !self.queue.is_empty() && (force || self.queue.is_due(now)) {
+            sealed_any = true;
             self.batch.clear();
             self.queue.pop_batch_into(&mut self.batch);
-            let sent = self.session.send_batch(self.batch.iter().map(|(r, _)| r));
+            let sent = self.session.queue_batch(self.batch.iter().map(|(r, _)| r));
             for (r, _) in self.batch.drain(..) {
                 if let Record::Message(m) = r {
                     self.spare.put(m.payload);
                 }
             }
             sent?;
+        }
+        // One stream write for all the frames sealed above.
+        if sealed_any {
+            self.session.flush_stream()?;
         }
         self.drive()
     }

@@ -398,8 +398,31 @@ impl Session {
         self.stream.accepted_bytes()
     }
 
-    /// Encodes and seals `records` as one batch (one AEAD operation) and queues the frame.
+    /// Encodes and seals `records` as one batch (one AEAD operation) and queues the frame,
+    /// offering it to the QUIC stream at once.
     pub fn send_batch<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<(), SessionError> {
+        self.queue_batch(records)?;
+        self.flush_stream()
+    }
+
+    /// Encodes and seals `records` as one batch like [`Session::send_batch`], but only
+    /// appends the frame to the session's outgoing bytes: a driver sealing several batches
+    /// in one turn hands them to the QUIC stream with one [`Session::flush_stream`] (one
+    /// `stream_send`, one stream buffer) instead of one per frame, which at batch size 1 is
+    /// one per message.
+    ///
+    /// ```no_run
+    /// # fn f(s: &mut shards::session::Session, batches: &[Vec<shards::wire::Record>]) -> Result<(), shards::session::SessionError> {
+    /// for b in batches {
+    ///     s.queue_batch(b)?;
+    /// }
+    /// s.flush_stream()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn queue_batch<'a>(
         &mut self,
         records: impl IntoIterator<Item = &'a Record>,
     ) -> Result<(), SessionError> {
@@ -407,6 +430,15 @@ impl Session {
             return Err(StreamError::NotOpen.into());
         }
         self.stream.send_batch(records)?;
+        Ok(())
+    }
+
+    /// Offers the sealed bytes queued so far to the QUIC stream (as far as its flow
+    /// control takes them). On a QUIC error the session fails and is closed.
+    pub fn flush_stream(&mut self) -> Result<(), SessionError> {
+        if self.error.is_some() {
+            return Err(StreamError::NotOpen.into());
+        }
         if let Err(e) = self.flush_tx() {
             self.fail(&e);
             return Err(StreamError::NotOpen.into());
@@ -668,6 +700,40 @@ mod tests {
             (info.code, info.reason.as_str()),
             (close_code::SEAL_FAILED, FIN_MID_FRAME)
         );
+    }
+
+    #[test]
+    fn queued_batches_wait_for_one_flush_and_arrive_in_order() {
+        let tls = TlsFiles::self_signed().unwrap();
+        let (mut client, mut server) = open_pair(&tls);
+        let records: Vec<Record> = (0..50)
+            .map(|seq| {
+                Record::Message(Message {
+                    src: PeerId([1; 16]),
+                    dst: PeerId([2; 16]),
+                    seq,
+                    payload: vec![seq as u8; 64],
+                })
+            })
+            .collect();
+        for r in &records {
+            client.queue_batch([r]).unwrap();
+        }
+        assert!(
+            client.pending_bytes() > 50 * 64,
+            "frames wait in the session"
+        );
+        client.flush_stream().unwrap();
+        assert_eq!(client.pending_bytes(), 0, "one flush offers every frame");
+        let mut out = Vec::new();
+        let mut pool = PayloadPool::new(64, 4096);
+        pump(&mut client, &mut server);
+        while server
+            .read_records_pooled(&mut out, &mut pool, 100)
+            .unwrap()
+            > 0
+        {}
+        assert_eq!(out, records);
     }
 
     #[test]

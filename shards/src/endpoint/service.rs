@@ -211,6 +211,7 @@ impl Endpoint {
             return;
         }
         let mut batch = std::mem::take(&mut self.batch_buf);
+        let mut sealed_any = false;
         while !c.queue.is_empty()
             && (force || c.queue.is_due(now))
             && c.session.pending_bytes() < MAX_SESSION_BACKLOG
@@ -241,8 +242,10 @@ impl Endpoint {
             }
             sub(&self.cfg.stats.queued_bytes, bytes as u64);
             held(&self.cfg, bytes as u64, 0);
-            match c.session.send_batch(batch.iter().map(|(q, _)| &q.record)) {
+            // Sealed into the session's outgoing bytes; offered to QUIC once, below.
+            match c.session.queue_batch(batch.iter().map(|(q, _)| &q.record)) {
                 Ok(()) => {
+                    sealed_any = true;
                     self.hist.batch_size.saturating_record(batch.len() as u64);
                     inc(&self.cfg.stats.batches_out);
                     add(&self.cfg.stats.messages_out, msgs);
@@ -264,6 +267,11 @@ impl Endpoint {
                     break;
                 }
             }
+        }
+        // One stream write for every frame sealed this call. Should QUIC fail, the session
+        // is closed and its frames QUIC never took are counted as lost with it.
+        if sealed_any && let Err(e) = c.session.flush_stream() {
+            tracing::debug!(conn = key, "frames not offered: {e}");
         }
         recycle(&mut batch, &mut self.payloads);
         self.batch_buf = batch;
