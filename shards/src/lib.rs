@@ -25,6 +25,7 @@ pub mod handshake;
 pub mod hist;
 pub mod identity;
 pub mod lifecycle;
+mod payloads;
 pub mod runtime;
 pub mod seal;
 pub mod session;
