@@ -1,7 +1,8 @@
 //! The open-loop load driver.
 //!
-//! Every message has an intended send time on a fixed-rate schedule (per connection:
-//! `start + k / rate`), and its latency is measured from that intended time, not from when
+//! Every message has an intended send time on a fixed-rate schedule (connection `i` of `n`:
+//! `start + (k + i/n) / rate`, so the connections interleave into one evenly spaced stream
+//! instead of sending in bursts of `n`), and its latency is measured from that intended time, not from when
 //! the harness got around to sending it. A stall anywhere (engine, network, harness) then
 //! shows in the histogram instead of silently lowering the offered load (no coordinated
 //! omission). How far the harness itself fell behind its schedule is measured separately
@@ -216,10 +217,37 @@ struct Peer {
     client: Client,
     /// Where this peer sends: the node (echo) or the next peer (relay).
     dst: PeerId,
-    rate: f64,
+    /// When each of its messages is due.
+    schedule: Schedule,
     next_seq: u64,
     /// The connection closed or failed: its due messages are refused.
     dead: bool,
+}
+
+/// One connection's open-loop schedule: `rate` messages per second, offset by `phase` of
+/// one interval, so that connection `i` of `n` sends `i/n` of an interval after the first.
+/// Interleaved this way, the connections together offer one message every `1/(n*rate)`
+/// seconds; in phase, they would offer bursts of `n` messages at once, and the latency
+/// measured would be the burst's queueing rather than the node's.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    rate: f64,
+    phase: f64,
+}
+
+impl Schedule {
+    /// Connection `i` of `n`, `rate` messages per second each.
+    fn new(rate: f64, i: usize, n: usize) -> Self {
+        Schedule {
+            rate,
+            phase: i as f64 / n.max(1) as f64,
+        }
+    }
+
+    /// When message `seq` is due, counted from the run's origin.
+    fn due(&self, seq: u64) -> Duration {
+        Duration::from_secs_f64((seq as f64 + self.phase) / self.rate)
+    }
 }
 
 struct ThreadResult {
@@ -309,6 +337,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     }
     let ids: Vec<PeerId> = clients.iter().map(Client::peer_id).collect();
     let per_conn = cfg.rate / cfg.connections as f64;
+    let conns = clients.len();
     let mut groups: Vec<Vec<Peer>> = (0..cfg.threads).map(|_| Vec::new()).collect();
     for (i, client) in clients.into_iter().enumerate() {
         let dst = match cfg.mode {
@@ -318,7 +347,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         groups[i % cfg.threads].push(Peer {
             client,
             dst,
-            rate: per_conn,
+            schedule: Schedule::new(per_conn, i, conns),
             next_seq: 0,
             dead: false,
         });
@@ -424,9 +453,6 @@ fn drive(
     // One deadline for every thread and peer: the schedule's end plus the drain.
     let hard_deadline = origin + measure_end + cfg.drain;
     let mut r = ThreadResult::new();
-    // When message `seq` of a peer is due, counted from the run's origin.
-    let intended_of =
-        |p: &Peer, seq: u64| -> Duration { Duration::from_secs_f64(seq as f64 / p.rate) };
     // One payload buffer, rewritten per message and copied by the client into a buffer
     // a sealed message left behind.
     let mut body = vec![0u8; cfg.message_size.max(PAYLOAD_HEADER)];
@@ -453,7 +479,7 @@ fn drive(
                 // Send what is due by now (catching up after a stall, a bounded number per
                 // pass); what a full or closed connection cannot take is refused.
                 loop {
-                    let due = intended_of(p, p.next_seq);
+                    let due = p.schedule.due(p.next_seq);
                     if due > elapsed || due >= measure_end {
                         if due < measure_end {
                             next_due = next_due.min(origin + due);
@@ -499,7 +525,7 @@ fn drive(
                     }
                     p.next_seq += 1;
                 }
-                sending |= intended_of(p, p.next_seq) < measure_end;
+                sending |= p.schedule.due(p.next_seq) < measure_end;
             }
             if p.dead {
                 continue;
@@ -513,7 +539,7 @@ fn drive(
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
-                if let Some(body) = record(&mut r, d, at, p.rate, cfg, progress) {
+                if let Some(body) = record(&mut r, d, at, p.schedule, cfg, progress) {
                     p.client.recycle(body);
                 }
             }
@@ -576,7 +602,7 @@ fn close_all(
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
-                if let Some(body) = record(r, d, at, p.rate, cfg, progress) {
+                if let Some(body) = record(r, d, at, p.schedule, cfg, progress) {
                     p.client.recycle(body);
                 }
             }
@@ -591,13 +617,13 @@ fn close_all(
 
 /// Accounts for one delivery that arrived `at` after the run's origin, and returns a
 /// message's payload for the client to reuse.
-/// `rate` is the per-connection rate of the connection it arrived on: an error record is
-/// about a message that connection sent, whose intended time its sequence number gives.
+/// `schedule` is that of the connection it arrived on: an error record is about a message
+/// that connection sent, whose intended time its sequence number gives.
 fn record(
     r: &mut ThreadResult,
     d: Delivery,
     at: Duration,
-    rate: f64,
+    schedule: Schedule,
     cfg: &LoadConfig,
     progress: &Progress,
 ) -> Option<Vec<u8>> {
@@ -611,7 +637,7 @@ fn record(
         }
         Delivery::Error(e) => {
             // Only errors about measured messages count (warm-up ones are not measured).
-            let intended = Duration::from_secs_f64(e.seq as f64 / rate);
+            let intended = schedule.due(e.seq);
             if intended >= warm_end && intended < measure_end {
                 *r.errors.entry(format!("{:?}", e.code)).or_default() += 1;
                 progress.measured_done.fetch_add(1, Ordering::Relaxed);
@@ -696,6 +722,29 @@ fn wait_readable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_interleave_into_one_evenly_spaced_schedule() {
+        // 4 connections at 1000 msg/s each: together one message every 250 us.
+        let n = 4;
+        let mut due: Vec<Duration> = (0..n)
+            .flat_map(|i| {
+                let s = Schedule::new(1000.0, i, n);
+                (0..100).map(move |k| s.due(k))
+            })
+            .collect();
+        due.sort();
+        assert_eq!(due[0], Duration::ZERO);
+        for w in due.windows(2) {
+            let gap = w[1] - w[0];
+            let off = gap.abs_diff(Duration::from_micros(250));
+            assert!(off < Duration::from_nanos(10), "gap {gap:?}");
+        }
+        // A connection's own messages stay `1/rate` apart.
+        let s = Schedule::new(1000.0, 3, n);
+        assert_eq!(s.due(0), Duration::from_micros(750));
+        assert_eq!(s.due(10) - s.due(9), Duration::from_millis(1));
+    }
 
     #[test]
     fn payload_round_trip_and_corruption() {
