@@ -283,6 +283,22 @@ pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
             lag.p99
         );
     }
+    if let Some(q) = &s.quic {
+        println!(
+            "harness QUIC, {} connections, whole run: {} packets sent, {} lost ({:.3} %, {} spurious), \
+             {} probe timeouts; srtt mean {:.3} ms, max rtt {:.3} ms; cwnd {}..{} B at the end",
+            q.connections,
+            q.packets_sent,
+            q.packets_lost,
+            100.0 * q.loss_fraction(),
+            q.packets_spurious_lost,
+            q.pto_count,
+            q.srtt_ms_mean,
+            q.rtt_ms_max,
+            q.cwnd_min_bytes,
+            q.cwnd_max_bytes
+        );
+    }
     if let Some(n) = s.steal_note() {
         println!("{n}");
     }

@@ -29,6 +29,8 @@ use shards::identity::Identity;
 use shards::shard::Delivery;
 use shards::wire::PeerId;
 
+use crate::summary::QuicStats;
+
 /// Bytes at the start of every payload: sequence number and intended send time.
 pub const PAYLOAD_HEADER: usize = 16;
 /// Highest latency tracked: one minute, in nanoseconds.
@@ -120,6 +122,8 @@ pub struct LoadResult {
     pub steal: Option<Duration>,
     /// When the measured phase started (for the interval log's start time).
     pub started_at: std::time::SystemTime,
+    /// The harness's QUIC statistics over all its connections.
+    pub quic: QuicStats,
 }
 
 impl LoadResult {
@@ -265,6 +269,8 @@ struct ThreadResult {
     arrivals: Histogram<u64>,
     /// This thread has sent its last message (and said so in `Progress`).
     done_sending: bool,
+    /// QUIC statistics of this thread's connections, taken at the end of the drain.
+    quic: QuicStats,
 }
 
 impl ThreadResult {
@@ -282,6 +288,7 @@ impl ThreadResult {
             errors: Default::default(),
             arrivals: new_hist(),
             done_sending: false,
+            quic: QuicStats::default(),
         }
     }
 }
@@ -393,6 +400,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
             .map_err(|_| LoadError::Config("a load thread panicked".into()))?;
         let _ = total.latency.add(&r.latency);
         let _ = total.lag.add(&r.lag);
+        total.quic.merge(&r.quic);
         for (i, iv) in r.intervals.iter().enumerate() {
             if total.intervals.len() <= i {
                 total.intervals.push(new_hist());
@@ -436,6 +444,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         wall_time: wall_start.elapsed(),
         steal: steal.stolen(),
         started_at,
+        quic: total.quic,
     })
 }
 
@@ -571,8 +580,39 @@ fn drive(
             .min(hard_deadline);
         wait_readable(&mut fds, &peers, deadline, &mut readable);
     }
+    for p in &mut peers {
+        r.quic.merge(&quic_stats(&mut p.client));
+    }
     close_all(&mut peers, &mut r, origin, cfg, progress);
     r
+}
+
+/// One connection's QUIC statistics, from connect until now (its active path's RTT and
+/// congestion window).
+fn quic_stats(c: &mut Client) -> QuicStats {
+    let conn = c.session_mut().quic();
+    let st = conn.stats();
+    let mut q = QuicStats {
+        connections: 1,
+        packets_sent: st.sent as u64,
+        packets_received: st.recv as u64,
+        packets_lost: st.lost as u64,
+        packets_spurious_lost: st.spurious_lost as u64,
+        stream_retrans_bytes: st.stream_retrans_bytes,
+        ..QuicStats::default()
+    };
+    for path in conn.path_stats() {
+        q.pto_count += path.total_pto_count as u64;
+        if let Some(max) = path.max_rtt {
+            q.rtt_ms_max = q.rtt_ms_max.max(max.as_secs_f64() * 1000.0);
+        }
+        if path.active {
+            q.srtt_ms_mean = path.rtt.as_secs_f64() * 1000.0;
+            q.cwnd_min_bytes = path.cwnd as u64;
+            q.cwnd_max_bytes = path.cwnd as u64;
+        }
+    }
+    q
 }
 
 /// Closes every connection at once: FIN on all, then service all (collecting late

@@ -70,6 +70,7 @@ pub fn summarize(meta: &RunMeta, result: &LoadResult) -> Summary {
         steal: result.steal,
     };
     Summary::from_histograms(config, &result.latency, &result.lag, counts, timing)
+        .with_quic(result.quic)
 }
 
 /// Writes the run directory `dir` and returns the summary written into it.

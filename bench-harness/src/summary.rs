@@ -187,6 +187,82 @@ pub struct Timing {
     pub steal: Option<Duration>,
 }
 
+/// The harness's QUIC view of its connections over the whole run (connect to the end of
+/// the drain): packet counts summed over connections, round-trip times and congestion
+/// windows spread over them. Loss, timeouts or a window pinned low explain a latency tail
+/// or a shortfall that the message counts alone do not.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct QuicStats {
+    /// Connections these figures cover.
+    pub connections: u32,
+    /// QUIC packets the harness sent.
+    pub packets_sent: u64,
+    /// QUIC packets the harness received.
+    pub packets_received: u64,
+    /// Packets the harness declared lost.
+    pub packets_lost: u64,
+    /// Of those, later found to have arrived after all.
+    pub packets_spurious_lost: u64,
+    /// Stream bytes sent again after a loss.
+    pub stream_retrans_bytes: u64,
+    /// Probe timeouts (a whole flight unanswered).
+    pub pto_count: u64,
+    /// Smoothed round-trip time at the end of the run, mean over connections (ms).
+    pub srtt_ms_mean: f64,
+    /// Largest round-trip sample on any connection (ms).
+    pub rtt_ms_max: f64,
+    /// Smallest congestion window at the end of the run over connections (bytes).
+    pub cwnd_min_bytes: u64,
+    /// Largest congestion window at the end of the run over connections (bytes).
+    pub cwnd_max_bytes: u64,
+}
+
+impl QuicStats {
+    /// Adds another set of connections' figures to these.
+    ///
+    /// ```
+    /// use bench_harness::summary::QuicStats;
+    /// let a = QuicStats { connections: 1, packets_sent: 10, srtt_ms_mean: 1.0,
+    ///     cwnd_min_bytes: 100, cwnd_max_bytes: 100, ..QuicStats::default() };
+    /// let b = QuicStats { connections: 3, packets_sent: 30, srtt_ms_mean: 3.0,
+    ///     cwnd_min_bytes: 50, cwnd_max_bytes: 500, ..QuicStats::default() };
+    /// let mut t = QuicStats::default();
+    /// t.merge(&a);
+    /// t.merge(&b);
+    /// assert_eq!((t.connections, t.packets_sent), (4, 40));
+    /// assert_eq!(t.srtt_ms_mean, 2.5);
+    /// assert_eq!((t.cwnd_min_bytes, t.cwnd_max_bytes), (50, 500));
+    /// ```
+    pub fn merge(&mut self, o: &QuicStats) {
+        if o.connections == 0 {
+            return;
+        }
+        let n = f64::from(self.connections + o.connections);
+        self.srtt_ms_mean = (self.srtt_ms_mean * f64::from(self.connections)
+            + o.srtt_ms_mean * f64::from(o.connections))
+            / n;
+        self.cwnd_min_bytes = if self.connections == 0 {
+            o.cwnd_min_bytes
+        } else {
+            self.cwnd_min_bytes.min(o.cwnd_min_bytes)
+        };
+        self.cwnd_max_bytes = self.cwnd_max_bytes.max(o.cwnd_max_bytes);
+        self.rtt_ms_max = self.rtt_ms_max.max(o.rtt_ms_max);
+        self.connections += o.connections;
+        self.packets_sent += o.packets_sent;
+        self.packets_received += o.packets_received;
+        self.packets_lost += o.packets_lost;
+        self.packets_spurious_lost += o.packets_spurious_lost;
+        self.stream_retrans_bytes += o.stream_retrans_bytes;
+        self.pto_count += o.pto_count;
+    }
+
+    /// Lost packets as a fraction of those sent.
+    pub fn loss_fraction(&self) -> f64 {
+        self.packets_lost as f64 / self.packets_sent.max(1) as f64
+    }
+}
+
 /// A run whose achieved rate is below this fraction of the asked rate is saturated.
 pub const SATURATION_FRACTION: f64 = 0.95;
 
@@ -239,6 +315,9 @@ pub struct Summary {
     /// run: stalls no server can avoid, which reach the latency tail. Absent where unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steal_ms: Option<f64>,
+    /// The harness's QUIC statistics for its connections, where the run had any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicStats>,
 }
 
 impl Summary {
@@ -299,8 +378,16 @@ impl Summary {
             latency_ms: Percentiles::from_histogram_ns(latency_ns),
             harness_lag_ms: LagPercentiles::from_histogram_ns(harness_lag_ns),
             steal_ms: timing.steal.map(|d| d.as_secs_f64() * 1000.0),
+            quic: None,
             config,
         }
+    }
+
+    /// The same summary with the harness's QUIC statistics attached (none for no
+    /// connections).
+    pub fn with_quic(mut self, quic: QuicStats) -> Self {
+        self.quic = (quic.connections > 0).then_some(quic);
+        self
     }
 
     /// The note to print when the hypervisor took enough CPU time during the run to show in
@@ -394,6 +481,17 @@ mod tests {
             latency_ms: Percentiles::default(),
             harness_lag_ms: LagPercentiles::default(),
             steal_ms: None,
+            quic: Some(QuicStats {
+                connections: 2,
+                packets_sent: 4000,
+                packets_received: 3900,
+                packets_lost: 4,
+                srtt_ms_mean: 0.25,
+                rtt_ms_max: 3.5,
+                cwnd_min_bytes: 13_500,
+                cwnd_max_bytes: 40_000,
+                ..QuicStats::default()
+            }),
         }
     }
 
@@ -407,5 +505,12 @@ mod tests {
         assert!(text.contains("\"batch_size\": null"));
         assert_eq!(Summary::read_json(&path).unwrap(), s);
         assert_eq!(s.label(), "nobatch @5000/s");
+        // A summary written before QUIC statistics existed still reads.
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(old.as_object_mut().unwrap().remove("quic").is_some());
+        let mut without = s.clone();
+        without.quic = None;
+        fs::write(&path, old.to_string()).unwrap();
+        assert_eq!(Summary::read_json(&path).unwrap(), without);
     }
 }

@@ -238,4 +238,19 @@ fn relay_mode_delivers_everything() {
     );
     assert!(r.errors.is_empty());
     assert!(e.stats().relayed >= r.sent);
+    // The harness's own QUIC view covers every connection: 3600 messages went out and as
+    // many came in (several may share a packet after a stall, hence the loose bound), and
+    // every active path has a round-trip time and a congestion window.
+    let q = r.quic;
+    assert_eq!(q.connections, 6, "{q:?}");
+    assert!(q.packets_sent >= 600 && q.packets_received >= 600, "{q:?}");
+    assert!(q.packets_lost <= q.packets_sent, "{q:?}");
+    assert!(
+        q.srtt_ms_mean > 0.0 && q.rtt_ms_max >= q.srtt_ms_mean / 2.0,
+        "{q:?}"
+    );
+    assert!(
+        q.cwnd_min_bytes > 0 && q.cwnd_min_bytes <= q.cwnd_max_bytes,
+        "{q:?}"
+    );
 }

@@ -321,6 +321,8 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
         wall_time: wall_start.elapsed(),
         steal: steal.stolen(),
         started_at,
+        // Raw UDP: no QUIC connections.
+        quic: Default::default(),
     };
     Ok(CeilingRun {
         io,
