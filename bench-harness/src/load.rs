@@ -2,8 +2,8 @@
 //!
 //! Every message has an intended send time on a fixed-rate schedule (connection `i` of `n`:
 //! `start + (k + i/n) / rate`, so the connections interleave into one evenly spaced stream
-//! instead of sending in bursts of `n`), and its latency is measured from that intended time, not from when
-//! the harness got around to sending it. A stall anywhere (engine, network, harness) then
+//! instead of sending in bursts of `n`), and its latency is measured from that intended
+//! time, not from when the harness got around to sending it. A stall anywhere (engine, network, harness) then
 //! shows in the histogram instead of silently lowering the offered load (no coordinated
 //! omission). How far the harness itself fell behind its schedule is measured separately
 //! (`lag`), so a saturated load generator is never mistaken for a slow engine.
@@ -581,15 +581,17 @@ fn drive(
         wait_readable(&mut fds, &peers, deadline, &mut readable);
     }
     for p in &mut peers {
-        r.quic.merge(&quic_stats(&mut p.client));
+        if let Some(q) = quic_stats(&mut p.client) {
+            r.quic.merge(&q);
+        }
     }
     close_all(&mut peers, &mut r, origin, cfg, progress);
     r
 }
 
 /// One connection's QUIC statistics, from connect until now (its active path's RTT and
-/// congestion window).
-fn quic_stats(c: &mut Client) -> QuicStats {
+/// congestion window); none for a connection without an active path (one that failed).
+fn quic_stats(c: &mut Client) -> Option<QuicStats> {
     let conn = c.session_mut().quic();
     let st = conn.stats();
     let mut q = QuicStats {
@@ -601,18 +603,20 @@ fn quic_stats(c: &mut Client) -> QuicStats {
         stream_retrans_bytes: st.stream_retrans_bytes,
         ..QuicStats::default()
     };
+    let mut active = false;
     for path in conn.path_stats() {
         q.pto_count += path.total_pto_count as u64;
         if let Some(max) = path.max_rtt {
             q.rtt_ms_max = q.rtt_ms_max.max(max.as_secs_f64() * 1000.0);
         }
         if path.active {
+            active = true;
             q.srtt_ms_mean = path.rtt.as_secs_f64() * 1000.0;
             q.cwnd_min_bytes = path.cwnd as u64;
             q.cwnd_max_bytes = path.cwnd as u64;
         }
     }
-    q
+    active.then_some(q)
 }
 
 /// Closes every connection at once: FIN on all, then service all (collecting late

@@ -193,7 +193,8 @@ pub struct Timing {
 /// or a shortfall that the message counts alone do not.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct QuicStats {
-    /// Connections these figures cover.
+    /// Connections these figures cover: those with an active path at the end of the run
+    /// (a connection that failed is counted in `connection_errors` instead).
     pub connections: u32,
     /// QUIC packets the harness sent.
     pub packets_sent: u64,
