@@ -35,8 +35,14 @@ const RECV_ERROR_PAUSE: Duration = Duration::from_millis(1);
 /// One datagram in this many has its time in the kernel's receive queue measured
 /// (SIOCGSTAMPNS costs a system call).
 const RX_DELAY_SAMPLE: u64 = 64;
-/// Datagrams read with one `recvmmsg` after each awaited receive.
+/// Datagrams (or GRO runs) read with one `recvmmsg`.
 const RECV_BURST: usize = 32;
+/// Most datagrams handled as one turn before its replies are sealed and sent. A GRO burst
+/// from one busy source (a proxy, a load generator with many connections on one socket)
+/// can hold over a thousand datagrams; handled as one turn, the first reply would wait
+/// for the last datagram's work (milliseconds). Batches still fill: a turn of this many
+/// datagrams carries hundreds of messages.
+const TURN_DATAGRAMS: usize = 64;
 /// Datagrams handed to one `sendmmsg`.
 const SEND_BURST: usize = 64;
 /// How long the timer task sleeps when the endpoint has no deadline at all.
@@ -245,12 +251,13 @@ impl Shard {
         self.flush_outbox().await;
     }
 
-    /// Waits until a datagram is queued (a one-byte peek through the executor, which does
-    /// not consume it), then reads up to [`RECV_BURST`] queued datagrams, or GRO runs, with
-    /// one `recvmmsg` and hands them to the endpoint as one turn (replies to a burst share
-    /// batches). Every datagram is read by `recvmmsg`, so a GRO socket never has a run read
-    /// without its segment size. Yields to the other tasks when its time slice is used up,
-    /// so timers run under a flood.
+    /// Reads up to [`RECV_BURST`] queued datagrams, or GRO runs, with one `recvmmsg` and
+    /// hands them to the endpoint as one turn (replies to a burst share batches). Only when
+    /// the socket is empty does it wait, with a one-byte peek through the executor (which
+    /// does not consume the datagram), so a busy shard spends one system call per turn on
+    /// receiving. Every datagram is read by `recvmmsg`, so a GRO socket never has a run
+    /// read without its segment size. Yields to the other tasks when its time slice is used
+    /// up, so timers run under a flood.
     async fn recv_loop(self: Rc<Self>, slot: usize, gro: bool) {
         let mut peek = [0u8; 1];
         let mut burst = if gro {
@@ -264,33 +271,19 @@ impl Shard {
         // by more than one, so a modulus would skip samples).
         let mut next_sample = 0u64;
         loop {
-            if let Err(e) = self.socket.peek_from(&mut peek).await {
-                let e = std::io::Error::from(e);
-                // A queued ICMP error is reported (and cleared) here; anything else is
-                // unexpected but must not spin.
-                if e.kind() != std::io::ErrorKind::ConnectionRefused {
-                    tracing::warn!("udp recv failed: {e}");
-                    glommio::timer::sleep(RECV_ERROR_PAUSE).await;
-                }
-                continue;
-            }
             self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
             match burst.recv(fd) {
                 Ok(_) => {
-                    self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
-                    let sample = if count >= next_sample {
+                    if count >= next_sample {
                         next_sample = count + RX_DELAY_SAMPLE;
-                        kernel_queue_delay(fd)
-                    } else {
-                        None
-                    };
-                    let mut ep = self.ep.borrow_mut();
-                    if let Some(d) = sample {
-                        ep.record_receive_delay(d);
+                        if let Some(d) = kernel_queue_delay(fd) {
+                            self.ep.borrow_mut().record_receive_delay(d);
+                        }
                     }
-                    count += burst.datagrams() as u64;
+                    let n = burst.datagrams();
+                    count += n as u64;
                     let stats = &self.stats;
-                    let datagrams = burst.iter_mut().filter_map(|(from, pkt, truncated)| {
+                    let mut datagrams = burst.iter_mut().filter_map(|(from, pkt, truncated)| {
                         if truncated || from.is_none() {
                             stats.truncated_datagrams.fetch_add(1, Ordering::Relaxed);
                             stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
@@ -298,14 +291,36 @@ impl Shard {
                         }
                         from.map(|f| (f, pkt))
                     });
-                    ep.handle_datagrams(Instant::now(), datagrams);
+                    // A turn per TURN_DATAGRAMS, each sealed and sent before the next.
+                    for _ in 0..n.div_ceil(TURN_DATAGRAMS).saturating_sub(1) {
+                        self.ep.borrow_mut().handle_datagrams(
+                            Instant::now(),
+                            datagrams.by_ref().take(TURN_DATAGRAMS),
+                        );
+                        self.settle().await;
+                    }
+                    self.ep
+                        .borrow_mut()
+                        .handle_datagrams(Instant::now(), datagrams);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Empty: wait until a datagram is queued.
+                    self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.socket.peek_from(&mut peek).await {
+                        let e = std::io::Error::from(e);
+                        // A queued ICMP error is reported (and cleared) here; anything
+                        // else is unexpected but must not spin.
+                        if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                            tracing::warn!("udp recv failed: {e}");
+                            glommio::timer::sleep(RECV_ERROR_PAUSE).await;
+                        }
+                    }
+                    continue;
                 }
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::Interrupted
-                            | std::io::ErrorKind::ConnectionRefused
+                        std::io::ErrorKind::Interrupted | std::io::ErrorKind::ConnectionRefused
                     ) => {}
                 Err(e) => {
                     tracing::warn!("udp recv failed: {e}");
