@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One performance run, everything side by side on this machine, then one page:
+#   0. the machine's stall floor (bench-harness stalls: a spinning thread per core, 10 s);
 #   1. the raw UDP echo ceiling (bench-harness ceiling: per-datagram, batched and offload I/O);
 #   2. the engine's knee for batch sizes 1, 16 and 128 (timeout 0), 1 shard on core 0;
 #   3. the tokio + quinn control's knee for the same configurations, on core 0;
@@ -38,6 +39,8 @@ mkdir -p "$out"
 search=(--message-size 64 --duration 3s --warmup 1s --drain 2s
         --p99-target 10ms --min-rate 10000 --repeat "$repeat")
 
+echo "== 0/6 stall floor of the idle machine" >&2
+$bh stalls --duration 10s --out "$out/stalls"
 echo "== 1/6 raw UDP ceiling" >&2
 $bh ceiling --out "$out/ceiling" "${search[@]}"
 echo "== 2/6 engine knee" >&2
@@ -83,4 +86,5 @@ $bh sweep --out "$out/adaptive" --batch-sizes 1,128 --batch-timeouts 0 --rates "
 
 echo "== 6/6 report" >&2
 $bh perf-report --out "$out" --engine "$out/engine" "${control[@]}" \
-  --ceiling "$out/ceiling" --syscalls "$out/syscalls" --adaptive "$out/adaptive"
+  --ceiling "$out/ceiling" --syscalls "$out/syscalls" --adaptive "$out/adaptive" \
+  --stalls "$out/stalls"

@@ -18,6 +18,7 @@ pub mod output;
 pub mod perf_report;
 pub mod plot;
 pub mod report;
+pub mod stalls;
 pub mod steal;
 pub mod summary;
 pub mod sweep;

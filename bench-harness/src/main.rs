@@ -1,7 +1,7 @@
 //! `bench-harness`: open-loop load generator for the engine (`run`), batch-configuration
 //! sweeps (`sweep`), knee searches (`knee`), the raw UDP ceiling (`ceiling`), comparison
-//! of finished runs (`compare`) and the tokio + quinn control server the engine is compared
-//! against (`control-server`).
+//! of finished runs (`compare`), the machine's stall floor (`stalls`) and the tokio + quinn
+//! control server the engine is compared against (`control-server`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,6 +56,12 @@ enum Command {
     /// calls per message, the adaptive-batching check and the machine. Reads the outputs of
     /// knee, ceiling, run --count-syscalls and sweep; writes performance.md/.json/.svg/.png.
     PerfReport(bench_harness::cli::PerfReportArgs),
+    /// Measure the machine's stall floor: a thread per core spins reading the clock, and
+    /// every gap longer than --threshold is time that core did not run it (on a virtual
+    /// machine, often time the hypervisor took without counting it as steal). Run it on
+    /// the idle machine before reading a knee: such stalls reach every p99. Writes
+    /// stalls.md and stalls.json.
+    Stalls(bench_harness::cli::StallsArgs),
 }
 
 /// Log filter used when `RUST_LOG` is unset: the warnings of the in-process engines
@@ -86,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Knee(a) => Ok(code(bench_harness::cli::knee_cmd(&a)?)),
         Command::Ceiling(a) => Ok(code(bench_harness::cli::ceiling_cmd(&a)?)),
         Command::PerfReport(a) => Ok(code(bench_harness::cli::perf_report_cmd(&a)?)),
+        Command::Stalls(a) => Ok(code(bench_harness::cli::stalls_cmd(&a)?)),
         Command::ControlServer(a) => Ok(code(bench_harness::control::serve_cmd(&a)?)),
         Command::Compare { inputs, out } => {
             let output = bench_harness::compare::compare_outputs(&inputs, &out)

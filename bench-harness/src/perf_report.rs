@@ -128,6 +128,9 @@ pub struct PerfReport {
     pub adaptive: Option<Adaptive>,
     /// The p99 target the knees hold, ms.
     pub p99_target_ms: Option<f64>,
+    /// The machine's stall floor (`bench-harness stalls`), when measured.
+    #[serde(default)]
+    pub stalls: Vec<crate::stalls::CoreStalls>,
 }
 
 fn read(path: &Path) -> Result<String, PerfReportError> {
@@ -269,6 +272,9 @@ impl PerfReport {
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         s.push_str(&format!("Machine: {}.\n\n", self.machine));
+        if let Some(floor) = crate::stalls::sentence(&self.stalls) {
+            s.push_str(&format!("{floor}\n\n"));
+        }
         if let Some(t) = self.p99_target_ms {
             s.push_str(&format!(
                 "Knee: the highest open-loop rate that held p99 <= {t} ms with nothing lost, refused or corrupted and at least 95 % achieved.\n\n"
@@ -464,6 +470,7 @@ pub fn build(
     ceiling: Option<&Path>,
     syscalls: Option<&Path>,
     adaptive: Option<&Path>,
+    stalls: Option<&Path>,
 ) -> Result<PerfReport, PerfReportError> {
     if engine.is_none() && control.is_none() && ceiling.is_none() {
         return Err(PerfReportError::Empty);
@@ -490,6 +497,10 @@ pub fn build(
             .unwrap_or_default(),
         adaptive: adaptive.map(read_adaptive).transpose()?.flatten(),
         p99_target_ms,
+        stalls: stalls
+            .map(|d| parse(&d.join("stalls.json")))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -574,7 +585,29 @@ mod tests {
                 p50_ms: 0.55,
             }),
             p99_target_ms: Some(10.0),
+            stalls: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_stall_floor_is_on_the_page_when_measured() {
+        let mut r = report();
+        assert!(!r.markdown().contains("Stall floor"));
+        r.stalls = vec![crate::stalls::CoreStalls {
+            core: Some(0),
+            duration_s: 10.0,
+            threshold_us: 100,
+            stalls: 30,
+            over_1ms: 12,
+            over_5ms: 1,
+            longest_ms: 6.6,
+            stalled_ms: 40.0,
+        }];
+        let md = r.markdown();
+        assert!(
+            md.contains("1.2 stalls over 1 ms per core-second, the longest 6.6 ms"),
+            "{md}"
+        );
     }
 
     #[test]
@@ -630,11 +663,11 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].outcome.knee, Some(50_000.0));
         assert!(matches!(
-            build(None, None, None, None, None),
+            build(None, None, None, None, None, None),
             Err(PerfReportError::Empty)
         ));
         let out = dir.path().join("out");
-        let r = build(Some(&kd), None, None, None, None).unwrap();
+        let r = build(Some(&kd), None, None, None, None, None).unwrap();
         let files = r.write(&out).unwrap();
         assert!(files.iter().all(|f| f.exists()));
     }

@@ -226,3 +226,53 @@ fn saturation_without_loss_exits_two_unless_allowed() {
     let st = e.stats();
     assert_eq!(st.dropped(), 0, "{st:?}");
 }
+
+/// `stalls`: a probe per core, the table on stdout, stalls.md and stalls.json written;
+/// a zero duration is refused with a message.
+#[test]
+fn stalls_measures_every_core_and_writes_its_files() {
+    let out = std::env::temp_dir().join(format!("bh-stalls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = Command::new(bin())
+        .args(["stalls", "--duration", "200ms", "--threshold", "50us"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("| core | seconds | stalls |"), "{stdout}");
+    assert!(stdout.contains("Stall floor"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("stalls.json")).unwrap()).unwrap();
+    let cores = json.as_array().unwrap();
+    assert!(!cores.is_empty(), "{json}");
+    let mut ids: Vec<u64> = cores.iter().filter_map(|c| c["core"].as_u64()).collect();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        cores.len(),
+        "one probe per core, each pinned: {json}"
+    );
+    for c in cores {
+        assert_eq!(c["threshold_us"], 50);
+        assert!(c["stalled_ms"].as_f64().unwrap() <= 200.0, "{c}");
+    }
+    assert!(out.join("stalls.md").exists());
+    let _ = std::fs::remove_dir_all(&out);
+
+    let o = Command::new(bin())
+        .args(["stalls", "--duration", "0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--duration must be above zero"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
