@@ -7,13 +7,19 @@
 //! client half and the shard's receive half, to see what routing, queueing and the echo's
 //! seal add.
 //! Run: `cargo bench -p shards --bench endpoint`.
+//!
+//! Instructions per message, which a noisy machine does not move: with
+//! `ENDPOINT_BENCH_COUNT=N` the bench skips criterion and runs N iterations of batch size
+//! `ENDPOINT_BENCH_BATCH` (default 128), so two runs under `valgrind --tool=callgrind` with different N
+//! give the per-iteration count as the difference of their totals over the difference of
+//! their N (the setup cancels out); `scripts/instructions.sh` does that.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use parking_lot::Mutex;
 use shards::batch::BatchPolicy;
 use shards::cid::new_cid;
@@ -178,45 +184,73 @@ impl Pair {
     }
 }
 
+/// A Pair for batches of `n` 64-byte messages to the node, and those messages.
+fn setup(n: usize) -> (Pair, Vec<Record>) {
+    let p = Pair::new();
+    let Some(node) = p.client.peer() else {
+        panic!("the node authenticated");
+    };
+    let me = p.me;
+    let records: Vec<Record> = (0..n)
+        .map(|i| {
+            Record::Message(Message {
+                dst: node,
+                src: me,
+                seq: i as u64,
+                payload: vec![0x5a; 64],
+            })
+        })
+        .collect();
+    (p, records)
+}
+
+/// One iteration: the client seals the batch, the shard echoes it, the client opens every
+/// echo. Every echo must come back in the same iteration, otherwise the loop would measure
+/// a backlog instead of the path.
+fn echo_once(p: &mut Pair, records: &[Record], out: &mut Vec<Record>) {
+    let sent = p.client.send_batch(records);
+    assert!(sent.is_ok(), "the client session stays open");
+    p.round_trip();
+    out.clear();
+    let read = p.client.read_records(out, usize::MAX);
+    assert!(read.is_ok(), "the client opens every echoed frame");
+    assert_eq!(out.len(), records.len(), "the whole batch is echoed");
+}
+
 fn echo_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("endpoint");
     g.measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_secs(1))
         .sample_size(20);
     for n in [1usize, 16, 128] {
-        let mut p = Pair::new();
-        let Some(node) = p.client.peer() else {
-            panic!("the node authenticated");
-        };
-        let me = p.me;
-        let records: Vec<Record> = (0..n)
-            .map(|i| {
-                Record::Message(Message {
-                    dst: node,
-                    src: me,
-                    seq: i as u64,
-                    payload: vec![0x5a; 64],
-                })
-            })
-            .collect();
+        let (mut p, records) = setup(n);
         let mut out = Vec::with_capacity(n);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("echo_batch", n), |b| {
-            b.iter(|| {
-                let sent = p.client.send_batch(&records);
-                assert!(sent.is_ok(), "the client session stays open");
-                p.round_trip();
-                out.clear();
-                let read = p.client.read_records(&mut out, usize::MAX);
-                assert!(read.is_ok(), "the client opens every echoed frame");
-                // Every echo must come back in the same iteration, otherwise the loop would
-                // measure a backlog instead of the path.
-                assert_eq!(out.len(), n, "the whole batch is echoed");
-            })
+            b.iter(|| echo_once(&mut p, &records, &mut out))
         });
     }
     g.finish();
 }
 
 criterion_group!(benches, echo_path);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(count) = std::env::var("ENDPOINT_BENCH_COUNT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let n = std::env::var("ENDPOINT_BENCH_BATCH")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(128);
+        let (mut p, records) = setup(n);
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..count {
+            echo_once(&mut p, &records, &mut out);
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
