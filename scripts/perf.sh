@@ -10,7 +10,7 @@
 #      engine's batch-128 knee;
 #   6. bench-harness perf-report: $OUT/performance.md/.json/.svg/.png.
 # Every search: 16 connections, 64-byte echo, 3 s measured after 1 s warm-up, p99 <= 10 ms,
-# each rate run twice (REPEAT). The harness runs on the last core. Takes about 20 minutes
+# each rate run twice (REPEAT). The harness runs on the last core. Takes about 21 minutes
 # on 2 cores. Run it on a quiet machine: other load moves every number.
 #
 #   scripts/perf.sh                     # everything, into perf-out/
