@@ -10,11 +10,7 @@
 #   BATCHES="128" scripts/instructions.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-command -v valgrind >/dev/null 2>&1 || {
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get install -y -qq valgrind >/dev/null
-}
+scripts/setup.sh valgrind:valgrind
 bin=$(cargo bench --locked -p shards --bench endpoint --no-run --message-format=json 2>/dev/null \
   | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$bin" ] || { echo "instructions.sh: no endpoint bench binary" >&2; exit 1; }

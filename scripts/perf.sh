@@ -17,18 +17,7 @@
 #   OUT=/tmp/p REPEAT=1 scripts/perf.sh # quicker, noisier
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-if ! command -v perf >/dev/null 2>&1; then
-  echo "perf.sh: installing linux-perf (system call counts)" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq linux-perf >/dev/null
-fi
-command -v jq >/dev/null 2>&1 || {
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get install -y -qq jq >/dev/null
-}
+scripts/setup.sh perf:linux-perf jq:jq # perf: system call counts
 cargo build --release --locked -p engine -p bench-harness
 bh=target/release/bench-harness
 eng=target/release/engine

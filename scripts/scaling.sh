@@ -10,11 +10,7 @@
 #   SHARDS="1 2" REPEAT=1 scripts/scaling.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-command -v jq >/dev/null 2>&1 || {
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get install -y -qq jq >/dev/null
-}
+scripts/setup.sh jq:jq
 cargo build --release --locked -p bench-harness
 bh=target/release/bench-harness
 out=${OUT:-scaling-out}

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building the engine needs on a fresh Debian/Ubuntu machine, only when
 # missing: cmake and libclang for quiche's BoringSSL build (boring-sys runs bindgen).
+# Each argument COMMAND:PACKAGE adds a tool a script needs: PACKAGE is installed when
+# COMMAND is not found (scripts/perf.sh asks for perf:linux-perf and jq:jq).
 set -euo pipefail
 
 need=()
+for tool in "$@"; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 if ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' \

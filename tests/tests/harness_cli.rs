@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use engine::{AppKind, Engine, EngineConfig};
 
-use crate::common::{engine_bin, harness_bin as bin};
+use crate::common::{engine_bin, harness_bin as bin, stdout_of_success};
 
 /// `run` against an echo engine: exit 0, the three files, a summary on stdout.
 #[test]
@@ -233,17 +233,11 @@ fn saturation_without_loss_exits_two_unless_allowed() {
 fn stalls_measures_every_core_and_writes_its_files() {
     let out = std::env::temp_dir().join(format!("bh-stalls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let o = Command::new(bin())
-        .args(["stalls", "--duration", "200ms", "--threshold", "50us"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
+    let stdout = stdout_of_success(
+        Command::new(bin())
+            .args(["stalls", "--duration", "200ms", "--threshold", "50us"])
+            .arg("--out")
+            .arg(&out),
     );
     assert!(stdout.contains("| core | seconds | stalls |"), "{stdout}");
     assert!(stdout.contains("Stall floor"), "{stdout}");

@@ -16,6 +16,21 @@ use std::sync::OnceLock;
 const ENGINE: &str = "engine";
 const HARNESS: &str = "bench-harness";
 
+/// Runs `cmd` to its end and returns its stdout; the test fails, showing both outputs, if it
+/// did not exit 0.
+pub fn stdout_of_success(cmd: &mut Command) -> String {
+    let o = cmd.output().expect("the command starts");
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{:?} exited with {}\n{stdout}\n{}",
+        cmd,
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
 /// The `engine` binary, built from the current sources.
 pub fn engine_bin() -> &'static Path {
     bin(ENGINE)

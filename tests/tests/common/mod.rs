@@ -2,7 +2,7 @@
 
 mod bins;
 
-pub use bins::{engine_bin, harness_bin};
+pub use bins::{engine_bin, harness_bin, stdout_of_success};
 
 use std::time::{Duration, Instant};
 
