@@ -252,7 +252,8 @@ impl Shard {
     }
 
     /// Reads up to [`RECV_BURST`] queued datagrams, or GRO runs, with one `recvmmsg` and
-    /// hands them to the endpoint as one turn (replies to a burst share batches). Only when
+    /// hands them to the endpoint in turns of at most [`TURN_DATAGRAMS`] (replies to a turn
+    /// share batches; each turn's are sent before the next turn starts). Only when
     /// the socket is empty does it wait, with a one-byte peek through the executor (which
     /// does not consume the datagram), so a busy shard spends one system call per turn on
     /// receiving. Every datagram is read by `recvmmsg`, so a GRO socket never has a run
