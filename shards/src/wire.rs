@@ -325,12 +325,20 @@ impl Record {
         out.reserve(self.encoded_len());
         match self {
             Record::Message(m) => {
-                out.push(RECORD_MESSAGE);
-                out.extend_from_slice(&m.dst.0);
-                out.extend_from_slice(&m.src.0);
-                out.extend_from_slice(&m.seq.to_be_bytes());
+                // The header is built in place and appended in one copy (five small
+                // appends each paid a capacity check and a call to memcpy).
                 let len = u32::try_from(m.payload.len()).unwrap_or(u32::MAX);
-                out.extend_from_slice(&len.to_be_bytes());
+                let mut header = [0u8; MESSAGE_HEADER_LEN];
+                let (kind, rest) = header.split_at_mut(1);
+                let (dst, rest) = rest.split_at_mut(PEER_ID_LEN);
+                let (src, rest) = rest.split_at_mut(PEER_ID_LEN);
+                let (seq, size) = rest.split_at_mut(8);
+                kind.copy_from_slice(&[RECORD_MESSAGE]);
+                dst.copy_from_slice(&m.dst.0);
+                src.copy_from_slice(&m.src.0);
+                seq.copy_from_slice(&m.seq.to_be_bytes());
+                size.copy_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&header);
                 out.extend_from_slice(&m.payload);
             }
             Record::Error(e) => {
