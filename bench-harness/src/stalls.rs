@@ -177,9 +177,9 @@ pub fn sentence(cores: &[CoreStalls]) -> Option<String> {
     let longest = cores.iter().map(|c| c.longest_ms).fold(0.0, f64::max);
     let stalled: f64 = cores.iter().map(|c| c.stalled_ms).sum();
     Some(format!(
-        "Stall floor (bench-harness stalls, a spinning thread on each of {} cores for {:.0} s \
-         on the idle machine before the run): {:.1} stalls over 1 ms per core-second, the \
-         longest {:.1} ms, {:.2} % of the time stalled in all.",
+        "Stall floor (bench-harness stalls, a spinning thread on each of {} cores for {:.0} s): \
+         {:.1} stalls over 1 ms per core-second, the longest {:.1} ms, {:.2} % of the time \
+         stalled in all.",
         cores.len(),
         secs / cores.len() as f64,
         over as f64 / secs,
