@@ -8,11 +8,12 @@
 //! seal add.
 //! Run: `cargo bench -p shards --bench endpoint`.
 //!
-//! Instructions per message, which a noisy machine does not move: with
-//! `ENDPOINT_BENCH_COUNT=N` the bench skips criterion and runs N iterations of batch size
-//! `ENDPOINT_BENCH_BATCH` (default 128), so two runs under `valgrind --tool=callgrind` with different N
-//! give the per-iteration count as the difference of their totals over the difference of
-//! their N (the setup cancels out); `scripts/instructions.sh` does that.
+//! Instructions per message, which a noisy machine moves by tenths of a percent where it
+//! moves times by tens: with `ENDPOINT_BENCH_COUNT=N` the bench skips criterion and runs N
+//! iterations of batch size `ENDPOINT_BENCH_BATCH` (default 128), so two runs under
+//! `valgrind --tool=callgrind` with different N give the per-iteration count as the
+//! difference of their totals over the difference of their N (the setup cancels out);
+//! `scripts/instructions.sh` does that.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -235,15 +236,19 @@ fn echo_path(c: &mut Criterion) {
 
 criterion_group!(benches, echo_path);
 
+/// A positive count from the environment variable `name`, or `None` when it is unset; a
+/// value that is not one stops the bench (a typo must not silently run something else).
+fn count_from_env(name: &str) -> Option<usize> {
+    let v = std::env::var(name).ok()?;
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Some(n),
+        _ => panic!("{name}={v}: not a positive count"),
+    }
+}
+
 fn main() {
-    if let Some(count) = std::env::var("ENDPOINT_BENCH_COUNT")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        let n = std::env::var("ENDPOINT_BENCH_BATCH")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(128);
+    if let Some(count) = count_from_env("ENDPOINT_BENCH_COUNT") {
+        let n = count_from_env("ENDPOINT_BENCH_BATCH").unwrap_or(128);
         let (mut p, records) = setup(n);
         let mut out = Vec::with_capacity(n);
         for _ in 0..count {
