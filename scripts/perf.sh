@@ -4,13 +4,16 @@
 #   1. the raw UDP echo ceiling (bench-harness ceiling: per-datagram, batched and offload I/O);
 #   2. the engine's knee for batch sizes 1, 16 and 128 (timeout 0), 1 shard on core 0;
 #   3. the tokio + quinn control's knee for the same configurations, on core 0;
-#   4. system calls per message of each server and of the harness at one fixed rate below
-#      every knee (perf stat -e raw_syscalls:sys_enter), servers pinned to core 0;
+#   4. system calls and CPU per message of each server and of the harness at one fixed rate
+#      below every knee (perf stat -e raw_syscalls:sys_enter,task-clock), servers pinned to
+#      core 0; then the same counts with each server saturated (SATURATE msg/s offered,
+#      default 1,500,000, more than the two cores carry) at batch 1, 16 and 128: CPU per
+#      message when the server is as busy as the harness can make it;
 #   5. the adaptive-batching check: batch 1 against batch 128 (timeout 0) at 10 % of the
 #      engine's batch-128 knee;
 #   6. bench-harness perf-report: $OUT/performance.md/.json/.svg/.png.
 # Every search: 16 connections, 64-byte echo, 3 s measured after 1 s warm-up, p99 <= 10 ms,
-# each rate run twice (REPEAT). The harness runs on the last core. Takes about 21 minutes
+# each rate run twice (REPEAT). The harness runs on the last core. Takes about 22 minutes
 # on 2 cores. Run it on a quiet machine: other load moves every number.
 #
 #   scripts/perf.sh                     # everything, into perf-out/
@@ -48,23 +51,32 @@ fi
 low=$(jq -s '[.[][] | .knee // empty] | min // 10000' "$out/engine/knee.json" ${control:+"$out/control/knee.json"})
 rate=$(jq -n --argjson k "$low" '[($k / 2 | floor), 1000] | max')
 port=4533
+saturate=${SATURATE:-1500000}
+[[ "$saturate" =~ ^[1-9][0-9]*$ ]] || { echo "perf.sh: SATURATE '$saturate' is not a positive rate" >&2; exit 2; }
 # Starts a server on core 0, waits for its banner, counts its syscalls during one run.
-count() { # name, then the server command
-  local name=$1; shift
+count() { # name, rate, then the server command
+  local name=$1 at=$2; shift 2
   local log="$out/syscalls/$name.log"
   mkdir -p "$out/syscalls"
   taskset -c 0 "$@" > "$log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.1; done
   grep -q "listening on" "$log" || { echo "perf.sh: $name did not start: $(cat "$log")" >&2; kill $pid; return 1; }
-  $bh run --target 127.0.0.1:$port --rate "$rate" --connections 16 --message-size 64 \
-    --duration 5s --warmup 1s --drain 2s --out "$out/syscalls/$name" --count-syscalls $pid || true
+  # A saturated run exits 2 (loss would still show in the page's counts); nothing stops here.
+  $bh run --target 127.0.0.1:$port --rate "$at" --connections 16 --message-size 64 \
+    --duration 5s --warmup 1s --drain 2s --out "$out/syscalls/$name" --count-syscalls $pid \
+    --allow-saturation || true
   kill -INT $pid; wait $pid || true
 }
 echo "== 4/6 system calls per message at $rate msg/s" >&2
 for bs in 1 128; do
-  count "engine-bs$bs" $eng serve --listen 127.0.0.1:$port --shards 1 --batch-size $bs --batch-timeout 0
-  [ ${#control[@]} -eq 0 ] || count "control-bs$bs" $bh control-server --listen 127.0.0.1:$port --batch-size $bs --batch-timeout 0
+  count "engine-bs$bs" "$rate" $eng serve --listen 127.0.0.1:$port --shards 1 --batch-size $bs --batch-timeout 0
+  [ ${#control[@]} -eq 0 ] || count "control-bs$bs" "$rate" $bh control-server --listen 127.0.0.1:$port --batch-size $bs --batch-timeout 0
+done
+echo "== 4/6 CPU per message, saturated ($saturate msg/s offered)" >&2
+for bs in 1 16 128; do
+  count "engine-bs$bs-saturated" "$saturate" $eng serve --listen 127.0.0.1:$port --shards 1 --batch-size $bs --batch-timeout 0
+  [ ${#control[@]} -eq 0 ] || count "control-bs$bs-saturated" "$saturate" $bh control-server --listen 127.0.0.1:$port --batch-size $bs --batch-timeout 0
 done
 
 knee128=$(jq '[.[] | select(.batch_size == 128) | .knee // empty] | first // 10000' "$out/engine/knee.json")

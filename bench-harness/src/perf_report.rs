@@ -348,6 +348,7 @@ impl PerfReport {
                 "p99 (ms)",
                 "server syscalls/msg",
                 "harness syscalls/msg",
+                "server core busy",
                 "server CPU us/msg",
                 "server msg/s per core at that cost",
             ];
@@ -362,12 +363,13 @@ impl PerfReport {
                         format!("{:.3}", r.p99_ms),
                         format!("{:.2}", r.syscalls.server_per_message()),
                         format!("{:.2}", r.syscalls.harness_per_message()),
+                        format!("{:.0} %", r.syscalls.server_core_busy_percent()),
                         format!("{:.2}", r.syscalls.server_cpu_us_per_message()),
                         format!("{:.0}", r.syscalls.server_messages_per_core_s()),
                     ]
                 })
                 .collect();
-            s.push_str("Per message at one fixed rate (`perf stat -e raw_syscalls:sys_enter,task-clock` over each measured phase, all threads of each process; msg/s per core = messages / server CPU seconds). Far below saturation most messages cost the server a wake-up of its own, so these are costs at this rate, not capacity; the knees above are capacity:\n\n");
+            s.push_str("Per message at fixed rates (`perf stat -e raw_syscalls:sys_enter,task-clock` over each measured phase, all threads of each process; core busy = server CPU seconds / window; msg/s per core = messages / server CPU seconds). Far below saturation most messages cost the server a wake-up of its own, so those rows are costs at that rate, not capacity. Rows named `-saturated` offer more than the pair of cores carries: what the server spends per message when it is as busy as the harness can make it, the closest this machine comes to a server's capacity per core:\n\n");
             s.push_str(&markdown_table(&headers, &rows));
             s.push('\n');
         }
@@ -386,12 +388,12 @@ impl PerfReport {
             ));
         }
         for bs in [1, 16, 128] {
-            let run = |prefix: &str| {
+            let run = |prefix: &str, suffix: &str| {
                 self.syscalls
                     .iter()
-                    .find(|r| r.name == format!("{prefix}-bs{bs}"))
+                    .find(|r| r.name == format!("{prefix}-bs{bs}{suffix}"))
             };
-            if let (Some(e), Some(c)) = (run("engine"), run("control")) {
+            if let (Some(e), Some(c)) = (run("engine", ""), run("control", "")) {
                 let (ec, cc) = (
                     e.syscalls.server_cpu_us_per_message(),
                     c.syscalls.server_cpu_us_per_message(),
@@ -399,6 +401,24 @@ impl PerfReport {
                 s.push_str(&format!(
                     "- CPU per message at batch {bs} and {:.0} msg/s: engine {ec:.2} us, control {cc:.2} us: at this rate the engine carries {:.2}x the control's messages per core-second.\n",
                     e.rate,
+                    cc / ec.max(1e-9)
+                ));
+            }
+            if let (Some(e), Some(c)) = (run("engine", "-saturated"), run("control", "-saturated"))
+            {
+                let (ec, cc) = (
+                    e.syscalls.server_cpu_us_per_message(),
+                    c.syscalls.server_cpu_us_per_message(),
+                );
+                s.push_str(&format!(
+                    "- Saturated at batch {bs} ({:.0} msg/s offered): the engine carried {:.0} msg/s with its core {:.0} % busy, {ec:.2} us a message ({:.0} msg/s per core-second); the control {:.0} msg/s, {:.0} % busy, {cc:.2} us ({:.0}): the engine carries {:.2}x the control's messages per core-second.\n",
+                    e.rate,
+                    e.achieved,
+                    e.syscalls.server_core_busy_percent(),
+                    e.syscalls.server_messages_per_core_s(),
+                    c.achieved,
+                    c.syscalls.server_core_busy_percent(),
+                    c.syscalls.server_messages_per_core_s(),
                     cc / ec.max(1e-9)
                 ));
             }
@@ -554,30 +574,35 @@ mod tests {
                 e(Server::Engine, "bs=128 bt=0", 160_000.0),
                 e(Server::Control, "bs=128 bt=0", 40_000.0),
             ],
-            syscalls: ["engine-bs128", "control-bs128"]
-                .iter()
-                .zip([2.0, 6.0])
-                .map(|(name, cpu_us)| SyscallRun {
-                    name: (*name).into(),
-                    rate: 20_000.0,
-                    achieved: 20_000.0,
-                    p99_ms: 1.0,
-                    syscalls: SyscallReport {
-                        window_s: 5.0,
-                        messages: 100_000,
-                        server: crate::syscalls::ProcessCount {
-                            pid: 1,
-                            syscalls: 150_000,
-                            cpu_s: cpu_us * 0.1,
-                        },
-                        harness: crate::syscalls::ProcessCount {
-                            pid: 2,
-                            syscalls: 90_000,
-                            cpu_s: 1.0,
-                        },
+            syscalls: [
+                "engine-bs128",
+                "control-bs128",
+                "engine-bs128-saturated",
+                "control-bs128-saturated",
+            ]
+            .iter()
+            .zip([2.0, 6.0, 1.0, 1.25])
+            .map(|(name, cpu_us)| SyscallRun {
+                name: (*name).into(),
+                rate: 20_000.0,
+                achieved: 20_000.0,
+                p99_ms: 1.0,
+                syscalls: SyscallReport {
+                    window_s: 5.0,
+                    messages: 100_000,
+                    server: crate::syscalls::ProcessCount {
+                        pid: 1,
+                        syscalls: 150_000,
+                        cpu_s: cpu_us * 0.1,
                     },
-                })
-                .collect(),
+                    harness: crate::syscalls::ProcessCount {
+                        pid: 2,
+                        syscalls: 90_000,
+                        cpu_s: 1.0,
+                    },
+                },
+            })
+            .collect(),
             adaptive: Some(Adaptive {
                 rate: 16_000.0,
                 p50_bs1_ms: 0.5,
@@ -630,8 +655,16 @@ mod tests {
             "{md}"
         );
         assert!(
-            cells.contains("|engine-bs128|20000|20000|1.000|1.50|0.90|2.00|500000|"),
+            cells.contains("|engine-bs128|20000|20000|1.000|1.50|0.90|4%|2.00|500000|"),
             "{md}"
+        );
+        assert!(
+            md.contains("Saturated at batch 128 (20000 msg/s offered): the engine carried 20000 msg/s with its core 2 % busy, 1.00 us a message (1000000 msg/s per core-second); the control 20000 msg/s, 2 % busy, 1.25 us (800000): the engine carries 1.25x"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("Saturated at batch 1 "),
+            "no saturated line without both runs: {md}"
         );
     }
 

@@ -89,6 +89,12 @@ impl SyscallReport {
         self.messages as f64 / self.server.cpu_s.max(1e-9)
     }
 
+    /// How busy the server kept one core over the window, in percent (above 100 when it
+    /// used more than one core).
+    pub fn server_core_busy_percent(&self) -> f64 {
+        100.0 * self.server.cpu_s / self.window_s.max(1e-9)
+    }
+
     /// Writes `syscalls.json` into `dir`.
     pub fn write_json(&self, dir: &Path) -> std::io::Result<PathBuf> {
         let p = dir.join("syscalls.json");
