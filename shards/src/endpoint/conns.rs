@@ -16,7 +16,7 @@ use super::Endpoint;
 use super::interface::PeerActivity;
 use super::pool::PoolConfig;
 use super::routing::{Origin, RouteOutcome};
-use super::stats::{add, held, inc, sub};
+use super::stats::{add, inc, sub};
 use super::timers::TimerKey;
 
 /// A connection's key, unique within its shard.
@@ -298,7 +298,7 @@ impl Endpoint {
             self.note_junk(now);
             return None;
         }
-        if self.cfg.memory.over(self.cfg.pool.memory_limit) {
+        if self.memory_over() {
             inc(&self.stats().memory_limit_drops);
             self.note_junk(now);
             return None;
@@ -392,8 +392,8 @@ impl Endpoint {
             size,
             now,
         );
-        add(&self.cfg.stats.queued_bytes, size as u64);
-        held(&self.cfg, 0, size as u64);
+        self.tally.queued(size as u64);
+        self.tally.held(0, size as u64);
         self.mark_dirty(key);
     }
 
@@ -435,8 +435,8 @@ impl Endpoint {
         if let Some(peer) = peer {
             self.conns.unset_peer(&peer, key);
             for (q, _) in rest {
-                sub(&self.cfg.stats.queued_bytes, q.record.encoded_len() as u64);
-                held(&self.cfg, q.record.encoded_len() as u64, 0);
+                self.tally.unqueued(q.record.encoded_len() as u64);
+                self.tally.held(q.record.encoded_len() as u64, 0);
                 let origin = self.origin_of(&q.record);
                 if let RouteOutcome::Blocked(r) =
                     self.route_to_peer(origin, peer, q.record, q.received, now)
@@ -451,6 +451,12 @@ impl Endpoint {
     /// Removes the closed sessions noted since the last call, reporting what they left
     /// undelivered.
     pub(super) fn reap(&mut self, now: Instant) {
+        self.reap_closed(now);
+        self.tally.settle(&self.cfg.stats, &self.cfg.memory);
+    }
+
+    /// The work of [`Endpoint::reap`].
+    fn reap_closed(&mut self, now: Instant) {
         if self.closed.is_empty() {
             return;
         }
@@ -505,8 +511,8 @@ impl Endpoint {
                 let mut queued = Vec::new();
                 while !c.queue.is_empty() {
                     for (q, _) in c.queue.pop_batch() {
-                        sub(&self.cfg.stats.queued_bytes, q.record.encoded_len() as u64);
-                        held(&self.cfg, q.record.encoded_len() as u64, 0);
+                        self.tally.unqueued(q.record.encoded_len() as u64);
+                        self.tally.held(q.record.encoded_len() as u64, 0);
                         queued.push((q.record, q.received));
                     }
                 }
@@ -554,8 +560,8 @@ impl Endpoint {
             left.extend(c.queue.pop_batch().into_iter().map(|(q, _)| q.record));
         }
         let bytes: usize = left.iter().map(Record::encoded_len).sum();
-        sub(&self.cfg.stats.queued_bytes, bytes as u64);
-        held(&self.cfg, bytes as u64 + c.held, 0);
+        self.tally.unqueued(bytes as u64);
+        self.tally.held(bytes as u64 + c.held, 0);
         for r in left {
             let origin = self.origin_of(&r);
             self.undeliverable(origin, r, code, now);

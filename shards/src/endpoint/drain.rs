@@ -100,5 +100,6 @@ impl Endpoint {
             self.drop_conn_state(k, ErrorCode::ShuttingDown, now);
         }
         self.closed.clear();
+        self.tally.settle(&self.cfg.stats, &self.cfg.memory);
     }
 }

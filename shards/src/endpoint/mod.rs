@@ -243,6 +243,8 @@ pub struct Endpoint {
     payloads: PayloadPool,
     /// Shard-local histograms, added into `cfg.histograms` every publish period.
     hist: Histograms,
+    /// Per-message counts and gauges of this turn, added into the shared ones at its end.
+    tally: stats::Tally,
     last_publish: Instant,
     /// Peer traffic changed since the last publish.
     activity_dirty: bool,
@@ -326,6 +328,7 @@ impl Endpoint {
             batch_buf: Vec::new(),
             payloads: PayloadPool::new(SPARE_PAYLOADS, SPARE_PAYLOAD_BYTES),
             hist: Histograms::new(),
+            tally: stats::Tally::default(),
             last_publish: now,
             activity_dirty: false,
             rng,
@@ -625,7 +628,7 @@ impl Endpoint {
         self.last_now = now;
         self.note_junk(now);
         // Another shard may have freed what kept the node at its memory limit.
-        if self.memory_blocked && !self.cfg.memory.over(self.cfg.pool.memory_limit) {
+        if self.memory_blocked && !self.memory_over() {
             self.memory_blocked = false;
             self.room_freed = true;
         }
@@ -742,6 +745,12 @@ impl Endpoint {
     /// appeared for the senders that stopped reading because that connection was full:
     /// they are serviced, and what they queued is flushed in a further round.
     fn end_turn(&mut self, now: Instant) {
+        self.end_turn_rounds(now);
+        self.tally.settle(&self.cfg.stats, &self.cfg.memory);
+    }
+
+    /// The rounds of [`Endpoint::end_turn`].
+    fn end_turn_rounds(&mut self, now: Instant) {
         for round in 0..END_TURN_ROUNDS {
             let dirty = std::mem::take(&mut self.dirty);
             if dirty.is_empty() {

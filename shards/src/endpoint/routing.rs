@@ -13,7 +13,7 @@ use super::Endpoint;
 use super::conns::{ConnKey, Kind};
 use super::interface::{App, Delivery, Hop, PeerDirectory, ShardMsg};
 use super::pool::Pool;
-use super::stats::{self, inc};
+use super::stats::inc;
 
 /// Records waiting for other shards before senders feeding them are paused.
 pub(super) const HOP_BACKLOG_LIMIT: usize = 1024;
@@ -138,7 +138,7 @@ impl Endpoint {
     ) -> RouteOutcome {
         match r {
             Record::Message(mut m) => {
-                inc(&self.stats().messages_in);
+                self.tally.message_in();
                 if let Origin::Conn(k) = origin {
                     // The sender is whoever authenticated on this connection.
                     if let Some(p) = self.conns.get(k).and_then(|c| c.peer) {
@@ -167,7 +167,7 @@ impl Endpoint {
                 match self.route_to_peer(origin, dst, Record::Message(m), received, now) {
                     RouteOutcome::Blocked(Record::Message(m)) => {
                         // Undo the count; it will be counted again on retry.
-                        stats::sub(&self.stats().messages_in, 1);
+                        self.tally.unmessage_in();
                         RouteOutcome::Blocked(Record::Message(m))
                     }
                     // Relayed only when it went somewhere (not when it was refused).

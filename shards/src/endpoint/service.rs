@@ -12,7 +12,7 @@ use crate::wire::{PayloadPool, PeerId, Record, close_code};
 use super::conns::{ConnKey, Kind, Queued, SealedFrame};
 use super::interface::ShardMsg;
 use super::routing::{Origin, RouteOutcome};
-use super::stats::{add, held, inc, sub};
+use super::stats::{add, inc};
 use super::timers::TimerKey;
 use super::{Endpoint, FRAMES_PER_TURN, MAX_SESSION_BACKLOG, Transmit};
 
@@ -47,6 +47,7 @@ impl Endpoint {
                 }
                 return;
             }
+            let over_memory = self.memory_over();
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
@@ -56,7 +57,7 @@ impl Endpoint {
                 return;
             }
             // The node is at its memory ceiling: read nothing more until it is below.
-            if self.cfg.memory.over(self.cfg.pool.memory_limit) {
+            if over_memory {
                 if !self.memory_blocked {
                     self.memory_blocked = true;
                     inc(&self.cfg.stats.memory_pauses);
@@ -100,8 +101,27 @@ impl Endpoint {
                         c.activity.bytes_in += r.encoded_len() as u64;
                     }
                     c.last_activity = now;
-                    c.stalled.extend(buf.drain(..).map(|r| (r, now)));
+                    // Routed straight from the decode buffer; `stalled` (empty here, it
+                    // was drained above) takes only what finds no room, in order.
+                    let mut records = buf.drain(..);
+                    let mut blocked = false;
+                    for r in records.by_ref() {
+                        if let RouteOutcome::Blocked(r) = self.route(Origin::Conn(key), r, now, now)
+                        {
+                            if let Some(c) = self.conns.get_mut(key) {
+                                c.stalled.push_back((r, now));
+                                c.stalled.extend(records.by_ref().map(|r| (r, now)));
+                            }
+                            blocked = true;
+                            break;
+                        }
+                    }
+                    drop(records);
                     self.decode_buf = buf;
+                    if blocked {
+                        self.mark_blocked(key);
+                        return;
+                    }
                 }
                 Err(e) => {
                     // Counted by `drive`, with failures found outside reads.
@@ -221,14 +241,21 @@ impl Endpoint {
             let mut bytes = 0usize;
             let mut msgs = 0u64;
             let mut echoes = 0u64;
+            // Messages queued in one turn share their enqueue time: one histogram entry
+            // per run of equal times, with its count.
+            let mut run: Option<(Instant, u64)> = None;
             for (q, enqueued) in &batch {
                 bytes += q.record.encoded_len();
                 if matches!(q.record, Record::Message(_)) {
                     msgs += 1;
-                    let waited = now.saturating_duration_since(*enqueued);
-                    self.hist
-                        .queue_delay_ns
-                        .saturating_record(waited.as_nanos() as u64);
+                    run = match run {
+                        Some((t, n)) if t == *enqueued => Some((t, n + 1)),
+                        Some((t, n)) => {
+                            record_waits(&mut self.hist, now, t, n);
+                            Some((*enqueued, 1))
+                        }
+                        None => Some((*enqueued, 1)),
+                    };
                     if q.kind == Kind::EchoReply {
                         echoes += 1;
                     }
@@ -240,8 +267,11 @@ impl Endpoint {
                     }
                 }
             }
-            sub(&self.cfg.stats.queued_bytes, bytes as u64);
-            held(&self.cfg, bytes as u64, 0);
+            if let Some((t, n)) = run {
+                record_waits(&mut self.hist, now, t, n);
+            }
+            self.tally.unqueued(bytes as u64);
+            self.tally.held(bytes as u64, 0);
             // Sealed into the session's outgoing bytes; offered to QUIC once, below.
             match c.session.queue_batch(batch.iter().map(|(q, _)| &q.record)) {
                 Ok(()) => {
@@ -305,7 +335,7 @@ impl Endpoint {
         let delivered = c.note_progress(now);
         add(&self.cfg.stats.delivered_local, delivered);
         let own = (c.session.pending_bytes() + c.session.received_bytes()) as u64;
-        held(&self.cfg, c.held, own);
+        self.tally.held(c.held, own);
         c.held = own;
         // The deadline is per frame: it restarts when a later frame is the one awaited.
         let frame = c.session.frames_opened();
@@ -341,6 +371,13 @@ impl Endpoint {
         };
         self.timers.set(TimerKey::Conn(key), deadline);
     }
+}
+
+/// Records that `n` messages queued at `enqueued` waited until `now` to be sealed.
+fn record_waits(hist: &mut crate::hist::Histograms, now: Instant, enqueued: Instant, n: u64) {
+    let waited = now.saturating_duration_since(enqueued);
+    hist.queue_delay_ns
+        .saturating_record_n(waited.as_nanos() as u64, n);
 }
 
 /// Empties a sent batch, keeping its message payload buffers for the next messages decoded.

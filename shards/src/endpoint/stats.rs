@@ -131,19 +131,81 @@ pub(super) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Moves `old` bytes of held memory to `new`: the node's shared budget and this shard's
-/// gauge.
-pub(super) fn held(cfg: &super::ShardConfig, old: u64, new: u64) {
-    cfg.memory.update(old, new);
-    if new > old {
-        add(&cfg.stats.buffered_bytes, new - old);
-    } else {
-        let _ = cfg
-            .stats
-            .buffered_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(old - new))
-            });
+/// The byte gauges and message count a turn changes for every message (queued, sealed,
+/// held), kept shard-local during the turn and added into the shared atomics once at its
+/// end ([`Tally::settle`]): one atomic update of each per turn instead of several per
+/// message, and none per message on the node's memory budget, whose cache line every
+/// shard writes. Readers of the gauges see them as of the last finished turn.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    messages_in: u64,
+    queued_up: u64,
+    queued_down: u64,
+    held_up: u64,
+    held_down: u64,
+}
+
+impl Tally {
+    /// One message record arrived from a peer, the app or another shard.
+    pub(super) fn message_in(&mut self) {
+        self.messages_in = self.messages_in.wrapping_add(1);
+    }
+
+    /// Takes back a `message_in` (the record is routed again later and counted then).
+    pub(super) fn unmessage_in(&mut self) {
+        self.messages_in = self.messages_in.wrapping_sub(1);
+    }
+
+    /// `n` bytes of records went into a batch queue.
+    pub(super) fn queued(&mut self, n: u64) {
+        self.queued_up += n;
+    }
+
+    /// `n` bytes of records left a batch queue (sealed, rerouted or dropped).
+    pub(super) fn unqueued(&mut self, n: u64) {
+        self.queued_down += n;
+    }
+
+    /// Moves `old` bytes of held memory to `new` (the node's budget and this shard's gauge).
+    pub(super) fn held(&mut self, old: u64, new: u64) {
+        self.held_up += new;
+        self.held_down += old;
+    }
+
+    /// Bytes of held memory this turn added on balance (negative: freed), not yet in the
+    /// node's budget.
+    pub(super) fn held_pending(&self) -> i128 {
+        i128::from(self.held_up) - i128::from(self.held_down)
+    }
+
+    /// Adds what the turn counted into the shared counters, the node's memory budget and
+    /// this shard's gauges, and starts over.
+    pub(super) fn settle(&mut self, stats: &ShardStats, memory: &super::pool::MemoryBudget) {
+        let t = std::mem::take(self);
+        if t.messages_in != 0 {
+            // Wrapping: a record counted in and taken back in one turn nets to zero.
+            add(&stats.messages_in, t.messages_in);
+        }
+        if t.queued_up != t.queued_down {
+            if t.queued_up > t.queued_down {
+                add(&stats.queued_bytes, t.queued_up - t.queued_down);
+            } else {
+                sub(&stats.queued_bytes, t.queued_down - t.queued_up);
+            }
+        }
+        if t.held_up != t.held_down {
+            memory.update(t.held_down, t.held_up);
+            if t.held_up > t.held_down {
+                add(&stats.buffered_bytes, t.held_up - t.held_down);
+            } else {
+                let _ =
+                    stats
+                        .buffered_bytes
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                            Some(b.saturating_sub(t.held_down - t.held_up))
+                        });
+            }
+        }
     }
 }
 
@@ -153,6 +215,14 @@ pub(super) fn sub(c: &AtomicU64, n: u64) {
 }
 
 impl Endpoint {
+    /// Whether the node is at its memory limit, counting what this turn holds that is not
+    /// settled into the shared budget yet.
+    pub(super) fn memory_over(&self) -> bool {
+        self.cfg.pool.memory_limit.is_some_and(|l| {
+            i128::from(self.cfg.memory.used()) + self.tally.held_pending() >= i128::from(l)
+        })
+    }
+
     /// Adds local histograms into the shared copy (one short lock per period) and reports
     /// each connection's traffic to the peer index if it changed.
     pub fn publish(&mut self, now: Instant) {
@@ -257,6 +327,54 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_turn_tally_settles_net_into_the_shared_gauges_and_budget() {
+        let (s, budget) = (
+            ShardStats::default(),
+            super::super::pool::MemoryBudget::default(),
+        );
+        budget.update(0, 1_000); // another shard holds 1000 bytes
+        let mut t = Tally::default();
+        for _ in 0..3 {
+            t.message_in();
+            t.queued(100);
+            t.held(0, 100);
+        }
+        t.unmessage_in(); // one of them found no room and is routed again later
+        t.unqueued(100); // one sealed
+        t.held(100, 0);
+        assert_eq!(t.held_pending(), 200);
+        assert_eq!(
+            get(&s.messages_in),
+            0,
+            "nothing shared moves before the turn ends"
+        );
+        assert_eq!(budget.used(), 1_000);
+        t.settle(&s, &budget);
+        assert_eq!(get(&s.messages_in), 2);
+        assert_eq!(get(&s.queued_bytes), 200);
+        assert_eq!(get(&s.buffered_bytes), 200);
+        assert_eq!(budget.used(), 1_200);
+        assert_eq!(t.held_pending(), 0, "settling starts a new turn");
+        // A turn that frees more than it adds lowers both, never below zero for the gauge.
+        t.unqueued(200);
+        t.held(200, 0);
+        t.held(50, 0);
+        t.settle(&s, &budget);
+        assert_eq!(get(&s.queued_bytes), 0);
+        assert_eq!(get(&s.buffered_bytes), 0);
+        assert_eq!(budget.used(), 950);
+        // A message counted in and taken back within the turn leaves the count alone.
+        t.unmessage_in();
+        t.message_in();
+        t.settle(&s, &budget);
+        assert_eq!(get(&s.messages_in), 2);
+    }
 
     #[test]
     fn the_junk_warning_is_rate_limited_and_names_what_moved() {
