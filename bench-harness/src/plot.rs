@@ -178,7 +178,7 @@ pub fn percentile_plot_curves(
     render(path_svg, path_png, &figure)
 }
 
-/// p99 latency against achieved rate. `points` are `(label, achieved msg/s, p99 ms)`; labels
+/// p99 latency (log scale) against achieved rate. `points` are `(label, achieved msg/s, p99 ms)`; labels
 /// with the same text before `@` (e.g. `bs=16 bt=1ms @5000/s`) form one line, in rate order.
 ///
 /// ```
@@ -227,19 +227,43 @@ pub fn latency_vs_throughput_plot(
             .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
             .fold(0.0, f64::max),
     );
-    let y_max = nice_max(
-        series
-            .iter()
-            .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
-            .fold(0.0, f64::max),
-    );
+    // p99 on a log axis: a search's holding steps (a few ms) and its saturated ones
+    // (seconds) both stay readable. Plotted as log10 of the value, labelled in ms.
+    for (_, pts) in &mut series {
+        for p in pts.iter_mut() {
+            p.1 = log_ms(p.1);
+        }
+    }
+    let ys = || series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y));
+    let y_min = ys().fold(f64::INFINITY, f64::min).floor();
+    let y_max = ys()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .ceil()
+        .max(y_min + 1.0);
     ensure_font()?;
     let figure = ThroughputFigure {
         series: &series,
         x_max,
+        y_min,
         y_max,
     };
     render(path_svg, path_png, &figure)
+}
+
+/// Where a p99 of `ms` sits on the log axis: log10, with anything under 1 us at 1 us.
+fn log_ms(ms: f64) -> f64 {
+    ms.max(0.001).log10()
+}
+
+/// A log-axis position back as a label in ms ("0.1", "1", "10", "1000").
+fn ms_label(y: f64) -> String {
+    let ms = 10f64.powf(y);
+    if ms >= 1.0 {
+        format!("{ms:.0}")
+    } else {
+        let digits = (-y.floor()) as usize;
+        format!("{ms:.digits$}")
+    }
 }
 
 /// The configuration family of a label: the text before `@`, trimmed.
@@ -423,8 +447,10 @@ impl Figure for PercentileFigure<'_> {
 }
 
 struct ThroughputFigure<'a> {
+    /// Points as (rate, log10 of p99 in ms).
     series: &'a [(String, Vec<(f64, f64)>)],
     x_max: f64,
+    y_min: f64,
     y_max: f64,
 }
 
@@ -434,7 +460,8 @@ impl Figure for ThroughputFigure<'_> {
         root: &DrawingArea<DB, Shift>,
         raster: bool,
     ) -> Result<(), String> {
-        let (series, x_max, y_max) = (self.series, self.x_max, self.y_max);
+        let (series, x_max) = (self.series, self.x_max);
+        let (y_min, y_max) = (self.y_min, self.y_max);
         let s = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         root.fill(&WHITE).map_err(s)?;
         let mut chart = ChartBuilder::on(root)
@@ -443,16 +470,17 @@ impl Figure for ThroughputFigure<'_> {
             .margin_right(64)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .build_cartesian_2d(0.0..x_max, y_min..y_max)
             .map_err(s)?;
         chart
             .configure_mesh()
             .x_labels(8)
-            .y_labels(8)
+            // One label a decade.
+            .y_labels((y_max - y_min) as usize + 1)
             .x_label_formatter(&|x| format!("{x}"))
-            .y_label_formatter(&|y| format!("{y}"))
+            .y_label_formatter(&|y| ms_label(*y))
             .x_desc("Achieved rate (msg/s)")
-            .y_desc("p99 latency (ms)")
+            .y_desc("p99 latency (ms, log scale)")
             .label_style((FONT, 20))
             .axis_desc_style((FONT, 22))
             .light_line_style(RGBColor(240, 240, 240))
@@ -503,5 +531,9 @@ mod tests {
         assert_eq!(nice_max(4100.0), 5000.0);
         assert_eq!(family_of("bs=16 bt=1ms @5000/s"), "bs=16 bt=1ms");
         assert_eq!(family_of("run-a"), "run-a");
+        assert_eq!(ms_label(log_ms(10.0)), "10");
+        assert_eq!(ms_label(log_ms(1000.0)), "1000");
+        assert_eq!(ms_label(log_ms(0.1)), "0.1");
+        assert_eq!(ms_label(log_ms(0.0)), "0.001", "below 1 us sits at 1 us");
     }
 }
