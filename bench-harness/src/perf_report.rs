@@ -393,23 +393,20 @@ impl PerfReport {
                     .iter()
                     .find(|r| r.name == format!("{prefix}-bs{bs}{suffix}"))
             };
-            if let (Some(e), Some(c)) = (run("engine", ""), run("control", "")) {
-                let (ec, cc) = (
-                    e.syscalls.server_cpu_us_per_message(),
-                    c.syscalls.server_cpu_us_per_message(),
-                );
+            // Engine and control runs of one kind, with their CPU microseconds a message.
+            let pair = |suffix: &str| {
+                let (e, c) = (run("engine", suffix)?, run("control", suffix)?);
+                let cpu = |r: &SyscallRun| r.syscalls.server_cpu_us_per_message();
+                Some((e, c, cpu(e), cpu(c)))
+            };
+            if let Some((e, _, ec, cc)) = pair("") {
                 s.push_str(&format!(
                     "- CPU per message at batch {bs} and {:.0} msg/s: engine {ec:.2} us, control {cc:.2} us: at this rate the engine carries {:.2}x the control's messages per core-second.\n",
                     e.rate,
                     cc / ec.max(1e-9)
                 ));
             }
-            if let (Some(e), Some(c)) = (run("engine", "-saturated"), run("control", "-saturated"))
-            {
-                let (ec, cc) = (
-                    e.syscalls.server_cpu_us_per_message(),
-                    c.syscalls.server_cpu_us_per_message(),
-                );
+            if let Some((e, c, ec, cc)) = pair("-saturated") {
                 s.push_str(&format!(
                     "- Saturated at batch {bs} ({:.0} msg/s offered): the engine carried {:.0} msg/s with its core {:.0} % busy, {ec:.2} us a message ({:.0} msg/s per core-second); the control {:.0} msg/s, {:.0} % busy, {cc:.2} us ({:.0}): the engine carries {:.2}x the control's messages per core-second.\n",
                     e.rate,
