@@ -176,3 +176,50 @@ fn a_receive_burst_is_answered_in_one_datagram() {
         .collect();
     assert_eq!(seqs, (0..8).collect::<Vec<_>>());
 }
+
+/// Messages a full delivery channel cannot take wait in the sender's connection, in order,
+/// and are delivered when the app has read: none lost, none twice, counted once each.
+#[test]
+fn records_that_find_no_room_wait_in_order_and_are_counted_once() {
+    let mut net = Net::new();
+    let server = net.add(NodeSpec::default()); // Channel app, 1024 deliveries deep
+    // Frames of 100 messages: the channel fills in the middle of the eleventh, so the
+    // rest of that frame is what must wait.
+    let client = net.add(NodeSpec {
+        batch: BatchPolicy {
+            max_messages: 100,
+            timeout: Duration::from_millis(1),
+            ..BatchPolicy::default()
+        },
+        ..NodeSpec::default()
+    });
+    let id = net.dial(client, server).expect("dial");
+    let n = 1500u64;
+    for seq in 0..n {
+        net.send(client, id, seq, b"x");
+    }
+    net.pump();
+    net.advance(Duration::from_millis(1)); // the last partial batch's timeout
+    let mut seqs: Vec<u64> = Vec::new();
+    let take = |net: &Net, seqs: &mut Vec<u64>| {
+        seqs.extend(net.deliveries(server).iter().filter_map(|d| match d {
+            Delivery::Message { seq, .. } => Some(*seq),
+            _ => None,
+        }));
+    };
+    take(&net, &mut seqs);
+    assert_eq!(seqs.len(), 1024, "the channel took what it holds");
+    // Counted as they were routed, not again when a blocked one is retried.
+    assert_eq!(get(&net.stats(server).messages_in), 1024);
+    for _ in 0..200 {
+        net.advance(Duration::from_millis(2));
+        take(&net, &mut seqs);
+        if seqs.len() as u64 == n {
+            break;
+        }
+    }
+    assert_eq!(seqs.len() as u64, n);
+    assert!(seqs.iter().copied().eq(0..n), "in order, none twice");
+    assert_eq!(get(&net.stats(server).messages_in), n);
+    assert_eq!(get(&net.stats(server).queued_bytes), 0);
+}
