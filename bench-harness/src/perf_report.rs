@@ -90,6 +90,9 @@ pub struct SyscallRun {
     pub achieved: f64,
     /// p99, ms.
     pub p99_ms: f64,
+    /// Messages lost or corrupted in the run (a saturated run must still lose none).
+    #[serde(default)]
+    pub lost: u64,
     /// The counts.
     pub syscalls: SyscallReport,
 }
@@ -180,6 +183,7 @@ pub fn read_syscall_runs(dir: &Path) -> Result<Vec<SyscallRun>, PerfReportError>
             rate: s.config.rate,
             achieved: s.achieved_rate,
             p99_ms: s.latency_ms.p99,
+            lost: s.lost + s.corrupted,
             syscalls,
         });
     }
@@ -345,6 +349,7 @@ impl PerfReport {
                 "run",
                 "rate (msg/s)",
                 "achieved",
+                "lost",
                 "p99 (ms)",
                 "server syscalls/msg",
                 "harness syscalls/msg",
@@ -360,6 +365,7 @@ impl PerfReport {
                         r.name.clone(),
                         format!("{:.0}", r.rate),
                         format!("{:.0}", r.achieved),
+                        r.lost.to_string(),
                         format!("{:.3}", r.p99_ms),
                         format!("{:.2}", r.syscalls.server_per_message()),
                         format!("{:.2}", r.syscalls.harness_per_message()),
@@ -418,6 +424,12 @@ impl PerfReport {
                     c.syscalls.server_messages_per_core_s(),
                     cc / ec.max(1e-9)
                 ));
+                for r in [e, c].into_iter().filter(|r| r.lost > 0) {
+                    s.push_str(&format!(
+                        "  - {} lost or corrupted {} messages: its CPU per message is not comparable.\n",
+                        r.name, r.lost
+                    ));
+                }
             }
         }
         match self.engine_vs_control() {
@@ -584,6 +596,7 @@ mod tests {
                 rate: 20_000.0,
                 achieved: 20_000.0,
                 p99_ms: 1.0,
+                lost: u64::from(name.starts_with("control-bs128-sat")),
                 syscalls: SyscallReport {
                     window_s: 5.0,
                     messages: 100_000,
@@ -652,13 +665,20 @@ mod tests {
             "{md}"
         );
         assert!(
-            cells.contains("|engine-bs128|20000|20000|1.000|1.50|0.90|4%|2.00|500000|"),
+            cells.contains("|engine-bs128|20000|20000|0|1.000|1.50|0.90|4%|2.00|500000|"),
             "{md}"
         );
         assert!(
             md.contains("Saturated at batch 128 (20000 msg/s offered): the engine carried 20000 msg/s with its core 2 % busy, 1.00 us a message (1000000 msg/s per core-second); the control 20000 msg/s, 2 % busy, 1.25 us (800000): the engine carries 1.25x"),
             "{md}"
         );
+        assert!(
+            md.contains(
+                "control-bs128-saturated lost or corrupted 1 messages: its CPU per message is not comparable"
+            ),
+            "{md}"
+        );
+        assert!(!md.contains("engine-bs128-saturated lost"), "{md}");
         assert!(
             !md.contains("Saturated at batch 1 "),
             "no saturated line without both runs: {md}"
