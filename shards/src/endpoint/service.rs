@@ -108,9 +108,20 @@ impl Endpoint {
                     for r in records.by_ref() {
                         if let RouteOutcome::Blocked(r) = self.route(Origin::Conn(key), r, now, now)
                         {
-                            if let Some(c) = self.conns.get_mut(key) {
-                                c.stalled.push_back((r, now));
-                                c.stalled.extend(records.by_ref().map(|r| (r, now)));
+                            match self.conns.get_mut(key) {
+                                Some(c) => {
+                                    c.stalled.push_back((r, now));
+                                    c.stalled.extend(records.by_ref().map(|r| (r, now)));
+                                }
+                                // Connections go only at the end of a turn, so this is not
+                                // reached; were it, what could not be routed is counted.
+                                None => {
+                                    let n = std::iter::once(r)
+                                        .chain(records.by_ref())
+                                        .filter(|r| matches!(r, Record::Message(_)))
+                                        .count();
+                                    add(&self.cfg.stats.dropped_sender_gone, n as u64);
+                                }
                             }
                             blocked = true;
                             break;
