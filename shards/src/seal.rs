@@ -223,24 +223,66 @@ impl Sealer {
                 len: plaintext.len().saturating_add(TAG_LEN),
             });
         }
+        let start = out.len();
+        out.reserve(HEADER_LEN + plaintext.len() + TAG_LEN);
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        out.extend_from_slice(plaintext);
+        self.seal_tail(out, start)
+    }
+
+    /// Seals in place the plaintext a caller wrote into `out` after reserving
+    /// [`HEADER_LEN`] bytes at `start`: fills in the header, encrypts
+    /// `out[start + HEADER_LEN..]` and appends the tag. A batch encoded straight into the
+    /// outgoing buffer this way is never copied before it is sealed.
+    ///
+    /// On error `out` is truncated back to `start` and the counter is unchanged.
+    ///
+    /// ```
+    /// use shards::seal::{HEADER_LEN, SealKey, Sealer};
+    /// let mut sealer = Sealer::new(SealKey::from_bytes([7; 32]));
+    /// let mut out = b"earlier bytes".to_vec();
+    /// let start = out.len();
+    /// out.extend_from_slice(&[0; HEADER_LEN]);
+    /// out.extend_from_slice(b"a batch plaintext");
+    /// sealer.seal_tail(&mut out, start).unwrap();
+    /// let mut same = Vec::new();
+    /// Sealer::new(SealKey::from_bytes([7; 32])).seal_into(b"a batch plaintext", &mut same).unwrap();
+    /// assert_eq!(&out[start..], &same[..]);
+    /// ```
+    pub fn seal_tail(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), SealError> {
+        let body_at = start.saturating_add(HEADER_LEN);
+        let Some(plain_len) = out.len().checked_sub(body_at) else {
+            out.truncate(start);
+            return Err(SealError::TooLarge { len: 0 });
+        };
+        if plain_len > MAX_PLAINTEXT_LEN {
+            out.truncate(start);
+            return Err(SealError::TooLarge {
+                len: plain_len.saturating_add(TAG_LEN),
+            });
+        }
         if self.counter == u64::MAX {
+            out.truncate(start);
             return Err(SealError::CounterExhausted);
         }
-        let sealed_len = plaintext.len() + TAG_LEN;
-        let header = u32::try_from(sealed_len)
-            .map_err(|_| SealError::TooLarge { len: sealed_len })?
-            .to_be_bytes();
-        let start = out.len();
-        out.reserve(HEADER_LEN + sealed_len);
-        out.extend_from_slice(&header);
-        out.extend_from_slice(plaintext);
+        let sealed_len = plain_len + TAG_LEN;
+        let header = match u32::try_from(sealed_len) {
+            Ok(n) => n.to_be_bytes(),
+            Err(_) => {
+                out.truncate(start);
+                return Err(SealError::TooLarge { len: sealed_len });
+            }
+        };
         let nonce = Nonce::assume_unique_for_key(nonce_bytes(self.counter));
-        let tag = match out.get_mut(start + HEADER_LEN..) {
-            Some(body) => self
-                .cipher
-                .key()
-                .seal_in_place_separate_tag(nonce, Aad::from(header), body)
-                .ok(),
+        let tag = match out.get_mut(start..) {
+            Some(frame) => {
+                let (head, body) = frame.split_at_mut(HEADER_LEN.min(frame.len()));
+                head.copy_from_slice(&header);
+                self.cipher
+                    .key()
+                    .seal_in_place_separate_tag(nonce, Aad::from(header), body)
+                    .ok()
+            }
             None => None,
         };
         match tag {
@@ -250,7 +292,7 @@ impl Sealer {
                 Ok(())
             }
             None => {
-                // Unreachable for lengths within MAX_PLAINTEXT_LEN; keep `out` unchanged.
+                // Unreachable for lengths within MAX_PLAINTEXT_LEN; leave no partial frame.
                 out.truncate(start);
                 Err(SealError::TooLarge { len: sealed_len })
             }
@@ -403,6 +445,54 @@ mod tests {
             assert_eq!(s.counter(), i as u64 + 1);
             assert_eq!(o.counter(), i as u64 + 1);
         }
+    }
+
+    #[test]
+    fn seal_tail_seals_what_was_written_in_place_like_seal_into() {
+        let (mut s, mut o) = pair();
+        let mut reference = Sealer::new(key(9));
+        for pt in [&b"a"[..], &[0xaa; 1000], &[1; 70_000]] {
+            let mut out = vec![0xee, 0xef]; // earlier bytes stay as they are
+            let start = out.len();
+            out.extend_from_slice(&[0x55; HEADER_LEN]); // whatever the header room held
+            out.extend_from_slice(pt);
+            s.seal_tail(&mut out, start).unwrap();
+            let mut same = Vec::new();
+            reference.seal_into(pt, &mut same).unwrap();
+            assert_eq!(&out[..start], &[0xee, 0xef]);
+            assert_eq!(&out[start..], &same[..]);
+            let (h, mut body) = split(&out[start..]);
+            let n = o.open_in_place(h, &mut body).unwrap();
+            assert_eq!(&body[..n], pt);
+        }
+        assert_eq!(s.counter(), 3);
+    }
+
+    #[test]
+    fn seal_tail_failures_leave_no_partial_frame() {
+        let mut s = Sealer::new(key(9));
+        // No room for a header at `start`.
+        let mut short = vec![1, 2, 3, 4, 5];
+        assert!(s.seal_tail(&mut short, 3).is_err());
+        assert_eq!(short, [1, 2, 3]);
+        // A plaintext over the limit.
+        let mut big = vec![7u8; 2 + HEADER_LEN + MAX_PLAINTEXT_LEN + 1];
+        assert_eq!(
+            s.seal_tail(&mut big, 2),
+            Err(SealError::TooLarge {
+                len: MAX_PLAINTEXT_LEN + 1 + TAG_LEN
+            })
+        );
+        assert_eq!(big, [7, 7]);
+        assert_eq!(s.counter(), 0);
+        // An exhausted counter.
+        let mut last = Sealer::with_counter(key(9), u64::MAX);
+        let mut out = vec![9; 1 + HEADER_LEN + 3];
+        assert_eq!(
+            last.seal_tail(&mut out, 1),
+            Err(SealError::CounterExhausted)
+        );
+        assert_eq!(out, [9]);
     }
 
     #[test]

@@ -69,7 +69,7 @@
 use crate::frames::FrameReader;
 use crate::handshake::{Handshake, HandshakeError, Role};
 use crate::identity::Identity;
-use crate::seal::{Opener, SealError, SealKey, Sealer};
+use crate::seal::{self, Opener, SealError, SealKey, Sealer};
 use crate::wire::{self, PayloadPool, PeerId, Record, WireError, close_code};
 
 pub use crate::frames::StreamRead;
@@ -145,8 +145,6 @@ pub struct StreamSession {
     /// Bytes the transport has taken since the session started; it only moves while the
     /// peer grants flow-control credit (the driver's stall detector).
     tx_accepted: u64,
-    /// Plaintext scratch for encoding batches.
-    scratch: Vec<u8>,
     fin_wanted: bool,
     fin_sent: bool,
 }
@@ -179,7 +177,6 @@ impl StreamSession {
             tx: Vec::new(),
             tx_off: 0,
             tx_accepted: 0,
-            scratch: Vec::new(),
             fin_wanted: false,
             fin_sent: false,
         }
@@ -385,12 +382,16 @@ impl StreamSession {
         let Phase::Open { sealer, .. } = &mut self.phase else {
             return Err(StreamError::NotOpen);
         };
-        self.scratch.clear();
-        wire::encode_batch(records, &mut self.scratch);
-        if self.scratch.is_empty() {
+        // Encoded straight into the outgoing bytes after room for the frame header, then
+        // sealed in place: the plaintext is never copied.
+        let start = self.tx.len();
+        self.tx.extend_from_slice(&[0; seal::HEADER_LEN]);
+        wire::encode_batch(records, &mut self.tx);
+        if self.tx.len() == start + seal::HEADER_LEN {
+            self.tx.truncate(start);
             return Ok(());
         }
-        sealer.seal_into(&self.scratch, &mut self.tx)?;
+        sealer.seal_tail(&mut self.tx, start)?;
         Ok(())
     }
 

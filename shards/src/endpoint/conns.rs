@@ -16,6 +16,7 @@ use super::Endpoint;
 use super::interface::PeerActivity;
 use super::pool::PoolConfig;
 use super::routing::{Origin, RouteOutcome};
+use super::stats::Tally;
 use super::stats::{add, inc, sub};
 use super::timers::TimerKey;
 
@@ -187,7 +188,9 @@ impl Conn {
 /// Connections by key, with their connection-ID and peer indexes.
 #[derive(Default)]
 pub(super) struct ConnIndex {
-    conns: Map<ConnKey, Conn>,
+    /// Boxed: a connection (its quiche state inline) is kilobytes, and every record routed
+    /// looks one up; boxed, the table's probes stay on a few dense cache lines.
+    conns: Map<ConnKey, Box<Conn>>,
     by_cid: Map<Vec<u8>, ConnKey>,
     by_peer: Map<PeerId, ConnKey>,
     next_key: ConnKey,
@@ -195,15 +198,15 @@ pub(super) struct ConnIndex {
 
 impl ConnIndex {
     pub(super) fn get(&self, key: ConnKey) -> Option<&Conn> {
-        self.conns.get(&key)
+        self.conns.get(&key).map(|c| &**c)
     }
 
     pub(super) fn get_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
-        self.conns.get_mut(&key)
+        self.conns.get_mut(&key).map(|c| &mut **c)
     }
 
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&ConnKey, &mut Conn)> {
-        self.conns.iter_mut()
+        self.conns.iter_mut().map(|(k, c)| (k, &mut **c))
     }
 
     pub(super) fn keys(&self) -> Vec<ConnKey> {
@@ -259,11 +262,11 @@ impl ConnIndex {
         for s in &conn.scids {
             self.by_cid.insert(s.clone(), key);
         }
-        self.conns.insert(key, conn);
+        self.conns.insert(key, Box::new(conn));
         key
     }
 
-    fn remove(&mut self, key: ConnKey) -> Option<Conn> {
+    fn remove(&mut self, key: ConnKey) -> Option<Box<Conn>> {
         let c = self.conns.remove(&key)?;
         for s in &c.scids {
             self.by_cid.remove(s);
@@ -377,24 +380,16 @@ impl Endpoint {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if !c.output_waiting() {
-            // The stall clock starts when data starts waiting for this peer.
-            c.progress_at = now;
-            c.accepted_mark = c.session.accepted_bytes();
-        }
-        let size = record.encoded_len();
-        c.queue.push(
-            Queued {
-                record,
-                received,
-                kind,
-            },
-            size,
+        push_queued(
+            c,
+            key,
+            record,
+            received,
+            kind,
             now,
+            &mut self.tally,
+            &mut self.dirty,
         );
-        self.tally.queued(size as u64);
-        self.tally.held(0, size as u64);
-        self.mark_dirty(key);
     }
 
     /// Notes that `key`'s queue got records this turn (once per connection per turn).
@@ -572,5 +567,43 @@ impl Endpoint {
                 inc(&self.stats().dropped_sender_gone);
             }
         }
+    }
+}
+
+/// Queues `record` on connection `c` (`key`), starts its stall clock if nothing was
+/// waiting, counts its bytes and lists the connection as dirty (once a turn). A free
+/// function over the endpoint's parts, so a caller that already holds the connection
+/// does not look it up again.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn push_queued(
+    c: &mut Conn,
+    key: ConnKey,
+    record: Record,
+    received: Instant,
+    kind: Kind,
+    now: Instant,
+    tally: &mut Tally,
+    dirty: &mut Vec<ConnKey>,
+) {
+    if !c.output_waiting() {
+        // The stall clock starts when data starts waiting for this peer.
+        c.progress_at = now;
+        c.accepted_mark = c.session.accepted_bytes();
+    }
+    let size = record.encoded_len();
+    c.queue.push(
+        Queued {
+            record,
+            received,
+            kind,
+        },
+        size,
+        now,
+    );
+    tally.queued(size as u64);
+    tally.held(0, size as u64);
+    if !c.dirty {
+        c.dirty = true;
+        dirty.push(key);
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::wire::{ErrorCode, ErrorRecord, Message, PeerId, Record};
 
 use super::Endpoint;
-use super::conns::{ConnKey, Kind};
+use super::conns::{ConnKey, Kind, push_queued};
 use super::interface::{App, Delivery, Hop, PeerDirectory, ShardMsg};
 use super::pool::Pool;
 use super::stats::inc;
@@ -242,34 +242,41 @@ impl Endpoint {
         received: Instant,
         now: Instant,
     ) -> RouteOutcome {
-        {
-            let cap = self.cfg.queue_capacity;
-            let Some(c) = self.conns.get_mut(key) else {
-                return RouteOutcome::Done;
+        let cap = self.cfg.queue_capacity;
+        let self_id = self.self_id;
+        let Some(c) = self.conns.get_mut(key) else {
+            return RouteOutcome::Done;
+        };
+        if c.finished || c.session.is_closing() {
+            let stalled = c.stall_closed;
+            let code = if stalled {
+                ErrorCode::DestinationStalled
+            } else {
+                self.gone_code()
             };
-            if c.finished || c.session.is_closing() {
-                let code = if c.stall_closed {
-                    ErrorCode::DestinationStalled
-                } else {
-                    self.gone_code()
-                };
-                self.undeliverable(origin, r, code, now);
-                return RouteOutcome::Refused;
-            }
-            if c.queue.bytes() + c.session.pending_bytes() >= cap {
-                return RouteOutcome::Blocked(r);
-            }
-            let kind = match &r {
-                Record::Message(m) if m.src != self.self_id && origin != Origin::Local => {
-                    Kind::Relayed
-                }
-                // Our own message made while reading a peer's connection: an echo reply.
-                Record::Message(_) if matches!(origin, Origin::Conn(_)) => Kind::EchoReply,
-                _ => Kind::Other,
-            };
-            self.enqueue(key, r, received, kind, now);
-            RouteOutcome::Done
+            self.undeliverable(origin, r, code, now);
+            return RouteOutcome::Refused;
         }
+        if c.queue.bytes() + c.session.pending_bytes() >= cap {
+            return RouteOutcome::Blocked(r);
+        }
+        let kind = match &r {
+            Record::Message(m) if m.src != self_id && origin != Origin::Local => Kind::Relayed,
+            // Our own message made while reading a peer's connection: an echo reply.
+            Record::Message(_) if matches!(origin, Origin::Conn(_)) => Kind::EchoReply,
+            _ => Kind::Other,
+        };
+        push_queued(
+            c,
+            key,
+            r,
+            received,
+            kind,
+            now,
+            &mut self.tally,
+            &mut self.dirty,
+        );
+        RouteOutcome::Done
     }
 
     /// Hands `r` to this node's application (echo, sink or the embedding program).
