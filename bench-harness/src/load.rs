@@ -179,12 +179,13 @@ pub fn payload(seq: u64, intended_ns: u64, size: usize) -> Vec<u8> {
 /// assert_eq!(parse_payload(&buf, 64), Some((7, 1_000)));
 /// ```
 pub fn write_payload(buf: &mut [u8], seq: u64, intended_ns: u64) {
-    let header = seq
-        .to_le_bytes()
-        .into_iter()
-        .chain(intended_ns.to_le_bytes());
-    for (b, h) in buf.iter_mut().zip(header) {
-        *b = h;
+    let mut header = [0u8; PAYLOAD_HEADER];
+    let (s, t) = header.split_at_mut(8);
+    s.copy_from_slice(&seq.to_le_bytes());
+    t.copy_from_slice(&intended_ns.to_le_bytes());
+    let n = buf.len().min(PAYLOAD_HEADER);
+    if let (Some(to), Some(from)) = (buf.get_mut(..n), header.get(..n)) {
+        to.copy_from_slice(from);
     }
     let fill = (seq as u8).wrapping_mul(31);
     // A plain loop over the filler (no skip/early exit) so it compiles to vector code:
@@ -243,7 +244,8 @@ struct Peer {
 /// measured would be the burst's queueing rather than the node's.
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
-    rate: f64,
+    /// Nanoseconds between two of this connection's messages (1e9 / rate).
+    interval_ns: f64,
     phase: f64,
 }
 
@@ -251,14 +253,15 @@ impl Schedule {
     /// Connection `i` of `n`, `rate` messages per second each.
     fn new(rate: f64, i: usize, n: usize) -> Self {
         Schedule {
-            rate,
+            interval_ns: 1e9 / rate,
             phase: i as f64 / n.max(1) as f64,
         }
     }
 
-    /// When message `seq` is due, counted from the run's origin.
+    /// When message `seq` is due, counted from the run's origin. A multiplication and a
+    /// saturating conversion to whole nanoseconds: it runs twice for every message sent.
     fn due(&self, seq: u64) -> Duration {
-        Duration::from_secs_f64((seq as f64 + self.phase) / self.rate)
+        Duration::from_nanos(((seq as f64 + self.phase) * self.interval_ns) as u64)
     }
 }
 
@@ -858,6 +861,10 @@ mod tests {
         bad[40] ^= 1;
         assert_eq!(parse_payload(&bad, 64), None);
         assert_eq!(parse_payload(&p[..30], 64), None);
+        // A buffer shorter than the header gets the header's first bytes.
+        let mut short = [0u8; 10];
+        write_payload(&mut short, 42, 1_000);
+        assert_eq!(short[..], payload(42, 1_000, 64)[..10]);
         // The filler is fixed by the sequence number and the position: byte i is
         // (seq * 31) ^ i, wrapping, whatever the size; any one flipped bit is caught.
         for size in [16, 17, 64, 1024] {
