@@ -53,6 +53,20 @@ impl Default for BatchPolicy {
     }
 }
 
+/// Pops the front of a FIFO and, when that empties it, rewinds its ring to the start of
+/// the buffer. `VecDeque::pop_front` leaves the ring's head where it was, so a queue whose
+/// capacity grew in one burst would walk its whole buffer afterwards, every push landing on
+/// a cold cache line, though it never holds more than a few items; rewound, a short queue
+/// stays on the same few lines.
+pub(crate) fn pop_front_rewound<T>(q: &mut VecDeque<T>) -> Option<T> {
+    let item = q.pop_front();
+    if q.is_empty() {
+        // Empty: clear() only moves the head back to slot 0.
+        q.clear();
+    }
+    item
+}
+
 /// Shard-local FIFO queue for one destination, with the flush policy of [`BatchPolicy`].
 ///
 /// Each item carries the size it counts for (typically its encoded record length) and the
@@ -166,7 +180,7 @@ impl<T> BatchQueue<T> {
             if taken > 0 && total > self.policy.max_bytes {
                 break;
             }
-            let Some((item, size, at)) = self.items.pop_front() else {
+            let Some((item, size, at)) = pop_front_rewound(&mut self.items) else {
                 break;
             };
             self.bytes = self.bytes.saturating_sub(size);
@@ -354,6 +368,35 @@ mod tests {
         }
         assert_eq!(seen, (0..8).collect::<Vec<_>>());
         assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn an_emptied_fifo_starts_again_at_the_front_of_its_buffer() {
+        // A ring of capacity 8 whose head has moved 5 slots: 5 more items would wrap
+        // (slots 5, 6, 7, 0, 1); rewound when emptied, they sit in slots 0-4.
+        let mut plain: VecDeque<u32> = VecDeque::with_capacity(8);
+        let mut rewound: VecDeque<u32> = VecDeque::with_capacity(8);
+        let cap = plain.capacity();
+        assert_eq!(rewound.capacity(), cap);
+        for q in [&mut plain, &mut rewound] {
+            q.extend(0..5);
+        }
+        for _ in 0..5 {
+            plain.pop_front();
+            pop_front_rewound(&mut rewound);
+        }
+        for q in [&mut plain, &mut rewound] {
+            q.extend(0..u32::try_from(cap - 3).unwrap());
+        }
+        assert!(
+            !plain.as_slices().1.is_empty(),
+            "plain pop_front leaves the head behind"
+        );
+        assert!(rewound.as_slices().1.is_empty());
+        assert_eq!(rewound.capacity(), cap);
+        assert_eq!(pop_front_rewound(&mut rewound), Some(0));
+        // Not empty yet: nothing moves.
+        assert_eq!(rewound.front(), Some(&1));
     }
 
     #[test]

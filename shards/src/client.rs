@@ -20,7 +20,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::batch::{BatchPolicy, BatchQueue};
+use crate::batch::{BatchPolicy, BatchQueue, pop_front_rewound};
 use crate::cid;
 use crate::endpoint::Delivery;
 use crate::identity::Identity;
@@ -412,7 +412,7 @@ impl Client {
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(d) = self.inbox.pop_front() {
+            if let Some(d) = pop_front_rewound(&mut self.inbox) {
                 return Ok(Some(d));
             }
             // A closing connection still needs its timers run until it is closed.
@@ -433,7 +433,7 @@ impl Client {
 
     /// A delivery already received, without waiting.
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        self.inbox.pop_front()
+        pop_front_rewound(&mut self.inbox)
     }
 
     /// Hands back the payload of a delivery once it has been read, so the next message

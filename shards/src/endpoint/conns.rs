@@ -125,7 +125,7 @@ impl Conn {
         }
         let mut echoes = 0;
         while self.sealed.front().is_some_and(|f| f.end <= accepted) {
-            if let Some(f) = self.sealed.pop_front() {
+            if let Some(f) = crate::batch::pop_front_rewound(&mut self.sealed) {
                 echoes += f.echoes;
             }
         }

@@ -667,7 +667,7 @@ impl Endpoint {
     /// The next datagram to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.outbox.pop_front()
+        crate::batch::pop_front_rewound(&mut self.outbox)
     }
 
     /// Hands back a sent datagram's buffer for reuse.
