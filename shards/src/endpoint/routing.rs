@@ -171,11 +171,16 @@ impl Endpoint {
                         RouteOutcome::Blocked(Record::Message(m))
                     }
                     // Relayed only when it went somewhere (not when it was refused).
-                    RouteOutcome::Done if dst != self.self_id => {
-                        inc(&self.stats().relayed);
+                    RouteOutcome::Done => {
+                        if dst != self.self_id {
+                            inc(&self.stats().relayed);
+                        }
                         RouteOutcome::Done
                     }
-                    o => o,
+                    // Each variant rebuilt, not passed on whole: copying the whole outcome
+                    // (a record's size) after a callee wrote only its tag stalled the copy.
+                    RouteOutcome::Refused => RouteOutcome::Refused,
+                    RouteOutcome::Blocked(other) => RouteOutcome::Blocked(other),
                 }
             }
             Record::Error(e) => {
