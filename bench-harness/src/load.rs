@@ -143,14 +143,16 @@ impl LoadResult {
 /// Live counters for a progress display.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Messages sent so far (all phases).
+    /// Messages sent so far (all phases). Load threads add their counts once a pass, so
+    /// this may lag by one pass.
     pub sent: AtomicU64,
-    /// Messages received so far (all phases).
+    /// Messages received so far (all phases), added once a pass like `sent`.
     pub received: AtomicU64,
     /// Measured-phase messages sent, over all threads.
     pub measured_sent: AtomicU64,
-    /// Measured-phase messages accounted for (received, corrupted or refused), over all
-    /// threads: in relay mode a message sent by one thread is received by another.
+    /// Measured-phase messages accounted for (received intact or corrupted, or answered
+    /// with an ERROR record), over all threads: in relay mode a message sent by one thread
+    /// is received by another. Refused messages were never sent and are in neither count.
     pub measured_done: AtomicU64,
     /// Load threads that still have messages due before the schedule's end (no thread
     /// drains and closes its peers, which may be relay destinations, before this is 0).
@@ -261,7 +263,8 @@ impl Schedule {
     /// When message `seq` is due, counted from the run's origin. A multiplication and a
     /// saturating conversion to whole nanoseconds: it runs twice for every message sent.
     fn due(&self, seq: u64) -> Duration {
-        Duration::from_nanos(((seq as f64 + self.phase) * self.interval_ns) as u64)
+        // Rounded to the nearest nanosecond (the value is never negative).
+        Duration::from_nanos(((seq as f64 + self.phase) * self.interval_ns + 0.5) as u64)
     }
 }
 
@@ -760,7 +763,17 @@ fn account_message(r: &mut ThreadResult, body: &[u8], at: Duration, cfg: &LoadCo
         }
         None => {
             r.corrupted += 1;
-            r.unpublished.measured_done += 1;
+            // Accounted for in the drain only when its header, read as sent, places it in
+            // the measured phase: counting a corrupted warm-up reply could let the drain
+            // end before a measured message came back; one whose header is unreadable
+            // leaves the drain to its deadline.
+            let intended = body
+                .get(8..16)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(|b| Duration::from_nanos(u64::from_le_bytes(b)));
+            if intended.is_some_and(|t| t >= warm_end && t < measure_end) {
+                r.unpublished.measured_done += 1;
+            }
         }
     }
 }
@@ -853,6 +866,39 @@ mod tests {
     }
 
     #[test]
+    fn only_measured_replies_count_towards_the_drain() {
+        let cfg = LoadConfig {
+            target: "127.0.0.1:9".parse().unwrap(),
+            threads: 1,
+            connections: 1,
+            rate: 1000.0,
+            duration: Duration::from_secs(3),
+            warmup: Duration::from_secs(1),
+            message_size: 64,
+            mode: Mode::Echo,
+            drain: Duration::from_secs(1),
+            pin: false,
+        };
+        let mut r = ThreadResult::new();
+        let at = Duration::from_secs(2);
+        let warm = Duration::from_millis(500).as_nanos() as u64;
+        let measured = Duration::from_millis(1500).as_nanos() as u64;
+        // Intact: a warm-up reply is not measured, a measured one is.
+        account_message(&mut r, &payload(1, warm, 64), at, &cfg);
+        account_message(&mut r, &payload(2, measured, 64), at, &cfg);
+        assert_eq!((r.received, r.unpublished.measured_done), (1, 1));
+        // Corrupted: all counted as corrupted, but only the one whose header places it in
+        // the measured phase is accounted for in the drain; an unreadable one is not.
+        for (intended, size) in [(warm, 64), (measured, 64), (measured, 12)] {
+            let mut p = payload(3, intended, 64);
+            p[40] ^= 1;
+            p.truncate(size);
+            account_message(&mut r, &p, at, &cfg);
+        }
+        assert_eq!((r.corrupted, r.unpublished.measured_done), (3, 2));
+    }
+
+    #[test]
     fn payload_round_trip_and_corruption() {
         let p = payload(42, 1_000, 64);
         assert_eq!(p.len(), 64);
@@ -865,6 +911,10 @@ mod tests {
         let mut short = [0u8; 10];
         write_payload(&mut short, 42, 1_000);
         assert_eq!(short[..], payload(42, 1_000, 64)[..10]);
+        // The header: the sequence number, then the intended time, little-endian.
+        let p = payload(0x0102_0304_0506_0708, 0x1112_1314_1516_1718, 64);
+        assert_eq!(p[..8], 0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(p[8..16], 0x1112_1314_1516_1718u64.to_le_bytes());
         // The filler is fixed by the sequence number and the position: byte i is
         // (seq * 31) ^ i, wrapping, whatever the size; any one flipped bit is caught.
         for size in [16, 17, 64, 1024] {
@@ -875,9 +925,15 @@ mod tests {
             }
             assert_eq!(parse_payload(&p, size), Some((300, 5)));
             for i in PAYLOAD_HEADER..size {
-                let mut bad = p.clone();
-                bad[i] ^= 0x80;
-                assert_eq!(parse_payload(&bad, size), None, "size {size} byte {i}");
+                for bit in 0..8 {
+                    let mut bad = p.clone();
+                    bad[i] ^= 1 << bit;
+                    assert_eq!(
+                        parse_payload(&bad, size),
+                        None,
+                        "size {size} byte {i} bit {bit}"
+                    );
+                }
             }
         }
     }

@@ -216,7 +216,8 @@ impl Sealer {
     /// Appends header + ciphertext + tag for `plaintext` to `out`, in one AEAD operation
     /// encrypting in place inside `out` (no intermediate buffer).
     ///
-    /// On error `out` and the counter are unchanged.
+    /// On error `out`'s length and bytes and the counter are unchanged (its capacity may
+    /// have grown).
     pub fn seal_into(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(SealError::TooLarge {
@@ -235,7 +236,8 @@ impl Sealer {
     /// `out[start + HEADER_LEN..]` and appends the tag. A batch encoded straight into the
     /// outgoing buffer this way is never copied before it is sealed.
     ///
-    /// On error `out` is truncated back to `start` and the counter is unchanged.
+    /// On error `out` is truncated back to `start` and the counter is unchanged. Fewer than
+    /// [`HEADER_LEN`] bytes after `start` is the caller's error, [`SealError::TooShort`].
     ///
     /// ```
     /// use shards::seal::{HEADER_LEN, SealKey, Sealer};
@@ -252,8 +254,11 @@ impl Sealer {
     pub fn seal_tail(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), SealError> {
         let body_at = start.saturating_add(HEADER_LEN);
         let Some(plain_len) = out.len().checked_sub(body_at) else {
+            // The caller reserved no room for the header: reported as a frame too short to
+            // hold one.
+            let len = out.len().saturating_sub(start);
             out.truncate(start);
-            return Err(SealError::TooLarge { len: 0 });
+            return Err(SealError::TooShort { len });
         };
         if plain_len > MAX_PLAINTEXT_LEN {
             out.truncate(start);
@@ -473,7 +478,10 @@ mod tests {
         let mut s = Sealer::new(key(9));
         // No room for a header at `start`.
         let mut short = vec![1, 2, 3, 4, 5];
-        assert!(s.seal_tail(&mut short, 3).is_err());
+        assert_eq!(
+            s.seal_tail(&mut short, 3),
+            Err(SealError::TooShort { len: 2 })
+        );
         assert_eq!(short, [1, 2, 3]);
         // A plaintext over the limit.
         let mut big = vec![7u8; 2 + HEADER_LEN + MAX_PLAINTEXT_LEN + 1];
