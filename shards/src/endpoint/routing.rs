@@ -164,7 +164,14 @@ impl Endpoint {
                     return RouteOutcome::Done;
                 }
                 let dst = m.dst;
-                match self.route_to_peer(origin, dst, Record::Message(m), received, now) {
+                // An echo request answers straight to its sender, without first routing
+                // the request to this node's application (what route_to_peer would do).
+                let outcome = if dst == self.self_id && matches!(self.cfg.app, App::Echo) {
+                    self.echo(origin, m, received, now)
+                } else {
+                    self.route_to_peer(origin, dst, Record::Message(m), received, now)
+                };
+                match outcome {
                     RouteOutcome::Blocked(Record::Message(m)) => {
                         // Undo the count; it will be counted again on retry.
                         self.tally.unmessage_in();
@@ -305,29 +312,7 @@ impl Endpoint {
                 inc(&self.stats().delivered_local);
                 RouteOutcome::Done
             }
-            App::Echo => {
-                let reply = Record::Message(Message {
-                    dst: m.src,
-                    src: self.self_id,
-                    seq: m.seq,
-                    payload: m.payload,
-                });
-                let to = m.src;
-                // Counted as delivered when the reply is sealed (flush_queue), not here.
-                match self.route_to_peer(origin, to, reply, received, now) {
-                    RouteOutcome::Done => RouteOutcome::Done,
-                    RouteOutcome::Refused => RouteOutcome::Refused,
-                    RouteOutcome::Blocked(Record::Message(reply)) => {
-                        RouteOutcome::Blocked(Record::Message(Message {
-                            dst: self.self_id,
-                            src: reply.dst,
-                            seq: reply.seq,
-                            payload: reply.payload,
-                        }))
-                    }
-                    RouteOutcome::Blocked(other) => RouteOutcome::Blocked(other),
-                }
-            }
+            App::Echo => self.echo(origin, m, received, now),
             App::Channel(tx) => {
                 let d = Delivery::Message {
                     from: m.src,
@@ -354,6 +339,38 @@ impl Endpoint {
                     }
                 }
             }
+        }
+    }
+
+    /// Answers message `m` (addressed to this node) with the same payload to its sender.
+    /// Counted as delivered when the reply is sealed (flush_queue), not here. A reply that
+    /// finds no room comes back as the original message, to be routed again later.
+    fn echo(
+        &mut self,
+        origin: Origin,
+        m: Message,
+        received: Instant,
+        now: Instant,
+    ) -> RouteOutcome {
+        let to = m.src;
+        let reply = Record::Message(Message {
+            dst: to,
+            src: self.self_id,
+            seq: m.seq,
+            payload: m.payload,
+        });
+        match self.route_to_peer(origin, to, reply, received, now) {
+            RouteOutcome::Done => RouteOutcome::Done,
+            RouteOutcome::Refused => RouteOutcome::Refused,
+            RouteOutcome::Blocked(Record::Message(reply)) => {
+                RouteOutcome::Blocked(Record::Message(Message {
+                    dst: self.self_id,
+                    src: reply.dst,
+                    seq: reply.seq,
+                    payload: reply.payload,
+                }))
+            }
+            RouteOutcome::Blocked(other) => RouteOutcome::Blocked(other),
         }
     }
 

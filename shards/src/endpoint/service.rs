@@ -288,8 +288,7 @@ impl Endpoint {
                 Ok(()) => {
                     sealed_any = true;
                     self.hist.batch_size.saturating_record(batch.len() as u64);
-                    inc(&self.cfg.stats.batches_out);
-                    add(&self.cfg.stats.messages_out, msgs);
+                    self.tally.sealed(msgs);
                     // Echo replies count as delivered once QUIC takes the frame.
                     c.sealed.push_back(SealedFrame {
                         end: c.session.accepted_bytes() + c.session.pending_bytes() as u64,

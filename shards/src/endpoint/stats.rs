@@ -131,7 +131,7 @@ pub(super) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// The byte gauges and message count a turn changes for every message (queued, sealed,
+/// The byte gauges and message counts a turn changes for every message (queued, sealed,
 /// held), kept shard-local during the turn and added into the shared atomics once at its
 /// end ([`Tally::settle`]): one atomic update of each per turn instead of several per
 /// message, and none per message on the node's memory budget, whose cache line every
@@ -139,6 +139,8 @@ pub(super) fn add(c: &AtomicU64, n: u64) {
 #[derive(Debug, Default)]
 pub(super) struct Tally {
     messages_in: u64,
+    batches_out: u64,
+    messages_out: u64,
     queued_up: u64,
     queued_down: u64,
     held_up: u64,
@@ -154,6 +156,12 @@ impl Tally {
     /// Takes back a `message_in` (the record is routed again later and counted then).
     pub(super) fn unmessage_in(&mut self) {
         self.messages_in = self.messages_in.wrapping_sub(1);
+    }
+
+    /// A batch of `messages` message records was sealed.
+    pub(super) fn sealed(&mut self, messages: u64) {
+        self.batches_out += 1;
+        self.messages_out += messages;
     }
 
     /// `n` bytes of records went into a batch queue.
@@ -185,6 +193,10 @@ impl Tally {
         if t.messages_in != 0 {
             // Wrapping: a record counted in and taken back in one turn nets to zero.
             add(&stats.messages_in, t.messages_in);
+        }
+        if t.batches_out != 0 {
+            add(&stats.batches_out, t.batches_out);
+            add(&stats.messages_out, t.messages_out);
         }
         if t.queued_up != t.queued_down {
             if t.queued_up > t.queued_down {
@@ -355,8 +367,12 @@ mod tests {
             "nothing shared moves before the turn ends"
         );
         assert_eq!(budget.used(), 1_000);
+        t.sealed(1);
+        t.sealed(0); // a batch of error records only
+        assert_eq!(get(&s.batches_out), 0);
         t.settle(&s, &budget);
         assert_eq!(get(&s.messages_in), 2);
+        assert_eq!((get(&s.batches_out), get(&s.messages_out)), (2, 1));
         assert_eq!(get(&s.queued_bytes), 200);
         assert_eq!(get(&s.buffered_bytes), 200);
         assert_eq!(budget.used(), 1_200);
@@ -374,6 +390,7 @@ mod tests {
         t.message_in();
         t.settle(&s, &budget);
         assert_eq!(get(&s.messages_in), 2);
+        assert_eq!((get(&s.batches_out), get(&s.messages_out)), (2, 1));
     }
 
     #[test]
