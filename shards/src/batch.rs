@@ -169,26 +169,61 @@ impl<T> BatchQueue<T> {
     /// Like [`BatchQueue::pop_batch`] but appends to `out`, so callers can reuse one
     /// allocation across flushes. Returns the number of items appended.
     pub fn pop_batch_into(&mut self, out: &mut Vec<(T, Instant)>) -> usize {
+        let n = self.next_batch_len();
+        self.pop_front_n(n, |item, at| out.push((item, at)));
+        n
+    }
+
+    /// How many items the next batch takes, oldest first: up to `max_messages` items and,
+    /// past the first item, no more than `max_bytes` in total (what
+    /// [`BatchQueue::pop_batch`] would remove).
+    pub fn next_batch_len(&self) -> usize {
         let max_messages = self.policy.max_messages.max(1);
         let mut taken = 0usize;
         let mut taken_bytes = 0usize;
-        while taken < max_messages {
-            let Some((_, size, _)) = self.items.front() else {
-                break;
-            };
+        for (_, size, _) in self.items.iter().take(max_messages) {
             let total = taken_bytes.saturating_add(*size);
             if taken > 0 && total > self.policy.max_bytes {
                 break;
             }
+            taken_bytes = total;
+            taken += 1;
+        }
+        taken
+    }
+
+    /// The oldest `n` items with their enqueue instants, left in the queue: a caller can
+    /// encode a batch from where its items lie and then drop them with
+    /// [`BatchQueue::pop_front_n`], instead of moving each out first.
+    ///
+    /// ```
+    /// use shards::batch::{BatchPolicy, BatchQueue};
+    /// use std::time::{Duration, Instant};
+    /// let mut q = BatchQueue::new(BatchPolicy { max_messages: 2, max_bytes: 1 << 20, timeout: Duration::ZERO });
+    /// let now = Instant::now();
+    /// for word in ["a", "b", "c"] {
+    ///     q.push(word, 1, now);
+    /// }
+    /// let n = q.next_batch_len();
+    /// let batch: String = q.front_items(n).map(|(w, _)| *w).collect();
+    /// assert_eq!(batch, "ab");
+    /// q.pop_front_n(n, |_, _| {});
+    /// assert_eq!(q.len(), 1);
+    /// ```
+    pub fn front_items(&self, n: usize) -> impl Iterator<Item = (&T, Instant)> + '_ {
+        self.items.iter().take(n).map(|(item, _, at)| (item, *at))
+    }
+
+    /// Removes the oldest `n` items (fewer if fewer are queued), handing each with its
+    /// enqueue instant to `f`, oldest first.
+    pub fn pop_front_n(&mut self, n: usize, mut f: impl FnMut(T, Instant)) {
+        for _ in 0..n {
             let Some((item, size, at)) = pop_front_rewound(&mut self.items) else {
                 break;
             };
             self.bytes = self.bytes.saturating_sub(size);
-            taken_bytes = total;
-            taken += 1;
-            out.push((item, at));
+            f(item, at);
         }
-        taken
     }
 
     /// Removes every queued item, oldest first (e.g. to answer them with errors on

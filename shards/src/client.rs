@@ -111,8 +111,6 @@ pub struct Client {
     /// Packets quiche wrote, with their length and destination, sent with one `sendmmsg`.
     out: Vec<(Vec<u8>, usize, SocketAddr)>,
     tx: SendBatch,
-    /// The batch being sealed, reused across flushes.
-    batch: Vec<(Record, Instant)>,
     /// Payload buffers of sealed messages and of deliveries handed back with
     /// [`Client::recycle`], reused by [`Client::try_send_slice`] and for the payloads of
     /// messages received (at most [`SPARE_PAYLOADS`] of at most [`SPARE_PAYLOAD_BYTES`]).
@@ -183,7 +181,6 @@ impl Client {
                 .map(|_| (vec![0; SEND_SLOT], 0, addr))
                 .collect(),
             tx: SendBatch::new(gso),
-            batch: Vec::new(),
             spare: PayloadPool::new(SPARE_PAYLOADS, SPARE_PAYLOAD_BYTES),
         };
         let deadline = Instant::now() + c.cfg.connect_timeout;
@@ -390,14 +387,17 @@ impl Client {
         let mut sealed_any = false;
         while !self.queue.is_empty() && (force || self.queue.is_due(now)) {
             sealed_any = true;
-            self.batch.clear();
-            self.queue.pop_batch_into(&mut self.batch);
-            let sent = self.session.queue_batch(self.batch.iter().map(|(r, _)| r));
-            for (r, _) in self.batch.drain(..) {
+            // Sealed where the records lie in the queue, then dropped from it.
+            let n = self.queue.next_batch_len();
+            let sent = self
+                .session
+                .queue_batch(self.queue.front_items(n).map(|(r, _)| r));
+            let spare = &mut self.spare;
+            self.queue.pop_front_n(n, |r, _| {
                 if let Record::Message(m) = r {
-                    self.spare.put(m.payload);
+                    spare.put(m.payload);
                 }
-            }
+            });
             sent?;
         }
         // One stream write for all the frames sealed above.

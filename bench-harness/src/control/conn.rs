@@ -54,7 +54,6 @@ pub(super) async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         inbox,
         records: VecDeque::new(),
         opened: Vec::new(),
-        batch: Vec::new(),
         payloads: PayloadPool::new(1024, 4096),
         blocked: None,
         partial_since: None,
@@ -219,7 +218,6 @@ struct Conn {
     /// Records of opened frames not yet routed, in order.
     records: VecDeque<Record>,
     opened: Vec<Record>,
-    batch: Vec<(Queued, Instant)>,
     /// Payload buffers of sent messages, reused for the next decoded ones, as the engine's
     /// shards do (at most 1024 of at most 4 KiB).
     payloads: PayloadPool,
@@ -580,21 +578,26 @@ impl Conn {
             && self.ss.pending_bytes() < MAX_SESSION_BACKLOG
             && self.ss.is_open()
         {
-            for (q, _) in self.batch.drain(..) {
+            // Sealed where the records lie in the queue, then dropped from it (as the
+            // engine does).
+            let n = self.queue.next_batch_len();
+            let sent = self
+                .ss
+                .send_batch(self.queue.front_items(n).map(|(q, _)| &q.record));
+            let (payloads, budget, shared) = (&mut self.payloads, &self.budget, &self.shared);
+            self.queue.pop_front_n(n, |q, _| {
+                if sent.is_ok() {
+                    match q.kind {
+                        Kind::Relayed => budget.add_permits(q.record.encoded_len()),
+                        Kind::Reply => inc(&shared.counts.delivered_local),
+                        Kind::Report => {}
+                    }
+                }
                 if let Record::Message(m) = q.record {
-                    self.payloads.put(m.payload);
+                    payloads.put(m.payload);
                 }
-            }
-            self.queue.pop_batch_into(&mut self.batch);
-            self.ss
-                .send_batch(self.batch.iter().map(|(q, _)| &q.record))?;
-            for (q, _) in &self.batch {
-                match q.kind {
-                    Kind::Relayed => self.budget.add_permits(q.record.encoded_len()),
-                    Kind::Reply => inc(&self.shared.counts.delivered_local),
-                    Kind::Report => {}
-                }
-            }
+            });
+            sent?;
         }
         Ok(())
     }

@@ -237,7 +237,6 @@ pub struct Endpoint {
     /// `waiting` shrank: the driver may take commands and hops again.
     room_signal: bool,
     decode_buf: Vec<Record>,
-    batch_buf: Vec<(conns::Queued, Instant)>,
     /// Payload buffers of sealed messages, reused for the payloads of messages decoded
     /// next (bounded: [`SPARE_PAYLOADS`] of at most [`SPARE_PAYLOAD_BYTES`], 4 MiB).
     payloads: PayloadPool,
@@ -325,7 +324,6 @@ impl Endpoint {
             room_freed: false,
             room_signal: false,
             decode_buf: Vec::new(),
-            batch_buf: Vec::new(),
             payloads: PayloadPool::new(SPARE_PAYLOADS, SPARE_PAYLOAD_BYTES),
             hist: Histograms::new(),
             tally: stats::Tally::default(),

@@ -7,9 +7,9 @@ use std::time::Instant;
 use rand::RngCore;
 
 use crate::cid;
-use crate::wire::{PayloadPool, PeerId, Record, close_code};
+use crate::wire::{PeerId, Record, close_code};
 
-use super::conns::{ConnKey, Kind, Queued, SealedFrame};
+use super::conns::{ConnKey, Kind, SealedFrame};
 use super::interface::ShardMsg;
 use super::routing::{Origin, RouteOutcome};
 use super::stats::{add, inc};
@@ -241,31 +241,31 @@ impl Endpoint {
         if !c.session.is_open() || c.session.is_closing() || c.stall_closed {
             return;
         }
-        let mut batch = std::mem::take(&mut self.batch_buf);
         let mut sealed_any = false;
         while !c.queue.is_empty()
             && (force || c.queue.is_due(now))
             && c.session.pending_bytes() < MAX_SESSION_BACKLOG
         {
-            recycle(&mut batch, &mut self.payloads);
-            c.queue.pop_batch_into(&mut batch);
+            // The batch is read and sealed where it lies in the queue, then dropped from
+            // it: no record is moved out first.
+            let n = c.queue.next_batch_len();
             let mut bytes = 0usize;
             let mut msgs = 0u64;
             let mut echoes = 0u64;
             // Messages queued in one turn share their enqueue time: one histogram entry
             // per run of equal times, with its count.
             let mut run: Option<(Instant, u64)> = None;
-            for (q, enqueued) in &batch {
+            for (q, enqueued) in c.queue.front_items(n) {
                 bytes += q.record.encoded_len();
                 if matches!(q.record, Record::Message(_)) {
                     msgs += 1;
                     run = match run {
-                        Some((t, n)) if t == *enqueued => Some((t, n + 1)),
-                        Some((t, n)) => {
-                            record_waits(&mut self.hist, now, t, n);
-                            Some((*enqueued, 1))
+                        Some((t, k)) if t == enqueued => Some((t, k + 1)),
+                        Some((t, k)) => {
+                            record_waits(&mut self.hist, now, t, k);
+                            Some((enqueued, 1))
                         }
-                        None => Some((*enqueued, 1)),
+                        None => Some((enqueued, 1)),
                     };
                     if q.kind == Kind::EchoReply {
                         echoes += 1;
@@ -278,16 +278,26 @@ impl Endpoint {
                     }
                 }
             }
-            if let Some((t, n)) = run {
-                record_waits(&mut self.hist, now, t, n);
+            if let Some((t, k)) = run {
+                record_waits(&mut self.hist, now, t, k);
             }
             self.tally.unqueued(bytes as u64);
             self.tally.held(bytes as u64, 0);
             // Sealed into the session's outgoing bytes; offered to QUIC once, below.
-            match c.session.queue_batch(batch.iter().map(|(q, _)| &q.record)) {
+            let sealed = c
+                .session
+                .queue_batch(c.queue.front_items(n).map(|(q, _)| &q.record));
+            // Sealed or not, the batch leaves the queue; its payload buffers are reused.
+            let payloads = &mut self.payloads;
+            c.queue.pop_front_n(n, |q, _| {
+                if let Record::Message(m) = q.record {
+                    payloads.put(m.payload);
+                }
+            });
+            match sealed {
                 Ok(()) => {
                     sealed_any = true;
-                    self.hist.batch_size.saturating_record(batch.len() as u64);
+                    self.hist.batch_size.saturating_record(n as u64);
                     self.tally.sealed(msgs);
                     // Echo replies count as delivered once QUIC takes the frame.
                     c.sealed.push_back(SealedFrame {
@@ -313,8 +323,6 @@ impl Endpoint {
         if sealed_any && let Err(e) = c.session.flush_stream() {
             tracing::debug!(conn = key, "frames not offered: {e}");
         }
-        recycle(&mut batch, &mut self.payloads);
-        self.batch_buf = batch;
     }
 
     /// Runs the session's send loop until quiche has nothing more to send, counts the
@@ -388,13 +396,4 @@ fn record_waits(hist: &mut crate::hist::Histograms, now: Instant, enqueued: Inst
     let waited = now.saturating_duration_since(enqueued);
     hist.queue_delay_ns
         .saturating_record_n(waited.as_nanos() as u64, n);
-}
-
-/// Empties a sent batch, keeping its message payload buffers for the next messages decoded.
-fn recycle(batch: &mut Vec<(Queued, Instant)>, pool: &mut PayloadPool) {
-    for (q, _) in batch.drain(..) {
-        if let Record::Message(m) = q.record {
-            pool.put(m.payload);
-        }
-    }
 }
