@@ -74,6 +74,33 @@ impl PayloadPool {
         }
     }
 
+    /// Makes `dst` a copy of `bytes` in place: an empty `dst` without capacity takes the
+    /// most recent spare if it fits (as [`PayloadPool::copy_of`]); otherwise `dst`'s own
+    /// buffer is cleared and filled (allocated if it has none). For a caller filling a
+    /// record where it lies, so the buffer is never returned through a temporary.
+    ///
+    /// ```
+    /// use shards::wire::PayloadPool;
+    /// let mut pool = PayloadPool::new(4, 1024);
+    /// pool.put(Vec::with_capacity(64));
+    /// let mut payload = Vec::new();
+    /// pool.copy_into(b"hello", &mut payload);
+    /// assert_eq!(payload, b"hello");
+    /// assert_eq!(payload.capacity(), 64); // the spare
+    /// assert!(pool.is_empty());
+    /// ```
+    pub fn copy_into(&mut self, bytes: &[u8], dst: &mut Vec<u8>) {
+        let fits = |cap: usize| cap >= bytes.len() && cap <= 2 * bytes.len() + 64;
+        if dst.capacity() == 0
+            && self.spare.last().is_some_and(|b| fits(b.capacity()))
+            && let Some(b) = self.spare.pop()
+        {
+            *dst = b;
+        }
+        dst.clear();
+        dst.extend_from_slice(bytes);
+    }
+
     /// Buffers held.
     pub fn len(&self) -> usize {
         self.spare.len()
@@ -112,6 +139,32 @@ mod tests {
         let mut none = PayloadPool::none();
         none.put(vec![1, 2, 3]);
         assert!(none.is_empty(), "a none pool keeps nothing");
+    }
+
+    #[test]
+    fn copy_into_takes_a_fitting_spare_or_fills_what_is_there() {
+        let mut pool = PayloadPool::new(8, 8192);
+        pool.put(Vec::with_capacity(4096));
+        // Too small a payload for the 4 KiB spare: a fresh buffer, the spare stays.
+        let mut small = Vec::new();
+        pool.copy_into(b"0123456789", &mut small);
+        assert_eq!(small, b"0123456789");
+        assert!(small.capacity() < 4096);
+        assert_eq!(pool.len(), 1);
+        // One of about its size takes it.
+        let big = vec![9u8; 3000];
+        let mut got = Vec::new();
+        pool.copy_into(&big, &mut got);
+        assert_eq!(got, big);
+        assert!(got.capacity() >= 4096);
+        assert!(pool.is_empty());
+        // A destination that has a buffer keeps it: cleared and filled.
+        pool.put(Vec::with_capacity(64));
+        let mut own = Vec::with_capacity(32);
+        own.extend_from_slice(b"old bytes");
+        pool.copy_into(b"new", &mut own);
+        assert_eq!(own, b"new");
+        assert_eq!(pool.len(), 1, "the spare is not taken");
     }
 
     #[test]

@@ -507,18 +507,19 @@ fn decode_record_into(
         // The payload's bytes are checked present before a buffer is taken for them.
         let (payload, rest) = rest.split_at_checked(len).ok_or(WireError::Truncated)?;
         r.rest = rest;
-        // An empty record is pushed, then filled in place (see above).
-        out.push(Record::Message(Message {
-            dst: PeerId([0; 16]),
-            src: PeerId([0; 16]),
-            seq: 0,
-            payload: Vec::new(),
-        }));
-        if let Some(Record::Message(m)) = out.last_mut() {
-            m.dst = PeerId(*dst);
-            m.src = PeerId(*src);
-            m.seq = u64::from_be_bytes(*seq);
-            m.payload = pool.copy_of(payload);
+        // Written where it lies in `out` (see above): the header fields straight into a
+        // new slot, then the payload into that slot's buffer.
+        let i = out.len();
+        out.resize_with(i + 1, || {
+            Record::Message(Message {
+                dst: PeerId(*dst),
+                src: PeerId(*src),
+                seq: u64::from_be_bytes(*seq),
+                payload: Vec::new(),
+            })
+        });
+        if let Some(Record::Message(m)) = out.get_mut(i) {
+            pool.copy_into(payload, &mut m.payload);
         }
         return Ok(());
     }
