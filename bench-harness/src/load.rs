@@ -287,6 +287,9 @@ struct ThreadResult {
     quic: QuicStats,
     /// Progress counts not yet added to the shared [`Progress`].
     unpublished: Unpublished,
+    /// Replies that arrived at the same instant (every reply a connection yields in one
+    /// pass is timestamped once), not yet in `arrivals`: one histogram entry per run.
+    arrival_run: Option<(u64, u64)>,
 }
 
 /// A thread's progress counts since it last published them: added to the shared atomics
@@ -334,6 +337,25 @@ impl ThreadResult {
             done_sending: false,
             quic: QuicStats::default(),
             unpublished: Unpublished::default(),
+            arrival_run: None,
+        }
+    }
+
+    /// Counts a measured reply that arrived `ns` after the measured phase began.
+    fn note_arrival(&mut self, ns: u64) {
+        match &mut self.arrival_run {
+            Some((at, n)) if *at == ns => *n += 1,
+            _ => {
+                self.flush_arrivals();
+                self.arrival_run = Some((ns, 1));
+            }
+        }
+    }
+
+    /// Adds the pending run of equal arrival times to `arrivals`.
+    fn flush_arrivals(&mut self) {
+        if let Some((at, n)) = self.arrival_run.take() {
+            self.arrivals.saturating_record_n(at, n);
         }
     }
 }
@@ -632,6 +654,7 @@ fn drive(
         }
     }
     close_all(&mut peers, &mut r, origin, cfg, progress);
+    r.flush_arrivals();
     r
 }
 
@@ -747,8 +770,7 @@ fn account_message(r: &mut ThreadResult, body: &[u8], at: Duration, cfg: &LoadCo
             let intended = Duration::from_nanos(intended_ns);
             if intended >= warm_end && intended < measure_end {
                 r.received += 1;
-                r.arrivals
-                    .saturating_record(at.saturating_sub(warm_end).as_nanos() as u64);
+                r.note_arrival(at.saturating_sub(warm_end).as_nanos() as u64);
                 r.unpublished.measured_done += 1;
                 let lat = at.saturating_sub(intended).as_nanos() as u64;
                 r.latency.saturating_record(lat);
@@ -896,6 +918,19 @@ mod tests {
             account_message(&mut r, &p, at, &cfg);
         }
         assert_eq!((r.corrupted, r.unpublished.measured_done), (3, 2));
+    }
+
+    #[test]
+    fn equal_arrival_times_are_recorded_once_with_their_count() {
+        let mut r = ThreadResult::new();
+        for ns in [5, 5, 5, 7, 5, 5] {
+            r.note_arrival(ns);
+        }
+        r.flush_arrivals();
+        r.flush_arrivals();
+        assert_eq!(r.arrivals.len(), 6);
+        assert_eq!(r.arrivals.count_at(5), 5);
+        assert_eq!(r.arrivals.count_at(7), 1);
     }
 
     #[test]
