@@ -490,6 +490,9 @@ fn decode_record_into(
         let Some((head, rest)) = r.rest.split_first_chunk::<MESSAGE_HEADER_LEN>() else {
             return Err(WireError::Truncated);
         };
+        // Fields as references into the input, copied once, into the record's slot (read
+        // into local arrays first, as Reader::array does, decoding cost 1.5 points more
+        // of a saturated shard's samples).
         let (_, fields) = head.split_first_chunk::<1>().ok_or(WireError::Truncated)?;
         let (dst, fields) = fields
             .split_first_chunk::<16>()
