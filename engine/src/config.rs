@@ -28,7 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shards::batch::BatchPolicy;
 use shards::config::{
-    validate_backoff, validate_max_message_size, validate_queue_capacity, validate_shards,
+    validate_backoff, validate_busy_poll, validate_max_message_size, validate_queue_capacity,
+    validate_shards,
 };
 use shards::lifecycle::BackoffPolicy;
 use shards::session::TransportConfig;
@@ -59,6 +60,11 @@ pub struct EngineConfig {
     pub shards: Option<usize>,
     /// Pin each shard to its own core.
     pub pin: bool,
+    /// How long a shard keeps reading its empty socket after its last datagram before it
+    /// waits through the executor (at most 10 ms; zero waits at once). Its timers,
+    /// commands and cross-shard records wait for it at most this long. Default
+    /// [`DEFAULT_BUSY_POLL`].
+    pub busy_poll: Duration,
     /// Identity file; `None` uses a fresh ephemeral identity. A missing file is created.
     pub identity: Option<PathBuf>,
     /// TLS certificate and key files; `None` generates a self-signed pair at start.
@@ -92,6 +98,12 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
     4433,
 ));
 
+/// Default busy-poll time of a shard: none, a shard with an empty socket waits at once.
+/// Polling lowers latency at low rates (by a third at 10,000 msg/s on a 2-core VM) but
+/// keeps the shard's core busy for `busy_poll` after every datagram, so it is the
+/// operator's choice.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::ZERO;
+
 /// Default capacity of the delivery channel of [`AppKind::Channel`].
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 65_536;
 
@@ -109,6 +121,7 @@ impl Default for EngineConfig {
             listen: DEFAULT_LISTEN,
             shards: None,
             pin: true,
+            busy_poll: DEFAULT_BUSY_POLL,
             identity: None,
             tls: None,
             batch: BatchPolicy::default(),
@@ -139,6 +152,7 @@ impl EngineConfig {
         validate_backoff("reconnect", &self.reconnect)?;
         validate_max_message_size(self.max_message_size)?;
         validate_queue_capacity(self.queue_capacity)?;
+        validate_busy_poll(self.busy_poll)?;
         if self.channel_capacity == 0 {
             return Err(ConfigError::TooSmall {
                 field: "channel_capacity",
@@ -273,6 +287,9 @@ pub struct ConfigFile {
     /// [`EngineConfig::pin`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin: Option<bool>,
+    /// [`EngineConfig::busy_poll`].
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    pub busy_poll: Option<Duration>,
     /// [`EngineConfig::identity`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<PathBuf>,
@@ -410,6 +427,7 @@ impl ConfigFile {
             e.shards = self.shards;
         }
         set(&mut e.pin, &self.pin);
+        set(&mut e.busy_poll, &self.busy_poll);
         if self.identity.is_some() {
             e.identity = self.identity.clone();
         }
@@ -457,6 +475,7 @@ impl From<&ServeConfig> for ConfigFile {
             listen: Some(e.listen),
             shards: e.shards,
             pin: Some(e.pin),
+            busy_poll: Some(e.busy_poll),
             identity: e.identity.clone(),
             cert: e.tls.as_ref().map(|(c, _)| c.clone()),
             key: e.tls.as_ref().map(|(_, k)| k.clone()),
@@ -701,6 +720,19 @@ mod tests {
         };
         assert_eq!(cfg.validate().unwrap_err().field(), "channel_capacity");
         let cfg = EngineConfig {
+            busy_poll: Duration::from_millis(11),
+            ..EngineConfig::default()
+        };
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "busy_poll (11ms) must be at most 10ms"
+        );
+        let cfg = EngineConfig {
+            busy_poll: Duration::ZERO,
+            ..EngineConfig::default()
+        };
+        cfg.validate().unwrap();
+        let cfg = EngineConfig {
             queue_capacity: 100,
             ..EngineConfig::default()
         };
@@ -759,9 +791,11 @@ mod tests {
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
             peers: Some(vec![SocketAddr::from(([10, 0, 0, 1], 4433))]),
             reconnect_jitter: Some(0.25),
+            busy_poll: Some(Duration::from_micros(50)),
             ..ConfigFile::default()
         };
         let cfg = ServeConfig::layered([&flags]).unwrap();
+        assert_eq!(cfg.engine.busy_poll, Duration::from_micros(50));
         let text = cfg.to_toml();
         let back = parse(&text).unwrap();
         assert_eq!(back, ConfigFile::from(&cfg));
@@ -769,6 +803,7 @@ mod tests {
         assert_eq!(again.to_toml(), text);
         assert!(text.contains("batch_timeout = \"1ms 500us\""), "{text}");
         assert!(text.contains("keepalive = \"7s 250ms\""), "{text}");
+        assert!(text.contains("busy_poll = \"50us\""), "{text}");
     }
 
     #[test]

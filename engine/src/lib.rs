@@ -123,6 +123,7 @@ impl Engine {
             listen: cfg.listen,
             shards,
             pin: cfg.pin,
+            busy_poll: cfg.busy_poll,
             identity: identity.clone(),
             tls: cfg.tls.clone(),
             transport: cfg.transport.clone(),

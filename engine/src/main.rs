@@ -96,6 +96,13 @@ struct ServeArgs {
     /// Do not pin shards to cores (file key: pin = false).
     #[arg(long, env = "ENGINE_NO_PIN")]
     no_pin: bool,
+    /// How long a shard keeps reading its empty socket after its last datagram before it
+    /// waits through the executor (e.g. 200us, 0; at most 10ms). Polling between datagrams
+    /// spares each one the cost of a wait and a wake-up; an idle shard polls this long
+    /// after its last datagram, then sleeps. Lowers latency at low rates, at the cost of a
+    /// busy core.
+    #[arg(long, env = "ENGINE_BUSY_POLL", value_parser = parse_duration)]
+    busy_poll: Option<Duration>,
     /// Send one datagram per sendmmsg slot instead of coalescing with UDP GSO (file key:
     /// gso = false). GSO is used only where the kernel supports it.
     #[arg(long, env = "ENGINE_NO_GSO")]
@@ -190,6 +197,7 @@ impl ServeArgs {
             listen: self.listen,
             shards: self.shards,
             pin: self.no_pin.then_some(false),
+            busy_poll: self.busy_poll,
             identity: self.identity.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),

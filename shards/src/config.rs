@@ -72,6 +72,16 @@ pub enum ConfigError {
         /// The largest value allowed.
         max: u64,
     },
+    /// A duration is above its maximum.
+    #[error("{field} ({value:?}) must be at most {max:?}")]
+    TooLong {
+        /// Path of the field.
+        field: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The longest value allowed.
+        max: Duration,
+    },
     /// A duration must be shorter than another one.
     #[error("{field} ({value:?}) must be below {bound_field} ({bound:?})")]
     NotBelow {
@@ -110,6 +120,7 @@ impl ConfigError {
             | ConfigError::TooSmall { field, .. }
             | ConfigError::TooLarge { field, .. }
             | ConfigError::NotBelow { field, .. }
+            | ConfigError::TooLong { field, .. }
             | ConfigError::Backoff { field, .. }
             | ConfigError::Invalid { field, .. } => field,
         }
@@ -260,8 +271,25 @@ impl RuntimeConfig {
         self.pool.validate_for(&self.transport)?;
         validate_backoff("reconnect", &self.reconnect)?;
         validate_max_message_size(self.max_message_size)?;
-        validate_queue_capacity(self.queue_capacity)
+        validate_queue_capacity(self.queue_capacity)?;
+        validate_busy_poll(self.busy_poll)
     }
+}
+
+/// Longest busy-poll allowed: past a few milliseconds of silence spinning only burns the
+/// core, since a peer that quiet is not in a burst.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
+
+/// Checks a shard's busy-poll time (at most [`MAX_BUSY_POLL`]).
+pub fn validate_busy_poll(d: Duration) -> Result<(), ConfigError> {
+    if d > MAX_BUSY_POLL {
+        return Err(ConfigError::TooLong {
+            field: "busy_poll",
+            value: d,
+            max: MAX_BUSY_POLL,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -101,6 +101,9 @@ pub struct RuntimeConfig {
     pub shards: usize,
     /// Pin each shard to its own core.
     pub pin: bool,
+    /// How long a shard keeps polling its socket after its last datagram before it waits
+    /// through the executor ([`crate::shard::run`] says why). Zero waits at once.
+    pub busy_poll: Duration,
     /// The node's identity.
     pub identity: Arc<Identity>,
     /// Certificate and key files; `None` generates a self-signed pair.
@@ -243,6 +246,7 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
         };
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
+        let busy_poll = cfg.busy_poll;
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(IO_MEMORY_PER_SHARD)
@@ -251,7 +255,7 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
                 let report = move |r: Result<(), String>| {
                     let _ = ready.send((index, r));
                 };
-                shard::run(shard_cfg, socket, cmd_rx, mesh, report).await
+                shard::run(shard_cfg, busy_poll, socket, cmd_rx, mesh, report).await
             })
             .map_err(|e| StartError::Shard {
                 index,

@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::*;
 
@@ -49,4 +49,43 @@ fn sink_counts_and_replies_nothing() {
     }));
     assert!(c.recv(Duration::from_millis(200)).unwrap().is_none());
     assert_eq!(e.stats().messages_out, 0);
+}
+
+/// A shard that busy-polls its socket still runs its timers when they fall due. Each
+/// message here is alone in its batch (size 1024), so its echo leaves only when the 1 ms
+/// batch timer flushes it, and nothing else arrives meanwhile to end a turn. A shard that
+/// kept polling until its 10 ms window ran out would answer each message after 10 ms or
+/// more; one that stops for due timers answers after about 1 ms.
+#[test]
+fn busy_polling_shard_stops_polling_for_a_due_timer() {
+    let mut cfg = engine::EngineConfig::loopback(1);
+    cfg.busy_poll = Duration::from_millis(10);
+    cfg.batch.max_messages = 1024;
+    cfg.batch.timeout = Duration::from_millis(1);
+    let e = engine::Engine::start(cfg).unwrap();
+    let mut c = client(&e);
+    let node = c.node_id();
+    const N: u64 = 40;
+    let mut delays = Vec::new();
+    for i in 0..N {
+        c.send_with_seq(node, i, vec![7; 32]).unwrap();
+        c.flush().unwrap();
+        let sent = Instant::now();
+        let got = recv_n(&mut c, 1, Duration::from_secs(2));
+        let (_, seq, _) = msg(got.first().expect("the echo arrives"));
+        assert_eq!(seq, i);
+        delays.push(sent.elapsed());
+        // Quiet long enough for the shard's poll window to end.
+        let quiet = Instant::now() + Duration::from_millis(15);
+        while Instant::now() < quiet {
+            c.poll(Duration::from_millis(1)).unwrap();
+        }
+    }
+    delays.sort();
+    let median = delays[delays.len() / 2];
+    assert!(
+        median < Duration::from_millis(6),
+        "median echo delay {median:?}: the shard polled past its due batch timer"
+    );
+    assert_eq!(e.stats().dropped(), 0);
 }
