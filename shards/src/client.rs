@@ -115,7 +115,19 @@ pub struct Client {
     /// [`Client::recycle`], reused by [`Client::try_send_slice`] and for the payloads of
     /// messages received (at most [`SPARE_PAYLOADS`] of at most [`SPARE_PAYLOAD_BYTES`]).
     spare: PayloadPool,
+    /// Datagrams read since QUIC last had the chance to send, and when the first of them
+    /// was read: [`Client::poll_ready`] holds back a packet that would carry only their
+    /// acknowledgement ([`ACK_DELAY`]).
+    unacked: u32,
+    unacked_since: Option<Instant>,
 }
+
+/// How long [`Client::poll_ready`] may hold back the acknowledgement of one datagram while
+/// no message is going out to carry it: well under QUIC's default `max_ack_delay` (25 ms),
+/// which bounds it. A second datagram is acknowledged at once (RFC 9000, 13.2.2). Holding
+/// it spares the node a datagram of its own for most replies, since the next message
+/// usually carries it.
+pub const ACK_DELAY: Duration = Duration::from_millis(1);
 
 /// Payload buffers a client keeps for reuse: one full batch's worth.
 const SPARE_PAYLOADS: usize = 1024;
@@ -182,6 +194,8 @@ impl Client {
                 .collect(),
             tx: SendBatch::new(gso),
             spare: PayloadPool::new(SPARE_PAYLOADS, SPARE_PAYLOAD_BYTES),
+            unacked: 0,
+            unacked_since: None,
         };
         let deadline = Instant::now() + c.cfg.connect_timeout;
         loop {
@@ -218,12 +232,16 @@ impl Client {
     }
 
     /// When the client next needs [`Client::poll`] even without incoming data (QUIC timers,
-    /// batch deadline).
+    /// batch deadline, a held acknowledgement).
     pub fn next_deadline(&self) -> Option<Instant> {
-        match (self.session.timeout_at(), self.queue.deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.session.timeout_at(),
+            self.queue.deadline(),
+            self.unacked_since.map(|t| t + ACK_DELAY),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The UDP address this client currently sends from.
@@ -357,14 +375,16 @@ impl Client {
     }
 
     /// Runs QUIC's timers if they are due (loss recovery, idle timeout, close).
-    fn run_timers(&mut self) {
-        if self
+    /// Runs quiche's timers if one is due; whether one was.
+    fn run_timers(&mut self) -> bool {
+        let due = self
             .session
             .timeout_at()
-            .is_some_and(|t| t <= Instant::now())
-        {
+            .is_some_and(|t| t <= Instant::now());
+        if due {
             self.session.on_timeout();
         }
+        due
     }
 
     fn check_open(&self) -> Result<(), ClientError> {
@@ -479,17 +499,33 @@ impl Client {
     /// `readable` (what `poll(2)` reported; reading an empty socket costs a system call to
     /// learn nothing), delivers what arrived, then seals what is due and sends. Reading
     /// first lets the acknowledgement of what was read ride in the same packets as the
-    /// messages queued since the last turn, instead of an ACK-only datagram of its own.
-    /// `poll_ready(true)` is `poll(Duration::ZERO)`.
+    /// messages queued since the last turn, instead of an ACK-only datagram of its own;
+    /// when nothing is queued, the acknowledgement of a single datagram waits up to
+    /// [`ACK_DELAY`] for a message to ride with ([`Client::next_deadline`] includes that
+    /// deadline). `poll_ready(true)` is `poll(Duration::ZERO)`.
     pub fn poll_ready(&mut self, readable: bool) -> Result<(), ClientError> {
         // Timers run on every call, so a caller that services many clients in turn never
         // leaves one without loss recovery or idle detection.
-        self.run_timers();
+        let timed_out = self.run_timers();
         if readable {
             self.read_socket()?;
         }
         self.read_session()?;
-        // Sends whatever QUIC has, acknowledgements included, even with nothing due.
+        let now = Instant::now();
+        let seals =
+            !self.queue.is_empty() && (self.cfg.batch.timeout.is_zero() || self.queue.is_due(now));
+        // With nothing of ours to send, a lone datagram's acknowledgement waits (up to
+        // ACK_DELAY) for the next message to carry it. Everything else goes at once.
+        let hold = !seals
+            && !timed_out
+            && self.unacked == 1
+            && self.session.pending_bytes() == 0
+            && self.session.quic().is_established()
+            && !self.session.is_closing()
+            && self.unacked_since.is_some_and(|t| now < t + ACK_DELAY);
+        if hold {
+            return Ok(());
+        }
         self.flush_due(self.cfg.batch.timeout.is_zero())
     }
 
@@ -497,10 +533,7 @@ impl Client {
     fn wait_and_read(&mut self, max: Duration) -> Result<(), ClientError> {
         let now = Instant::now();
         let mut wait = max;
-        if let Some(t) = self.session.timeout_at() {
-            wait = wait.min(t.saturating_duration_since(now));
-        }
-        if let Some(t) = self.queue.deadline() {
+        if let Some(t) = self.next_deadline() {
             wait = wait.min(t.saturating_duration_since(now));
         }
         let ts = libc::timespec {
@@ -529,6 +562,8 @@ impl Client {
                 Ok(n) => {
                     let local = self.local;
                     for (from, pkt, truncated) in self.rx.iter_mut() {
+                        self.unacked = self.unacked.saturating_add(1);
+                        self.unacked_since.get_or_insert_with(Instant::now);
                         // Cut short: larger than this client allows; QUIC would drop it.
                         if let (Some(from), false) = (from, truncated) {
                             self.session.recv(pkt, from, local);
@@ -583,6 +618,8 @@ impl Client {
     /// take are dropped (QUIC's loss recovery sends their data again).
     fn drive(&mut self) -> Result<(), ClientError> {
         let fd = self.socket.as_raw_fd();
+        self.unacked = 0;
+        self.unacked_since = None;
         loop {
             let mut n = 0;
             for (buf, len, to) in self.out.iter_mut() {
