@@ -374,8 +374,8 @@ impl Client {
         Ok(true)
     }
 
-    /// Runs QUIC's timers if they are due (loss recovery, idle timeout, close).
-    /// Runs quiche's timers if one is due; whether one was.
+    /// Runs QUIC's timers if they are due (loss recovery, idle timeout, close); whether
+    /// they were.
     fn run_timers(&mut self) -> bool {
         let due = self
             .session
@@ -515,7 +515,9 @@ impl Client {
         let seals =
             !self.queue.is_empty() && (self.cfg.batch.timeout.is_zero() || self.queue.is_due(now));
         // With nothing of ours to send, a lone datagram's acknowledgement waits (up to
-        // ACK_DELAY) for the next message to carry it. Everything else goes at once.
+        // ACK_DELAY) for the next message to carry it. Everything else goes at once, except
+        // stream bytes QUIC already took but held for want of congestion window, which
+        // wait with it (at most ACK_DELAY).
         let hold = !seals
             && !timed_out
             && self.unacked == 1
