@@ -402,10 +402,15 @@ impl Client {
         self.flush_due(true)
     }
 
+    /// Whether a batch is to be sealed now: something is queued and it is due (or `force`).
+    fn seals(&self, force: bool, now: Instant) -> bool {
+        !self.queue.is_empty() && (force || self.queue.is_due(now))
+    }
+
     fn flush_due(&mut self, force: bool) -> Result<(), ClientError> {
         let now = Instant::now();
         let mut sealed_any = false;
-        while !self.queue.is_empty() && (force || self.queue.is_due(now)) {
+        while self.seals(force, now) {
             sealed_any = true;
             // Sealed where the records lie in the queue, then dropped from it.
             let n = self.queue.next_batch_len();
@@ -512,13 +517,12 @@ impl Client {
         }
         self.read_session()?;
         let now = Instant::now();
-        let seals =
-            !self.queue.is_empty() && (self.cfg.batch.timeout.is_zero() || self.queue.is_due(now));
+        let force = self.cfg.batch.timeout.is_zero();
         // With nothing of ours to send, a lone datagram's acknowledgement waits (up to
         // ACK_DELAY) for the next message to carry it. Everything else goes at once, except
         // stream bytes QUIC already took but held for want of congestion window, which
         // wait with it (at most ACK_DELAY).
-        let hold = !seals
+        let hold = !self.seals(force, now)
             && !timed_out
             && self.unacked == 1
             && self.session.pending_bytes() == 0
@@ -528,7 +532,7 @@ impl Client {
         if hold {
             return Ok(());
         }
-        self.flush_due(self.cfg.batch.timeout.is_zero())
+        self.flush_due(force)
     }
 
     /// Waits for a datagram, the QUIC timer or the batch deadline, whichever comes first.

@@ -291,7 +291,9 @@ impl Shard {
             self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
             match burst.recv(fd) {
                 Ok(_) => {
-                    poll_until = Instant::now() + self.busy_poll;
+                    if !self.busy_poll.is_zero() {
+                        poll_until = Instant::now() + self.busy_poll;
+                    }
                     if count >= next_sample {
                         next_sample = count + RX_DELAY_SAMPLE;
                         if let Some(d) = kernel_queue_delay(fd) {

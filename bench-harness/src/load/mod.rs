@@ -1,0 +1,336 @@
+//! The open-loop load driver.
+//!
+//! Every message has an intended send time on a fixed-rate schedule (connection `i` of `n`:
+//! `start + (k + i/n) / rate`, so the connections interleave into one evenly spaced stream
+//! instead of sending in bursts of `n`), and its latency is measured from that intended
+//! time, not from when the harness got around to sending it. A stall anywhere (engine, network, harness) then
+//! shows in the histogram instead of silently lowering the offered load (no coordinated
+//! omission). How far the harness itself fell behind its schedule is measured separately
+//! (`lag`), so a saturated load generator is never mistaken for a slow engine.
+//!
+//! Connections are spread over `threads` threads, each pinned to its own core and driving its
+//! connections with the engine's client ([`shards::client::Client`]) without ever blocking
+//! on one of them: a message due while its connection already holds
+//! [`SEND_CAPACITY`] bytes the engine has not taken is *refused* (counted, not sent), every
+//! pass services every connection (QUIC timers, socket, inbox), and one deadline shared by
+//! all threads (`warmup + duration + drain` after the start) ends the run whatever the
+//! engine does, so a saturated or stopped engine yields a "saturated" verdict in bounded
+//! time instead of a wedged harness.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use shards::batch::BatchPolicy;
+use shards::client::{Client, ClientConfig, ClientError};
+use shards::identity::Identity;
+use shards::wire::PeerId;
+
+use crate::summary::QuicStats;
+
+mod payload;
+mod schedule;
+#[cfg(test)]
+mod tests;
+mod thread;
+
+pub use payload::{parse_payload, payload, write_payload};
+use schedule::Schedule;
+use thread::{Peer, ThreadResult, drive};
+
+/// Bytes at the start of every payload: sequence number and intended send time.
+pub const PAYLOAD_HEADER: usize = 16;
+/// Highest latency tracked: one minute, in nanoseconds.
+const MAX_NANOS: u64 = 60_000_000_000;
+/// Bytes one connection may hold queued or not yet taken by QUIC before the harness refuses
+/// its due messages: small, so back-pressure shows as refusals within milliseconds.
+pub const SEND_CAPACITY: usize = 64 * 1024;
+/// Messages one connection may send per pass, so one far-behind connection cannot keep the
+/// others from being serviced.
+const SENDS_PER_PASS: usize = 1024;
+/// Time allowed for closing every connection after the run's deadline.
+pub const CLOSE_BUDGET: Duration = Duration::from_millis(500);
+pub use crate::summary::SATURATION_FRACTION;
+
+/// Echo (round trip through the node's echo handler) or relay (one harness peer to
+/// another through the engine, one-way latency on the shared clock).
+pub use crate::summary::Mode;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The engine to drive.
+    pub target: SocketAddr,
+    /// Generator threads, each pinned to its own core (`--threads`).
+    pub threads: usize,
+    /// Client connections (peers).
+    pub connections: usize,
+    /// Messages per second in total, spread evenly over connections.
+    pub rate: f64,
+    /// Measured duration (after warm-up).
+    pub duration: Duration,
+    /// Warm-up: load is offered but not recorded.
+    pub warmup: Duration,
+    /// Payload size in bytes (at least [`PAYLOAD_HEADER`]).
+    pub message_size: usize,
+    /// Echo or relay.
+    pub mode: Mode,
+    /// How long to wait for outstanding messages after the schedule ends.
+    pub drain: Duration,
+    /// Pin harness threads to cores.
+    pub pin: bool,
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// Bad configuration.
+    #[error("invalid load configuration: {0}")]
+    Config(String),
+    /// A client could not connect.
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, ClientError),
+}
+
+/// Everything a run measured.
+#[derive(Debug)]
+pub struct LoadResult {
+    /// Latency from intended send time to receipt, nanoseconds, measured phase only.
+    pub latency: Histogram<u64>,
+    /// The same, one histogram per second of the measured phase (for the interval log).
+    pub intervals: Vec<Histogram<u64>>,
+    /// How late the harness sent each message against its schedule, nanoseconds.
+    pub lag: Histogram<u64>,
+    /// Messages the schedule called for in the measured phase (sent + refused).
+    pub offered: u64,
+    /// Messages sent in the measured phase.
+    pub sent: u64,
+    /// Measured-phase messages not sent: their connection held [`SEND_CAPACITY`] bytes the
+    /// engine had not taken (back-pressure), or had closed.
+    pub refused: u64,
+    /// Connections that closed (or failed) during the run.
+    pub connection_errors: u64,
+    /// Of those, received back intact.
+    pub received: u64,
+    /// Received with a payload that did not match what was sent.
+    pub corrupted: u64,
+    /// Error records by kind (for example `UnknownDestination`).
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// Wall time of the measured phase.
+    pub elapsed: Duration,
+    /// From the start of the measured phase to the later of its end and the arrival of the
+    /// 99th-percentile measured reply: the window the achieved rate is computed over.
+    pub receive_window: Duration,
+    /// Wall time of the whole run, connecting and closing included.
+    pub wall_time: Duration,
+    /// CPU time the hypervisor took from this machine during the run (all CPUs together),
+    /// where `/proc/stat` tells it.
+    pub steal: Option<Duration>,
+    /// When the measured phase started (for the interval log's start time).
+    pub started_at: std::time::SystemTime,
+    /// The harness's QUIC statistics over all its connections.
+    pub quic: QuicStats,
+}
+
+impl LoadResult {
+    /// Measured-phase messages that never came back.
+    pub fn lost(&self) -> u64 {
+        self.sent
+            .saturating_sub(self.received + self.corrupted + self.errors.values().sum::<u64>())
+    }
+
+    /// Replies per second over the real receive window (not the schedule's duration: a
+    /// saturated engine's replies trickle in during the drain).
+    pub fn achieved_rate(&self) -> f64 {
+        self.received as f64 / self.receive_window.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Messages sent so far (all phases). Load threads add their counts once a pass, so
+    /// this may lag by one pass.
+    pub sent: AtomicU64,
+    /// Messages received so far (all phases), added once a pass like `sent`.
+    pub received: AtomicU64,
+    /// Measured-phase messages sent, over all threads.
+    pub measured_sent: AtomicU64,
+    /// Measured-phase messages accounted for (received intact or corrupted, or answered
+    /// with an ERROR record), over all threads: in relay mode a message sent by one thread
+    /// is received by another. Refused messages were never sent and are in neither count.
+    pub measured_done: AtomicU64,
+    /// Load threads that still have messages due before the schedule's end (no thread
+    /// drains and closes its peers, which may be relay destinations, before this is 0).
+    pub sending_threads: AtomicU64,
+    /// When the measured phase starts, set once the connections are up (for tools that
+    /// observe the measured phase from outside, such as the system call counter).
+    pub measure_start: std::sync::OnceLock<Instant>,
+}
+
+/// A latency histogram, 1 ns to a minute, 3 significant digits.
+pub(crate) fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_NANOS, 3).unwrap_or_else(|_| {
+        let mut h = Histogram::new(3).unwrap_or_else(|_| unreachable!("3 digits is valid"));
+        h.auto(true);
+        h
+    })
+}
+
+/// Runs the load and returns what it measured. `progress` is updated as it goes.
+pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, LoadError> {
+    if cfg.connections == 0 || cfg.threads == 0 {
+        return Err(LoadError::Config(
+            "connections and threads must be at least 1".into(),
+        ));
+    }
+    if cfg.rate.is_nan() || cfg.rate <= 0.0 {
+        return Err(LoadError::Config("rate must be above zero".into()));
+    }
+    if cfg.message_size < PAYLOAD_HEADER {
+        return Err(LoadError::Config(format!(
+            "message size must be at least {PAYLOAD_HEADER} bytes (sequence and send time)"
+        )));
+    }
+    if cfg.duration.is_zero() {
+        return Err(LoadError::Config("duration must be above zero".into()));
+    }
+    let wall_start = Instant::now();
+    let steal = crate::steal::StealClock::start();
+    let client_cfg = ClientConfig {
+        send_capacity: SEND_CAPACITY,
+        // Each message leaves as soon as it is due: the harness measures the engine's
+        // batching, not its own.
+        batch: BatchPolicy {
+            timeout: Duration::ZERO,
+            ..BatchPolicy::default()
+        },
+        ..ClientConfig::default()
+    };
+    // Connect everyone first, on this thread.
+    let mut clients = Vec::with_capacity(cfg.connections);
+    for _ in 0..cfg.connections {
+        let id = Identity::generate().map_err(|e| LoadError::Config(e.to_string()))?;
+        let c = Client::connect(cfg.target, &id, client_cfg.clone())
+            .map_err(|e| LoadError::Connect(cfg.target, e))?;
+        clients.push(c);
+    }
+    if cfg.mode == Mode::Relay {
+        // Give the node a moment to register the last peers (they finished the handshake
+        // one flight before it did).
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            for c in &mut clients {
+                let _ = c.poll(Duration::ZERO);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let ids: Vec<PeerId> = clients.iter().map(Client::peer_id).collect();
+    let per_conn = cfg.rate / cfg.connections as f64;
+    let conns = clients.len();
+    let mut groups: Vec<Vec<Peer>> = (0..cfg.threads).map(|_| Vec::new()).collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let dst = match cfg.mode {
+            Mode::Echo => client.node_id(),
+            Mode::Relay => ids[(i + 1) % ids.len()],
+        };
+        groups[i % cfg.threads].push(Peer {
+            client,
+            dst,
+            schedule: Schedule::new(per_conn, i, conns),
+            next_seq: 0,
+            dead: false,
+        });
+    }
+    let cores: Vec<core_affinity::CoreId> = core_affinity::get_core_ids().unwrap_or_default();
+    let origin = Instant::now() + Duration::from_millis(50);
+    let _ = progress.measure_start.set(origin + cfg.warmup);
+    let started_at = std::time::SystemTime::now() + Duration::from_millis(50) + cfg.warmup;
+    let threads = groups.iter().filter(|g| !g.is_empty()).count();
+    progress
+        .sending_threads
+        .store(threads as u64, Ordering::Release);
+    let handles: Vec<_> = groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(t, group)| {
+            // Harness threads take cores from the end of the list, so an engine pinned from
+            // core 0 upwards on the same machine does not share its cores when there are
+            // enough.
+            let core = cores
+                .len()
+                .checked_sub(1 + t % cores.len().max(1))
+                .and_then(|i| cores.get(i))
+                .copied();
+            let cfg = cfg.clone();
+            let progress = progress.clone();
+            std::thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || {
+                    if let (true, Some(core)) = (cfg.pin, core) {
+                        core_affinity::set_for_current(core);
+                    }
+                    drive(group, &cfg, origin, &progress)
+                })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| LoadError::Config(format!("spawning load threads: {e}")))?;
+    let mut total = ThreadResult::new();
+    for h in handles {
+        let r = h
+            .join()
+            .map_err(|_| LoadError::Config("a load thread panicked".into()))?;
+        let _ = total.latency.add(&r.latency);
+        let _ = total.lag.add(&r.lag);
+        total.quic.merge(&r.quic);
+        for (i, iv) in r.intervals.iter().enumerate() {
+            if total.intervals.len() <= i {
+                total.intervals.push(new_hist());
+            }
+            if let Some(t) = total.intervals.get_mut(i) {
+                let _ = t.add(iv);
+            }
+        }
+        total.offered += r.offered;
+        total.sent += r.sent;
+        total.refused += r.refused;
+        total.connection_errors += r.connection_errors;
+        let _ = total.arrivals.add(&r.arrivals);
+        total.received += r.received;
+        total.corrupted += r.corrupted;
+        for (k, v) in r.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+    }
+    // The window ends when 99 % of the measured replies had arrived: a saturated engine's
+    // replies trickle in during the drain and stretch it, one straggler does not.
+    let p99_arrival = if total.arrivals.is_empty() {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(total.arrivals.value_at_quantile(0.99))
+    };
+    let receive_window = cfg.duration.max(p99_arrival);
+    Ok(LoadResult {
+        latency: total.latency,
+        intervals: total.intervals,
+        lag: total.lag,
+        offered: total.offered,
+        sent: total.sent,
+        refused: total.refused,
+        connection_errors: total.connection_errors,
+        received: total.received,
+        corrupted: total.corrupted,
+        errors: total.errors,
+        elapsed: cfg.duration,
+        receive_window,
+        wall_time: wall_start.elapsed(),
+        steal: steal.stolen(),
+        started_at,
+        quic: total.quic,
+    })
+}
