@@ -29,9 +29,9 @@ for n in ${SHARDS:-1 2 4 8}; do
   ran+=("$n")
 done
 {
-  echo "| shards | knee (msg/s) | per shard | p99 at knee (ms) | first failing rate | why |"
-  echo "| ---: | ---: | ---: | ---: | ---: | --- |"
+  echo "| shards | knee (msg/s) | per shard | p99 at knee (ms) | first failing rate above | why | failed below the knee |"
+  echo "| ---: | ---: | ---: | ---: | ---: | --- | ---: |"
   for n in "${ran[@]}"; do
-    jq -r --argjson n "$n" '.[0] | "| \($n) | \(.knee // "none") | \(if .knee then (.knee / $n | floor) else "" end) | \(.p99_at_knee_ms // "") | \(.first_failure // "") | \(.failure // "") |"' "$out/shards$n/knee.json"
+    jq -r --argjson n "$n" '.[0] | "| \($n) | \(.knee // "none") | \(if .knee then (.knee / $n | floor) else "" end) | \(.p99_at_knee_ms // "") | \(.first_failure // "") | \(.failure // "") | \((.failed_below // []) | map(floor | tostring) | join(" ")) |"' "$out/shards$n/knee.json"
   done
 } | tee "$out/scaling.md"

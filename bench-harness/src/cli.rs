@@ -494,7 +494,8 @@ pub fn sweep_cmd(a: &SweepArgs) -> anyhow::Result<i32> {
 }
 
 /// `bench-harness knee`: per batch configuration, the highest open-loop rate that holds a
-/// p99 target with nothing lost (ramp by doubling, then bisection; a fresh engine per run).
+/// p99 target with nothing lost (ramp by doubling, a bounded probe past a failure, then
+/// bisection; a fresh engine per run).
 #[derive(Args, Debug, Clone)]
 pub struct KneeArgs {
     /// Engine batch sizes (comma separated), one search each.
@@ -529,6 +530,13 @@ pub struct KneeArgs {
     /// keeps every run.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub steal_retries: u32,
+    /// After a rate fails for a reason other than saturation (p99, loss, refusals), try
+    /// this many doublings above it before settling below it. A server can fail in a band
+    /// of rates, where a stall leaves a backlog its little headroom drains slowly, and hold
+    /// above it, where its batches fill; then the knee is the highest rate that held and
+    /// the table lists the rates that failed below it. 0 stops at the first failure.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub probe_above: u32,
     /// Shards of each engine the search starts (pinned from core 0); with `--server
     /// control`, the control server's threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -557,6 +565,7 @@ pub fn knee_cmd(a: &KneeArgs) -> anyhow::Result<i32> {
         max_steps: a.max_steps as usize,
         repeat: a.repeat as usize,
         steal_retries: a.steal_retries as usize,
+        probe_above: a.probe_above as usize,
         engine_shards: a.engine_shards as usize,
         server: a.server,
         load: a.load.to_config(placeholder, 1.0),
@@ -647,6 +656,13 @@ pub struct CeilingArgs {
     /// keeps every run.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub steal_retries: u32,
+    /// After a rate fails for a reason other than saturation (p99, loss, refusals), try
+    /// this many doublings above it before settling below it. A server can fail in a band
+    /// of rates, where a stall leaves a backlog its little headroom drains slowly, and hold
+    /// above it, where its batches fill; then the knee is the highest rate that held and
+    /// the table lists the rates that failed below it. 0 stops at the first failure.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub probe_above: u32,
     /// Where the run directories, ceiling.md, ceiling-runs.csv, ceiling.json and (for a
     /// search) ceiling-knee.csv and ceiling.svg/.png go.
     #[arg(long, default_value = "ceiling-out")]
@@ -687,6 +703,7 @@ pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
             max_steps: a.max_steps as usize,
             repeat: a.repeat as usize,
             steal_retries: a.steal_retries as usize,
+            probe_above: a.probe_above as usize,
         },
         out: a.out.clone(),
     };

@@ -3,11 +3,13 @@
 //! A rate *holds* when a run at it is not saturated (achieved at least 95 % of the asked
 //! rate), loses, refuses and corrupts nothing, gets no error records, and keeps p99 latency
 //! (from intended send time) at or below the target. The search ramps the rate up by
-//! doubling from `min_rate` until a rate fails (or `max_rate` holds), then bisects between
-//! the last rate that held and the first that failed until they are within `precision`.
-//! Every step starts a fresh engine, so one overloaded run cannot leave queues behind for
-//! the next. The knee is the last rate that held; it is the number performance work is
-//! judged by.
+//! doubling from `min_rate` until a rate fails (or `max_rate` holds), probes a bounded
+//! number of doublings above a failure that was not saturation (a server can fail in a
+//! band of rates and hold above it), then bisects between the highest rate that held and
+//! the lowest that failed above it until they are within `precision`. Every step starts a
+//! fresh engine, so one overloaded run cannot leave queues behind for the next. The knee
+//! is the highest rate that held; it is the number performance work is judged by, always
+//! shown with the rates that failed below it, if any.
 //!
 //! The search itself is [`search`], driven by a closure, so its logic is tested without
 //! engines.
@@ -44,6 +46,9 @@ pub struct KneeConfig {
     /// Times a failing run made while the hypervisor took CPU time is run again (see
     /// [`SearchParams::steal_retries`]).
     pub steal_retries: usize,
+    /// Doublings probed above a failure that was not saturation
+    /// ([`SearchParams::probe_above`]).
+    pub probe_above: usize,
     /// Engine shards (control server threads).
     pub engine_shards: usize,
     /// The server each run starts.
@@ -99,6 +104,10 @@ pub struct Step {
     /// Failing runs discarded and made again because of steal.
     #[serde(default)]
     pub disturbed: usize,
+    /// The failing run achieved less than 95 % of the rate: the server is past its
+    /// capacity, so the search does not probe higher rates.
+    #[serde(default)]
+    pub saturated: bool,
 }
 
 /// The limits of a search and the p99 a rate must hold (shared by `knee` and `ceiling`).
@@ -121,6 +130,9 @@ pub struct SearchParams {
     /// (the stall was the machine's, not the server's). Each is counted in
     /// [`Step::disturbed`]; 0 keeps every run.
     pub steal_retries: usize,
+    /// Doublings tried above a rate that failed without being saturated before the
+    /// search settles below it (see [`search`]); 0 stops at the first failure.
+    pub probe_above: usize,
 }
 
 impl SearchParams {
@@ -147,14 +159,18 @@ impl SearchParams {
 pub struct Outcome {
     /// `bs=128 bt=0`, `udp io=batched`.
     pub config: String,
-    /// The highest rate that held; `None` when not even `min_rate` did.
+    /// The highest rate that held; `None` when none did.
     pub knee: Option<f64>,
     /// p99 at the knee, ms.
     pub p99_at_knee_ms: Option<f64>,
-    /// The lowest rate that failed, if any was tried.
+    /// The lowest rate above the knee that failed, if any was tried.
     pub first_failure: Option<f64>,
     /// Why it failed there.
     pub failure: Option<String>,
+    /// Rates below the knee that failed, lowest first (the search probed past them and a
+    /// higher rate held): the knee does not hold at every rate below it.
+    #[serde(default)]
+    pub failed_below: Vec<f64>,
     /// No rate failed (`max_rate` held, or the step budget ran out while ramping): the knee
     /// is at least this.
     pub capped: bool,
@@ -172,7 +188,7 @@ impl Outcome {
         }
     }
 
-    /// p99 at the knee (ms), the first failing rate and why, as table cells.
+    /// p99 at the knee (ms), the first failing rate above it and why, as table cells.
     pub fn result_cells(&self) -> [String; 3] {
         [
             self.p99_at_knee_ms
@@ -183,6 +199,15 @@ impl Outcome {
                 .unwrap_or_default(),
             self.failure.clone().unwrap_or_default().replace('|', "/"),
         ]
+    }
+
+    /// The rates that failed below the knee, `20000 40000` (empty when none did).
+    pub fn failed_below_cell(&self) -> String {
+        self.failed_below
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -203,79 +228,86 @@ pub struct Knee {
 pub struct Search {
     /// Every run, in order.
     pub steps: Vec<Step>,
-    /// The highest rate that held (`None`: not even the minimum).
+    /// The highest rate that held (`None`: none did).
     pub knee: Option<f64>,
-    /// The lowest rate that failed, if one was tried.
+    /// The lowest rate above the knee that failed, if one was tried.
     pub first_failure: Option<f64>,
-    /// No rate failed (the maximum rate or the step budget was reached first): the knee is
-    /// a lower bound.
+    /// Rates below the knee that failed (probed past, see [`search`]), lowest first.
+    pub failed_below: Vec<f64>,
+    /// No rate above the knee failed (the maximum rate or the step budget was reached
+    /// first): the knee is a lower bound.
     pub capped: bool,
 }
 
 /// The search, over a `try_rate` that runs one rate and says whether it held (with its
 /// achieved rate and p99).
+///
+/// It ramps by doubling from `min_rate`. A rate that fails without being saturated does not
+/// end the ramp at once: up to `probe_above` further doublings are tried, because a server
+/// can fail in a band of rates (a stall there leaves a backlog the little headroom drains
+/// slowly) and hold above it, where its batches fill. When a probe holds, the ramp goes on
+/// from it and the failures below are kept in [`Search::failed_below`]; otherwise the search
+/// bisects between the highest rate that held and the lowest that failed above it.
 pub fn search<E>(
     min_rate: f64,
     max_rate: f64,
     precision: f64,
     max_steps: usize,
+    probe_above: usize,
     mut try_rate: impl FnMut(f64) -> Result<Step, E>,
 ) -> Result<Search, E> {
-    let mut steps = Vec::new();
-    let first = try_rate(min_rate)?;
-    let held = first.held;
-    steps.push(first);
-    if !held {
-        return Ok(Search {
-            steps,
-            knee: None,
-            first_failure: Some(min_rate),
-            capped: false,
-        });
-    }
-    let mut lo = min_rate;
-    let mut hi: Option<f64> = None;
-    // Until a rate fails, the knee is only a lower bound.
-    let mut capped = true;
-    while hi.is_none() && steps.len() < max_steps {
-        let next = (lo * 2.0).min(max_rate);
-        if next <= lo {
-            break;
-        }
-        let s = try_rate(next)?;
-        let held = s.held;
+    let mut steps: Vec<Step> = Vec::new();
+    let mut lo: Option<f64> = None;
+    // Failures since the last rate that held, lowest first.
+    let mut pending: Vec<f64> = Vec::new();
+    let mut failed_below = Vec::new();
+    let mut rate = min_rate;
+    while steps.len() < max_steps.max(1) {
+        let s = try_rate(rate)?;
+        let (held, saturated) = (s.held, s.saturated);
         steps.push(s);
         if held {
-            lo = next;
-            if next >= max_rate {
+            failed_below.append(&mut pending);
+            lo = Some(rate);
+        } else {
+            pending.push(rate);
+            if saturated || pending.len() > probe_above {
                 break;
             }
-        } else {
-            hi = Some(next);
-            capped = false;
         }
+        let next = (rate * 2.0).min(max_rate);
+        if next <= rate {
+            break;
+        }
+        rate = next;
     }
-    while let Some(h) = hi {
-        if steps.len() >= max_steps || h - lo <= precision * lo {
-            break;
+    let capped = pending.is_empty();
+    let mut hi = pending.first().copied();
+    if let Some(mut l) = lo {
+        while let Some(h) = hi {
+            if steps.len() >= max_steps || h - l <= precision * l {
+                break;
+            }
+            let mid = ((l + h) / 2.0).round();
+            if mid <= l || mid >= h {
+                break;
+            }
+            let s = try_rate(mid)?;
+            let held = s.held;
+            steps.push(s);
+            if held {
+                l = mid;
+            } else {
+                hi = Some(mid);
+            }
         }
-        let mid = ((lo + h) / 2.0).round();
-        if mid <= lo || mid >= h {
-            break;
-        }
-        let s = try_rate(mid)?;
-        let held = s.held;
-        steps.push(s);
-        if held {
-            lo = mid;
-        } else {
-            hi = Some(mid);
-        }
+        lo = Some(l);
     }
     Ok(Search {
         steps,
-        knee: Some(lo),
+        knee: lo,
         first_failure: hi,
+        failed_below,
         capped,
     })
 }
@@ -293,12 +325,14 @@ pub fn search_config<E>(
         steps,
         knee,
         first_failure,
+        failed_below,
         capped,
     } = search(
         params.min_rate,
         params.max_rate,
         params.precision,
         params.max_steps,
+        params.probe_above,
         |rate| {
             let mut step = Step {
                 rate,
@@ -308,6 +342,7 @@ pub fn search_config<E>(
                 why: String::new(),
                 steal_ms: 0.0,
                 disturbed: 0,
+                saturated: false,
             };
             let mut i = 0;
             while i < params.repeat.max(1) {
@@ -327,6 +362,7 @@ pub fn search_config<E>(
                 if let Err(why) = v {
                     step.held = false;
                     step.why = why;
+                    step.saturated = summary.saturated;
                     break;
                 }
             }
@@ -352,6 +388,7 @@ pub fn search_config<E>(
         p99_at_knee_ms,
         first_failure,
         failure,
+        failed_below,
         capped,
         steps,
     })
@@ -368,6 +405,7 @@ impl KneeConfig {
             max_steps: self.max_steps,
             repeat: self.repeat,
             steal_retries: self.steal_retries,
+            probe_above: self.probe_above,
         }
     }
 }
@@ -426,22 +464,24 @@ pub fn markdown(knees: &[Knee], p99_target: Duration) -> String {
     outcome_markdown(knees.iter().map(|k| &k.outcome), p99_target)
 }
 
-/// A knee table of any configurations (config, knee, p99 at the knee, first failing rate,
-/// why it failed, rates tried) as Markdown, with the rule a rate held to below it.
+/// A knee table of any configurations (config, knee, p99 at the knee, first failing rate
+/// above it, why it failed, rates that failed below it, rates tried) as Markdown, with the
+/// rule a rate held to below it.
 pub fn outcome_markdown<'a>(
     outcomes: impl IntoIterator<Item = &'a Outcome>,
     p99_target: Duration,
 ) -> String {
     let mut s = String::from(
-        "| config | knee (msg/s) | p99 at knee (ms) | first failing rate | why it failed | rates tried |\n\
-         | --- | ---: | ---: | ---: | --- | ---: |\n",
+        "| config | knee (msg/s) | p99 at knee (ms) | first failing rate above | why it failed | failed below the knee | rates tried |\n\
+         | --- | ---: | ---: | ---: | --- | ---: | ---: |\n",
     );
     for k in outcomes {
         let [p99, first_failure, why] = k.result_cells();
         s.push_str(&format!(
-            "| {} | {} | {p99} | {first_failure} | {why} | {} |\n",
+            "| {} | {} | {p99} | {first_failure} | {why} | {} | {} |\n",
             k.config,
             k.knee_cell(),
+            k.failed_below_cell(),
             k.steps.len()
         ));
     }
@@ -452,9 +492,13 @@ pub fn outcome_markdown<'a>(
     s
 }
 
-/// The knee table as CSV: config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped.
+/// The knee table as CSV:
+/// config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped,failed_below (rates
+/// separated by spaces).
 pub fn csv(knees: &[Knee]) -> String {
-    let mut s = String::from("config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped\n");
+    let mut s = String::from(
+        "config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped,failed_below\n",
+    );
     for Knee {
         batch_size,
         batch_timeout_ms,
@@ -462,7 +506,7 @@ pub fn csv(knees: &[Knee]) -> String {
     } in knees
     {
         s.push_str(&format!(
-            "{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{}\n",
             k.config,
             batch_size,
             batch_timeout_ms,
@@ -470,7 +514,8 @@ pub fn csv(knees: &[Knee]) -> String {
             k.p99_at_knee_ms
                 .map(|v| format!("{v:.3}"))
                 .unwrap_or_default(),
-            k.capped
+            k.capped,
+            k.failed_below_cell()
         ));
     }
     s
@@ -537,7 +582,20 @@ mod tests {
             },
             steal_ms: 0.0,
             disturbed: 0,
+            saturated: !held,
         }
+    }
+
+    /// A server that saturates above `knee` and, below it, fails p99 (not saturated) at the
+    /// rates in `valley`.
+    fn valley_step(rate: f64, valley: std::ops::RangeInclusive<f64>, knee: f64) -> Step {
+        let mut s = step(rate, knee);
+        if s.held && valley.contains(&rate) {
+            s.held = false;
+            s.p99_ms = 14.0;
+            s.why = "p99 14.000 ms above 10.000 ms".into();
+        }
+        s
     }
 
     /// A run at `rate` with every message back, p99 `p99_ms`, and `steal_ms` of steal over
@@ -585,6 +643,7 @@ mod tests {
             max_steps: 1,
             repeat: 1,
             steal_retries: retries,
+            probe_above: 0,
         };
         let mut made = 0;
         let out = search_config(
@@ -625,7 +684,7 @@ mod tests {
 
     #[test]
     fn ramps_then_bisects_to_within_precision() {
-        let s = search(1000.0, 1e9, 0.05, 40, |r| {
+        let s = search(1000.0, 1e9, 0.05, 40, 1, |r| {
             Ok::<_, SweepError>(step(r, 61_000.0))
         })
         .unwrap();
@@ -635,15 +694,17 @@ mod tests {
         assert!((61_000.0 / 1.05..=61_000.0).contains(&knee), "{knee}");
         assert!(fail > 61_000.0 && fail - knee <= 0.05 * knee, "{fail}");
         assert!(!s.capped);
-        // Doubling: 1k, 2k, ..., 64k (fails), then bisection.
+        // Doubling: 1k, 2k, ..., 64k (fails, saturated: no probe above it), then bisection.
         let rates: Vec<f64> = steps.iter().map(|s| s.rate).collect();
         assert_eq!(&rates[..7], [1e3, 2e3, 4e3, 8e3, 16e3, 32e3, 64e3]);
+        assert!(rates[7] < 64e3, "{rates:?}");
         assert!(steps.len() < 15, "{rates:?}");
+        assert!(s.failed_below.is_empty());
     }
 
     #[test]
     fn reports_a_failing_minimum_and_a_capped_maximum() {
-        let s = search(1000.0, 1e6, 0.05, 40, |r| {
+        let s = search(1000.0, 1e6, 0.05, 40, 1, |r| {
             Ok::<_, SweepError>(step(r, 10.0))
         })
         .unwrap();
@@ -651,7 +712,7 @@ mod tests {
             (s.knee, s.first_failure, s.steps.len()),
             (None, Some(1000.0), 1)
         );
-        let s = search(1000.0, 5000.0, 0.05, 40, |r| {
+        let s = search(1000.0, 5000.0, 0.05, 40, 1, |r| {
             Ok::<_, SweepError>(step(r, 1e9))
         })
         .unwrap();
@@ -662,8 +723,78 @@ mod tests {
     }
 
     #[test]
+    fn probes_past_a_band_of_failures_to_the_highest_rate_that_holds() {
+        // 10k, 20k, 40k hold; 80k fails in the band; 160k (the probe) holds; 320k holds;
+        // 640k saturates; bisection between 320k and 640k.
+        let s = search(10_000.0, 4e6, 0.05, 40, 1, |r| {
+            Ok::<_, SweepError>(valley_step(r, 60_000.0..=150_000.0, 500_000.0))
+        })
+        .unwrap();
+        let rates: Vec<f64> = s.steps.iter().map(|s| s.rate).collect();
+        assert_eq!(&rates[..6], [1e4, 2e4, 4e4, 8e4, 16e4, 32e4], "{rates:?}");
+        let knee = s.knee.unwrap();
+        assert!((500_000.0 / 1.05..=500_000.0).contains(&knee), "{knee}");
+        let fail = s.first_failure.unwrap();
+        assert!(fail > 500_000.0 && fail - knee <= 0.05 * knee, "{fail}");
+        assert_eq!(s.failed_below, [80_000.0]);
+        assert!(!s.capped);
+        // Without probing the same server's knee is the band's edge.
+        let s = search(10_000.0, 4e6, 0.05, 40, 0, |r| {
+            Ok::<_, SweepError>(valley_step(r, 60_000.0..=150_000.0, 500_000.0))
+        })
+        .unwrap();
+        let knee = s.knee.unwrap();
+        assert!((40_000.0..60_000.0).contains(&knee), "{knee}");
+        assert!(s.first_failure.unwrap() <= 80_000.0);
+        assert!(s.failed_below.is_empty());
+    }
+
+    #[test]
+    fn a_band_wider_than_the_probes_ends_the_ramp() {
+        // 80k and 160k both fail in the band; one probe is spent, so the search settles
+        // between 40k and 80k and never reaches the rates that would hold above.
+        let mut asked = Vec::new();
+        let s = search(10_000.0, 4e6, 0.05, 40, 1, |r| {
+            asked.push(r);
+            Ok::<_, SweepError>(valley_step(r, 60_000.0..=200_000.0, 500_000.0))
+        })
+        .unwrap();
+        assert!(asked.iter().all(|&r| r <= 160_000.0), "{asked:?}");
+        let knee = s.knee.unwrap();
+        assert!((40_000.0..60_000.0).contains(&knee), "{knee}");
+        assert!(s.first_failure.unwrap() <= 80_000.0);
+        assert!(s.failed_below.is_empty());
+        // Two probes reach 320k, which holds.
+        let s = search(10_000.0, 4e6, 0.05, 40, 2, |r| {
+            Ok::<_, SweepError>(valley_step(r, 60_000.0..=200_000.0, 500_000.0))
+        })
+        .unwrap();
+        assert!(s.knee.unwrap() > 450_000.0, "{:?}", s.knee);
+        assert_eq!(s.failed_below, [80_000.0, 160_000.0]);
+    }
+
+    #[test]
+    fn a_failing_minimum_is_probed_past_too() {
+        let s = search(1000.0, 1e6, 0.05, 40, 1, |r| {
+            Ok::<_, SweepError>(valley_step(r, 1000.0..=1000.0, 8000.0))
+        })
+        .unwrap();
+        assert_eq!(s.failed_below, [1000.0]);
+        assert_eq!(s.knee, Some(8000.0));
+        // Saturated at the minimum: nothing more is tried.
+        let s = search(1000.0, 1e6, 0.05, 40, 3, |r| {
+            Ok::<_, SweepError>(step(r, 10.0))
+        })
+        .unwrap();
+        assert_eq!((s.knee, s.steps.len()), (None, 1));
+    }
+
+    #[test]
     fn stops_at_max_steps_with_a_lower_bound() {
-        let s = search(1.0, 1e12, 0.0001, 5, |r| Ok::<_, SweepError>(step(r, 1e9))).unwrap();
+        let s = search(1.0, 1e12, 0.0001, 5, 1, |r| {
+            Ok::<_, SweepError>(step(r, 1e9))
+        })
+        .unwrap();
         assert_eq!(s.steps.len(), 5);
         assert_eq!(
             (s.knee, s.first_failure, s.capped),

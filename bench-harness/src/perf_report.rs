@@ -281,7 +281,7 @@ impl PerfReport {
         }
         if let Some(t) = self.p99_target_ms {
             s.push_str(&format!(
-                "Knee: the highest open-loop rate that held p99 <= {t} ms with nothing lost, refused or corrupted and at least 95 % achieved.\n\n"
+                "Knee: the highest open-loop rate that held p99 <= {t} ms with nothing lost, refused or corrupted and at least 95 % achieved. A search probes past a failure that was not saturation; rates that failed below a knee are listed with it.\n\n"
             ));
         }
         let best_ceiling = self
@@ -295,8 +295,9 @@ impl PerfReport {
             "config",
             "knee (msg/s)",
             "p99 at knee (ms)",
-            "first failing rate",
+            "first failing rate above",
             "why it failed",
+            "failed below the knee",
             "vs control, same config",
             "of best UDP ceiling",
             "steal in failing step (ms)",
@@ -336,6 +337,7 @@ impl PerfReport {
                     p99,
                     first_failure,
                     why,
+                    o.failed_below_cell(),
                     vs_control,
                     of_ceiling,
                     steal,
@@ -545,6 +547,7 @@ mod tests {
             p99_at_knee_ms: Some(4.0),
             first_failure: Some(knee * 1.05),
             failure: Some("p99 12.000 ms above 10.000 ms".into()),
+            failed_below: Vec::new(),
             capped: false,
             steps: vec![
                 Step {
@@ -555,6 +558,7 @@ mod tests {
                     why: String::new(),
                     steal_ms: 0.0,
                     disturbed: 0,
+                    saturated: false,
                 },
                 Step {
                     rate: knee * 1.05,
@@ -564,6 +568,7 @@ mod tests {
                     why: "p99".into(),
                     steal_ms: 120.0,
                     disturbed: 0,
+                    saturated: false,
                 },
             ],
         }
@@ -647,11 +652,13 @@ mod tests {
 
     #[test]
     fn ratios_and_targets_come_from_the_knees() {
-        let md = report().markdown();
+        let mut r = report();
+        r.entries[3].outcome.failed_below = vec![20_000.0, 40_000.0];
+        let md = r.markdown();
         // Engine against the control at the same configuration, and against the best ceiling.
         let cells = md.replace(' ', "");
         assert!(cells.contains("|bs=128bt=0|160000|"), "{md}");
-        assert!(cells.contains("|4.00x|80%|120|"), "{md}");
+        assert!(cells.contains("|2000040000|4.00x|80%|120|"), "{md}");
         assert!(cells.contains("||50%|"), "{md}");
         assert!(
             md.contains("bs=128 bt=0: 160000 against 40000 msg/s, 4.00x, met"),

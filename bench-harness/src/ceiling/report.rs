@@ -229,13 +229,14 @@ pub fn run_cells(r: &RunRow, p99_target: Duration) -> Vec<String> {
 }
 
 /// Columns of `ceiling-knee.csv`.
-pub const KNEE_HEADERS: [&str; 8] = [
+pub const KNEE_HEADERS: [&str; 9] = [
     "config",
     "io",
     "knee",
     "p99_at_knee_ms",
     "first_failure",
     "failure",
+    "failed_below",
     "capped",
     "rates_tried",
 ];
@@ -295,6 +296,7 @@ pub fn write(dir: &Path, report: &Report) -> Result<Vec<PathBuf>, CeilingError> 
                     p99,
                     first_failure,
                     why,
+                    o.failed_below_cell(),
                     o.capped.to_string(),
                     o.steps.len().to_string(),
                 ]
