@@ -8,6 +8,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// The engine's allocator (see engine/src/main.rs), here too: the engines a knee search
+/// starts in this process and the control server must allocate as `engine serve` does for
+/// the comparison to stay matched.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "bench-harness", version, about)]
 struct Cli {

@@ -15,6 +15,10 @@
 //! difference of their totals over the difference of their N (the setup cancels out);
 //! `scripts/instructions.sh` does that.
 
+/// The allocator of the `engine` binary, so the bench measures what it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,6 +5,10 @@
 //! The QUIC and Noise handshakes run once in setup. Reported per message.
 //! Run: `cargo bench -p shards --bench session`.
 
+/// The allocator of the `engine` binary, so the bench measures what it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
