@@ -530,11 +530,12 @@ pub struct KneeArgs {
     /// keeps every run.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub steal_retries: u32,
-    /// After a rate fails for a reason other than saturation (p99, loss, refusals), try
-    /// this many doublings above it before settling below it. A server can fail in a band
-    /// of rates, where a stall leaves a backlog its little headroom drains slowly, and hold
-    /// above it, where its batches fill; then the knee is the highest rate that held and
-    /// the table lists the rates that failed below it. 0 stops at the first failure.
+    /// After a rate fails for a reason other than saturation (p99, loss, refusals), try up
+    /// to this many doublings above it before settling below it (fewer at --max-rate or
+    /// when --max-steps runs out). A server can fail in a band of rates, where a stall
+    /// leaves a backlog its little headroom drains slowly, and hold above it, where its
+    /// batches fill; then the knee is the highest rate that held and the table lists the
+    /// rates tried below it that failed. 0 stops at the first failure.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=8))]
     pub probe_above: u32,
     /// Shards of each engine the search starts (pinned from core 0); with `--server
@@ -656,11 +657,12 @@ pub struct CeilingArgs {
     /// keeps every run.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub steal_retries: u32,
-    /// After a rate fails for a reason other than saturation (p99, loss, refusals), try
-    /// this many doublings above it before settling below it. A server can fail in a band
-    /// of rates, where a stall leaves a backlog its little headroom drains slowly, and hold
-    /// above it, where its batches fill; then the knee is the highest rate that held and
-    /// the table lists the rates that failed below it. 0 stops at the first failure.
+    /// After a rate fails for a reason other than saturation (p99, loss, refusals), try up
+    /// to this many doublings above it before settling below it (fewer at --max-rate or
+    /// when --max-steps runs out). A server can fail in a band of rates, where a stall
+    /// leaves a backlog its little headroom drains slowly, and hold above it, where its
+    /// batches fill; then the knee is the highest rate that held and the table lists the
+    /// rates tried below it that failed. 0 stops at the first failure.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=8))]
     pub probe_above: u32,
     /// Where the run directories, ceiling.md, ceiling-runs.csv, ceiling.json and (for a

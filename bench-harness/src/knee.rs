@@ -171,9 +171,13 @@ pub struct Outcome {
     /// higher rate held): the knee does not hold at every rate below it.
     #[serde(default)]
     pub failed_below: Vec<f64>,
-    /// No rate failed (`max_rate` held, or the step budget ran out while ramping): the knee
-    /// is at least this.
+    /// No rate above the knee failed (`max_rate` held, or the step budget ran out while
+    /// ramping): the knee is at least this.
     pub capped: bool,
+    /// Doublings the search probed past a failure that was not saturation
+    /// ([`SearchParams::probe_above`]); 0 in results written before probing existed.
+    #[serde(default)]
+    pub probe_above: usize,
     /// Every run, in the order made.
     pub steps: Vec<Step>,
 }
@@ -390,6 +394,7 @@ pub fn search_config<E>(
         failure,
         failed_below,
         capped,
+        probe_above: params.probe_above,
         steps,
     })
 }
@@ -682,6 +687,54 @@ mod tests {
         assert_eq!((step.disturbed, made), (0, 1));
     }
 
+    /// A search of one configuration whose runs are `runs(rate)`: (achieved fraction of
+    /// the rate, p99 ms); `probe_above` 1.
+    fn search_runs(max_steps: usize, runs: impl Fn(f64) -> (f64, u64)) -> Outcome {
+        let params = SearchParams {
+            p99_target: Duration::from_millis(10),
+            min_rate: 10_000.0,
+            max_rate: 1e6,
+            precision: 0.05,
+            max_steps,
+            repeat: 1,
+            steal_retries: 0,
+            probe_above: 1,
+        };
+        search_config(
+            "c",
+            &params,
+            |rate, _| {
+                let (fraction, p99) = runs(rate);
+                let mut s = run_summary(rate * fraction, p99, 0);
+                s.config.rate = rate;
+                s.saturated = fraction < 0.95;
+                Ok::<_, SweepError>(s)
+            },
+            |_, _| {},
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_run_short_of_its_rate_is_saturated_and_not_probed_past() {
+        // 40k achieves 80 % of its rate: saturated, so 80k is never tried.
+        let o = search_runs(40, |r| if r >= 40_000.0 { (0.8, 50) } else { (1.0, 2) });
+        let tried: Vec<f64> = o.steps.iter().map(|s| s.rate).collect();
+        assert!(tried.iter().all(|&r| r <= 40_000.0), "{tried:?}");
+        let failed = o.steps.iter().find(|s| s.rate == 40_000.0).unwrap();
+        assert!(failed.saturated && !failed.held, "{failed:?}");
+        assert_eq!(o.probe_above, 1);
+        // 40k achieves all of it with p99 50 ms: not saturated, so 80k is probed and holds.
+        let o = search_runs(40, |r| if r == 40_000.0 { (1.0, 50) } else { (1.0, 2) });
+        let failed = o.steps.iter().find(|s| s.rate == 40_000.0).unwrap();
+        assert!(!failed.saturated && !failed.held, "{failed:?}");
+        assert!(o.steps.iter().any(|s| s.rate == 80_000.0 && s.held));
+        assert_eq!(o.failed_below, [40_000.0]);
+        // Every rate above 40k holds up to the maximum: capped, with the hole kept.
+        assert!(o.capped);
+        assert_eq!(o.knee, Some(1e6));
+    }
+
     #[test]
     fn ramps_then_bisects_to_within_precision() {
         let s = search(1000.0, 1e9, 0.05, 40, 1, |r| {
@@ -760,6 +813,11 @@ mod tests {
         })
         .unwrap();
         assert!(asked.iter().all(|&r| r <= 160_000.0), "{asked:?}");
+        // Bisection between the last rate that held and the first failure, 40k and 80k.
+        assert!(
+            asked[6..].iter().all(|&r| r > 40_000.0 && r < 80_000.0),
+            "{asked:?}"
+        );
         let knee = s.knee.unwrap();
         assert!((40_000.0..60_000.0).contains(&knee), "{knee}");
         assert!(s.first_failure.unwrap() <= 80_000.0);

@@ -280,8 +280,21 @@ impl PerfReport {
             s.push_str(&format!("{floor}\n\n"));
         }
         if let Some(t) = self.p99_target_ms {
+            let probes = self
+                .entries
+                .iter()
+                .map(|e| e.outcome.probe_above)
+                .max()
+                .unwrap_or(0);
+            let search = if probes > 0 {
+                format!(
+                    "Searches probed up to {probes} doubling(s) past a failure that was not saturation; rates they tried below a knee that failed are listed with it."
+                )
+            } else {
+                "Each search stopped ramping at its first failure.".to_string()
+            };
             s.push_str(&format!(
-                "Knee: the highest open-loop rate that held p99 <= {t} ms with nothing lost, refused or corrupted and at least 95 % achieved. A search probes past a failure that was not saturation; rates that failed below a knee are listed with it.\n\n"
+                "Knee: the highest open-loop rate that held p99 <= {t} ms with nothing lost, refused or corrupted and at least 95 % achieved. {search}\n\n"
             ));
         }
         let best_ceiling = self
@@ -549,6 +562,7 @@ mod tests {
             failure: Some("p99 12.000 ms above 10.000 ms".into()),
             failed_below: Vec::new(),
             capped: false,
+            probe_above: 1,
             steps: vec![
                 Step {
                     rate: knee,
@@ -659,6 +673,10 @@ mod tests {
         let cells = md.replace(' ', "");
         assert!(cells.contains("|bs=128bt=0|160000|"), "{md}");
         assert!(cells.contains("|2000040000|4.00x|80%|120|"), "{md}");
+        assert!(
+            md.contains("Searches probed up to 1 doubling(s) past a failure"),
+            "{md}"
+        );
         assert!(cells.contains("||50%|"), "{md}");
         assert!(
             md.contains("bs=128 bt=0: 160000 against 40000 msg/s, 4.00x, met"),
@@ -704,6 +722,38 @@ mod tests {
             !md.replace(' ', "").contains("x|"),
             "no ratio column filled: {md}"
         );
+    }
+
+    #[test]
+    fn reads_knee_results_written_before_probing() {
+        // A knee.json as written before `failed_below`, `probe_above` and `saturated`.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("knee.json"),
+            r#"[{"batch_size": 1, "batch_timeout_ms": 0.0, "config": "bs=1 bt=0",
+                "knee": 360000.0, "p99_at_knee_ms": 5.8, "first_failure": 370000.0,
+                "failure": "p99 11.682 ms above 10.000 ms", "capped": false,
+                "steps": [{"rate": 360000.0, "achieved": 360000.0, "p99_ms": 5.8,
+                           "held": true, "why": "", "steal_ms": 70.0, "disturbed": 0},
+                          {"rate": 370000.0, "achieved": 370000.0, "p99_ms": 11.7,
+                           "held": false, "why": "p99", "steal_ms": 0.0, "disturbed": 0}]}]"#,
+        )
+        .unwrap();
+        let got = read_knees(dir.path(), Server::Engine).unwrap();
+        let o = &got[0].outcome;
+        assert_eq!(o.knee, Some(360_000.0));
+        assert!(o.failed_below.is_empty());
+        assert_eq!(o.probe_above, 0);
+        assert!(!o.steps[1].saturated);
+        let mut r = build(Some(dir.path()), None, None, None, None, None).unwrap();
+        // The p99 target comes from a ceiling report, not given here.
+        r.p99_target_ms = Some(10.0);
+        let md = r.markdown();
+        assert!(
+            md.contains("Each search stopped ramping at its first failure."),
+            "{md}"
+        );
+        assert!(!md.contains("Searches probed"), "{md}");
     }
 
     #[test]

@@ -236,9 +236,9 @@ pub const KNEE_HEADERS: [&str; 9] = [
     "p99_at_knee_ms",
     "first_failure",
     "failure",
-    "failed_below",
     "capped",
     "rates_tried",
+    "failed_below",
 ];
 
 /// The report as Markdown: the knee table (knee searches only) and every run.
@@ -296,9 +296,9 @@ pub fn write(dir: &Path, report: &Report) -> Result<Vec<PathBuf>, CeilingError> 
                     p99,
                     first_failure,
                     why,
-                    o.failed_below_cell(),
                     o.capped.to_string(),
                     o.steps.len().to_string(),
+                    o.failed_below_cell(),
                 ]
             })
             .collect();
