@@ -10,7 +10,8 @@
 #      default 1,500,000, more than the two cores carry) at batch 1, 16 and 128: CPU per
 #      message when the server is as busy as the harness can make it;
 #   5. the adaptive-batching check: batch 1 against batch 128 (timeout 0) at 10 % of the
-#      engine's batch-128 knee;
+#      engine's batch-128 knee, in ADAPTIVE_ROUNDS rounds (default 5) of one run each,
+#      compared by their medians;
 #   6. bench-harness perf-report: $OUT/performance.md/.json/.svg/.png.
 # Every search: 16 connections, 64-byte echo, 3 s measured after 1 s warm-up, p99 <= 10 ms,
 # each rate run twice (REPEAT). The harness runs on the last core. Takes about 22 minutes
@@ -83,9 +84,13 @@ done
 
 knee128=$(jq '[.[] | select(.batch_size == 128) | .knee // empty] | first // 10000' "$out/engine/knee.json")
 arate=$(jq -n --argjson k "$knee128" '[($k / 10 | floor), 1000] | max')
-echo "== 5/6 adaptive batching at $arate msg/s" >&2
-$bh sweep --out "$out/adaptive" --batch-sizes 1,128 --batch-timeouts 0 --rates "$arate" \
-  --connections 16 --message-size 64 --duration 5s --warmup 1s --drain 2s
+rounds=${ADAPTIVE_ROUNDS:-5}
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "perf.sh: ADAPTIVE_ROUNDS '$rounds' is not a positive count" >&2; exit 2; }
+echo "== 5/6 adaptive batching at $arate msg/s, $rounds rounds" >&2
+for i in $(seq 1 "$rounds"); do
+  $bh sweep --out "$out/adaptive/round$i" --batch-sizes 1,128 --batch-timeouts 0 --rates "$arate" \
+    --connections 16 --message-size 64 --duration 5s --warmup 1s --drain 2s
+done
 
 echo "== 6/6 report" >&2
 $bh perf-report --out "$out" --engine "$out/engine" "${control[@]}" \

@@ -176,7 +176,9 @@ pub struct PerfReportArgs {
     /// A directory of `run --count-syscalls` run directories (summary.json + syscalls.json).
     #[arg(long, value_name = "DIR")]
     pub syscalls: Option<PathBuf>,
-    /// A `sweep` output directory with batch size 1 and a larger batch size at one low rate.
+    /// A `sweep` output directory with batch size 1 and a larger batch size at one low
+    /// rate, or a directory of such sweeps named round1, round2, ... (compared by the
+    /// medians of their p50s).
     #[arg(long, value_name = "DIR")]
     pub adaptive: Option<PathBuf>,
     /// A `stalls` output directory (its stalls.json): the machine's stall floor.
