@@ -606,36 +606,13 @@ mod tests {
     /// A run at `rate` with every message back, p99 `p99_ms`, and `steal_ms` of steal over
     /// a 2 s wall time.
     fn run_summary(rate: f64, p99_ms: u64, steal_ms: u64) -> Summary {
-        use crate::summary::{Counts, Mode, RunConfig, Timing};
-        let mut lat = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-        lat.record(p99_ms * 1_000_000).unwrap();
-        let lag = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-        let n = rate as u64;
-        let config = RunConfig {
-            target: "127.0.0.1:1".into(),
-            mode: Mode::Echo,
-            connections: 1,
+        crate::summary::testing::echo_run(
             rate,
-            duration_s: 1.0,
-            warmup_s: 0.0,
-            message_size: 64,
-            batch_size: None,
-            batch_timeout_ms: None,
-            cores: 1,
-        };
-        let counts = Counts {
-            offered: n,
-            sent: n,
-            received: n,
-            ..Counts::default()
-        };
-        let timing = Timing {
-            measured: Duration::from_secs(1),
-            receive_window: Duration::from_secs(1),
-            wall: Duration::from_secs(2),
-            steal: Some(Duration::from_millis(steal_ms)),
-        };
-        Summary::from_histograms(config, &lat, &lag, counts, timing)
+            Duration::from_millis(p99_ms),
+            None,
+            Duration::from_secs(2),
+            Some(Duration::from_millis(steal_ms)),
+        )
     }
 
     /// One rate, searched with `retries`; the runs' (p99 ms, steal ms) in order.

@@ -811,36 +811,9 @@ mod tests {
     /// Writes `dir/bs{bs}-bt0-r{rate}/summary.json` of a run at `rate` whose every message
     /// took `p50_us` microseconds.
     fn write_sweep_run(dir: &Path, bs: u32, rate: f64, p50_us: u64) {
-        use crate::summary::{Counts, Mode, RunConfig, Timing};
-        let mut lat = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-        lat.record(p50_us * 1000).unwrap();
-        let lag = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-        let config = RunConfig {
-            target: "127.0.0.1:1".into(),
-            mode: Mode::Echo,
-            connections: 16,
-            rate,
-            duration_s: 1.0,
-            warmup_s: 0.0,
-            message_size: 64,
-            batch_size: Some(bs),
-            batch_timeout_ms: Some(0.0),
-            cores: 1,
-        };
-        let n = rate as u64;
-        let counts = Counts {
-            offered: n,
-            sent: n,
-            received: n,
-            ..Counts::default()
-        };
-        let timing = Timing {
-            measured: std::time::Duration::from_secs(1),
-            receive_window: std::time::Duration::from_secs(1),
-            wall: std::time::Duration::from_secs(1),
-            steal: None,
-        };
-        let s = Summary::from_histograms(config, &lat, &lag, counts, timing);
+        let wall = std::time::Duration::from_secs(1);
+        let latency = std::time::Duration::from_micros(p50_us);
+        let s = crate::summary::testing::echo_run(rate, latency, Some(bs), wall, None);
         let run = dir.join(format!("bs{bs}-bt0-r{rate}"));
         std::fs::create_dir_all(&run).unwrap();
         std::fs::write(run.join("summary.json"), serde_json::to_string(&s).unwrap()).unwrap();

@@ -448,6 +448,54 @@ impl Summary {
     }
 }
 
+/// Summaries for other modules' tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A 1 s echo run at `rate` with every message back, each `latency` after its intended
+    /// send time, over `wall` with `steal` taken by the hypervisor; `batch_size` with
+    /// timeout 0 when given.
+    pub(crate) fn echo_run(
+        rate: f64,
+        latency: Duration,
+        batch_size: Option<u32>,
+        wall: Duration,
+        steal: Option<Duration>,
+    ) -> Summary {
+        let mut lat = Histogram::<u64>::new(3).unwrap();
+        lat.record(latency.as_nanos() as u64).unwrap();
+        let lag = Histogram::<u64>::new(3).unwrap();
+        let n = rate as u64;
+        let config = RunConfig {
+            target: "127.0.0.1:1".into(),
+            mode: Mode::Echo,
+            connections: 1,
+            rate,
+            duration_s: 1.0,
+            warmup_s: 0.0,
+            message_size: 64,
+            batch_size,
+            batch_timeout_ms: batch_size.map(|_| 0.0),
+            cores: 1,
+        };
+        let counts = Counts {
+            offered: n,
+            sent: n,
+            received: n,
+            ..Counts::default()
+        };
+        let timing = Timing {
+            measured: Duration::from_secs(1),
+            receive_window: Duration::from_secs(1),
+            wall,
+            steal,
+        };
+        Summary::from_histograms(config, &lat, &lag, counts, timing)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
