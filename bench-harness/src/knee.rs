@@ -108,7 +108,17 @@ pub struct Step {
     /// capacity, so the search does not probe higher rates.
     #[serde(default)]
     pub saturated: bool,
+    /// How late the generators sent against their schedule, p99 in ms (the worst of the
+    /// rate's runs): the harness's own share of the latency measured. 0 in results written
+    /// before it was recorded.
+    #[serde(default)]
+    pub lag_p99_ms: f64,
 }
+
+/// The share of the p99 target the generators' own lag (p99) must reach at the first
+/// failing rate for a knee to be called harness-limited ([`Outcome::harness_limited`]):
+/// from half the latency budget on, the harness, not the server, decided the verdict.
+pub const HARNESS_LIMITED_SHARE: f64 = 0.5;
 
 /// The limits of a search and the p99 a rate must hold (shared by `knee` and `ceiling`).
 #[derive(Debug, Clone, Copy)]
@@ -178,18 +188,38 @@ pub struct Outcome {
     /// ([`SearchParams::probe_above`]); 0 in results written before probing existed.
     #[serde(default)]
     pub probe_above: usize,
+    /// At the first failing rate the generators themselves sent late by at least
+    /// [`HARNESS_LIMITED_SHARE`] of the p99 target (lag p99): the harness (its core, or a
+    /// stall of the machine it ran on) used that much of the latency budget before any
+    /// message reached the server, so the knee is where this harness stops measuring on
+    /// this machine, a lower bound for the server's. False in older results.
+    #[serde(default)]
+    pub harness_limited: bool,
     /// Every run, in the order made.
     pub steps: Vec<Step>,
 }
 
 impl Outcome {
-    /// The knee as a table shows it: `>= N` when capped, `none` when not even the minimum held.
+    /// The knee as a table shows it: `>= N` when capped or harness-limited (then with the
+    /// reason), `none` when not even the minimum held.
     pub fn knee_cell(&self) -> String {
-        match (self.knee, self.capped) {
-            (Some(r), true) => format!(">= {r:.0}"),
-            (Some(r), false) => format!("{r:.0}"),
-            (None, _) => "below the minimum".to_string(),
+        match (self.knee, self.capped, self.harness_limited) {
+            (Some(r), true, _) => format!(">= {r:.0}"),
+            (Some(r), false, true) => format!(">= {r:.0} (harness-limited)"),
+            (Some(r), false, false) => format!("{r:.0}"),
+            (None, _, true) => "below the minimum (harness-limited)".to_string(),
+            (None, _, false) => "below the minimum".to_string(),
         }
+    }
+
+    /// The generators' lag p99 (ms) at the first failing rate, as a table cell (empty when
+    /// no rate above the knee failed).
+    pub fn lag_at_failure_cell(&self) -> String {
+        self.steps
+            .iter()
+            .find(|s| !s.held && Some(s.rate) == self.first_failure)
+            .map(|s| format!("{:.3}", s.lag_p99_ms))
+            .unwrap_or_default()
     }
 
     /// p99 at the knee (ms), the first failing rate above it and why, as table cells.
@@ -347,6 +377,7 @@ pub fn search_config<E>(
                 steal_ms: 0.0,
                 disturbed: 0,
                 saturated: false,
+                lag_p99_ms: 0.0,
             };
             let mut i = 0;
             while i < params.repeat.max(1) {
@@ -363,6 +394,7 @@ pub fn search_config<E>(
                 i += 1;
                 step.achieved = step.achieved.min(summary.achieved_rate);
                 step.p99_ms = step.p99_ms.max(summary.latency_ms.p99);
+                step.lag_p99_ms = step.lag_p99_ms.max(summary.harness_lag_ms.p99);
                 if let Err(why) = v {
                     step.held = false;
                     step.why = why;
@@ -380,12 +412,11 @@ pub fn search_config<E>(
             .find(|s| s.held && s.rate == k)
             .map(|s| s.p99_ms)
     });
-    let failure = first_failure.and_then(|f| {
-        steps
-            .iter()
-            .find(|s| !s.held && s.rate == f)
-            .map(|s| s.why.clone())
-    });
+    let failing = first_failure.and_then(|f| steps.iter().find(|s| !s.held && s.rate == f));
+    let failure = failing.map(|s| s.why.clone());
+    let target_ms = params.p99_target.as_secs_f64() * 1000.0;
+    let harness_limited =
+        failing.is_some_and(|s| s.lag_p99_ms >= HARNESS_LIMITED_SHARE * target_ms);
     Ok(Outcome {
         config: config.to_string(),
         knee,
@@ -395,6 +426,7 @@ pub fn search_config<E>(
         failed_below,
         capped,
         probe_above: params.probe_above,
+        harness_limited,
         steps,
     })
 }
@@ -477,32 +509,44 @@ pub fn outcome_markdown<'a>(
     p99_target: Duration,
 ) -> String {
     let mut s = String::from(
-        "| config | knee (msg/s) | p99 at knee (ms) | first failing rate above | why it failed | failed below the knee | rates tried |\n\
-         | --- | ---: | ---: | ---: | --- | ---: | ---: |\n",
+        "| config | knee (msg/s) | p99 at knee (ms) | first failing rate above | why it failed | harness lag p99 there (ms) | failed below the knee | rates tried |\n\
+         | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |\n",
     );
+    let mut limited = Vec::new();
     for k in outcomes {
         let [p99, first_failure, why] = k.result_cells();
         s.push_str(&format!(
-            "| {} | {} | {p99} | {first_failure} | {why} | {} | {} |\n",
+            "| {} | {} | {p99} | {first_failure} | {why} | {} | {} | {} |\n",
             k.config,
             k.knee_cell(),
+            k.lag_at_failure_cell(),
             k.failed_below_cell(),
             k.steps.len()
         ));
+        if k.harness_limited {
+            limited.push(k.config.as_str());
+        }
     }
+    let target_ms = p99_target.as_secs_f64() * 1000.0;
     s.push_str(&format!(
-        "\nA rate holds when p99 <= {} ms with nothing lost, refused or corrupted and at least 95 % of it achieved.\n",
-        p99_target.as_secs_f64() * 1000.0
+        "\nA rate holds when p99 <= {target_ms} ms with nothing lost, refused or corrupted and at least 95 % of it achieved. Harness lag is how late the generators sent against their schedule; it is part of every latency measured.\n",
     ));
+    if !limited.is_empty() {
+        s.push_str(&format!(
+            "\nHarness-limited ({}): at the first failing rate the generators' own lag p99 was at least {:.0} % of the target, so the harness (its core busy, or the machine stalling it) spent that much of the budget before the server saw the messages. These knees are where this harness stops measuring on this machine: lower bounds for the server's.\n",
+            limited.join(", "),
+            HARNESS_LIMITED_SHARE * 100.0
+        ));
+    }
     s
 }
 
 /// The knee table as CSV:
 /// config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped,failed_below (rates
-/// separated by spaces).
+/// separated by spaces),harness_limited.
 pub fn csv(knees: &[Knee]) -> String {
     let mut s = String::from(
-        "config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped,failed_below\n",
+        "config,batch_size,batch_timeout_ms,knee,p99_at_knee_ms,capped,failed_below,harness_limited\n",
     );
     for Knee {
         batch_size,
@@ -511,7 +555,7 @@ pub fn csv(knees: &[Knee]) -> String {
     } in knees
     {
         s.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{}\n",
             k.config,
             batch_size,
             batch_timeout_ms,
@@ -520,7 +564,8 @@ pub fn csv(knees: &[Knee]) -> String {
                 .map(|v| format!("{v:.3}"))
                 .unwrap_or_default(),
             k.capped,
-            k.failed_below_cell()
+            k.failed_below_cell(),
+            k.harness_limited
         ));
     }
     s
@@ -588,6 +633,7 @@ mod tests {
             steal_ms: 0.0,
             disturbed: 0,
             saturated: !held,
+            lag_p99_ms: 0.0,
         }
     }
 
@@ -690,6 +736,60 @@ mod tests {
             |_, _| {},
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_failure_the_generators_were_late_for_is_harness_limited() {
+        // Holds to 40k; 80k fails p99 while the generators' own lag p99 is `lag` ms.
+        let run = |lag: f64| {
+            let params = SearchParams {
+                p99_target: Duration::from_millis(10),
+                min_rate: 10_000.0,
+                max_rate: 80_000.0,
+                precision: 0.05,
+                // 10k, 20k, 40k, 80k: no bisection.
+                max_steps: 4,
+                repeat: 1,
+                steal_retries: 0,
+                probe_above: 0,
+            };
+            search_config(
+                "bs=1 bt=0",
+                &params,
+                |rate, _| {
+                    let mut s = run_summary(rate, if rate > 40_000.0 { 15 } else { 2 }, 0);
+                    s.harness_lag_ms.p99 = if rate > 40_000.0 { lag } else { 0.3 };
+                    Ok::<_, SweepError>(s)
+                },
+                |_, _| {},
+            )
+            .unwrap()
+        };
+        let o = run(5.0);
+        assert_eq!((o.knee, o.first_failure), (Some(40_000.0), Some(80_000.0)));
+        assert!(o.harness_limited, "{o:?}");
+        assert_eq!(o.steps.last().map(|s| s.lag_p99_ms), Some(5.0));
+        assert_eq!(o.knee_cell(), ">= 40000 (harness-limited)");
+        assert_eq!(o.lag_at_failure_cell(), "5.000");
+        let knees = [Knee {
+            batch_size: 1,
+            batch_timeout_ms: 0.0,
+            outcome: o,
+        }];
+        let md = markdown(&knees, Duration::from_millis(10));
+        assert!(md.contains("| >= 40000 (harness-limited) |"), "{md}");
+        assert!(md.contains("| 5.000 |"), "{md}");
+        assert!(
+            md.contains("Harness-limited (bs=1 bt=0): at the first failing rate"),
+            "{md}"
+        );
+        assert!(csv(&knees).lines().nth(1).unwrap().ends_with(",true"));
+        // Just under half the target: the server's failure, said plainly.
+        let o = run(4.9);
+        assert!(!o.harness_limited, "{o:?}");
+        assert_eq!(o.knee_cell(), "40000");
+        let md = outcome_markdown([&o], Duration::from_millis(10));
+        assert!(!md.contains("Harness-limited"), "{md}");
     }
 
     #[test]

@@ -84,6 +84,13 @@ impl SyscallReport {
         1e6 * self.server.cpu_s / self.messages.max(1) as f64
     }
 
+    /// The harness's CPU microseconds per message (all its threads). Its generators poll
+    /// instead of sleeping once a thread has more than about 10,000 msg/s to send, so
+    /// below saturation this is what it spent, not what it needed.
+    pub fn harness_cpu_us_per_message(&self) -> f64 {
+        1e6 * self.harness.cpu_s / self.messages.max(1) as f64
+    }
+
     /// Messages per second one core of the server would carry at this cost per message.
     pub fn server_messages_per_core_s(&self) -> f64 {
         self.messages as f64 / self.server.cpu_s.max(1e-9)

@@ -229,7 +229,7 @@ pub fn run_cells(r: &RunRow, p99_target: Duration) -> Vec<String> {
 }
 
 /// Columns of `ceiling-knee.csv`.
-pub const KNEE_HEADERS: [&str; 9] = [
+pub const KNEE_HEADERS: [&str; 10] = [
     "config",
     "io",
     "knee",
@@ -239,6 +239,7 @@ pub const KNEE_HEADERS: [&str; 9] = [
     "capped",
     "rates_tried",
     "failed_below",
+    "harness_limited",
 ];
 
 /// The report as Markdown: the knee table (knee searches only) and every run.
@@ -299,6 +300,7 @@ pub fn write(dir: &Path, report: &Report) -> Result<Vec<PathBuf>, CeilingError> 
                     o.capped.to_string(),
                     o.steps.len().to_string(),
                     o.failed_below_cell(),
+                    o.harness_limited.to_string(),
                 ]
             })
             .collect();

@@ -216,6 +216,7 @@ impl PerfReport {
             "vs control, same config",
             "of best UDP ceiling",
             "steal in failing step (ms)",
+            "harness lag p99 in failing step (ms)",
         ];
         let rows: Vec<Vec<String>> = self
             .entries
@@ -256,6 +257,7 @@ impl PerfReport {
                     vs_control,
                     of_ceiling,
                     steal,
+                    o.lag_at_failure_cell(),
                 ]
             })
             .collect();
@@ -273,6 +275,7 @@ impl PerfReport {
                 "server core busy",
                 "server CPU us/msg",
                 "server msg/s per core at that cost",
+                "harness CPU us/msg",
             ];
             let rows: Vec<Vec<String>> = self
                 .syscalls
@@ -289,6 +292,7 @@ impl PerfReport {
                         format!("{:.0} %", r.syscalls.server_core_busy_percent()),
                         format!("{:.2}", r.syscalls.server_cpu_us_per_message()),
                         format!("{:.0}", r.syscalls.server_messages_per_core_s()),
+                        format!("{:.2}", r.syscalls.harness_cpu_us_per_message()),
                     ]
                 })
                 .collect();
@@ -305,8 +309,16 @@ impl PerfReport {
             .fold(None, |m: Option<f64>, k| Some(m.map_or(k, |m| m.max(k))));
         let verdict = |ok: bool| if ok { "met" } else { "not met" };
         if let Some(k) = best_engine {
+            let limited = self.entries.iter().any(|e| {
+                e.server == Server::Engine && e.outcome.knee == Some(k) && e.outcome.harness_limited
+            });
             s.push_str(&format!(
-                "- 1,000,000 msg/s per engine core: best knee {k:.0} msg/s, {}.\n",
+                "- 1,000,000 msg/s per engine core: best knee {k:.0} msg/s{}, {}.\n",
+                if limited {
+                    " (harness-limited: a lower bound of the engine's)"
+                } else {
+                    ""
+                },
                 verdict(k >= 1e6)
             ));
         }
@@ -340,6 +352,18 @@ impl PerfReport {
                     c.syscalls.server_core_busy_percent(),
                     c.syscalls.server_messages_per_core_s(),
                     cc / ec.max(1e-9)
+                ));
+                // Whether the harness could drive the engine past the engine's capacity
+                // (the "out-run one engine core"): compare its cost a message.
+                let hc = e.syscalls.harness_cpu_us_per_message();
+                s.push_str(&format!(
+                    "  - the harness spent {hc:.2} us a message driving the engine there ({:.0} % of a core): {}.\n",
+                    100.0 * e.syscalls.harness.cpu_s / e.syscalls.window_s.max(1e-9),
+                    if hc < ec {
+                        "cheaper than the engine, so the engine's core was the limit"
+                    } else {
+                        "no cheaper than the engine, so this rate is the harness's limit as much as the engine's"
+                    }
                 ));
                 for r in [e, c].into_iter().filter(|r| r.lost > 0) {
                     s.push_str(&format!(

@@ -12,6 +12,7 @@ fn outcome(config: &str, knee: f64) -> Outcome {
         failed_below: Vec::new(),
         capped: false,
         probe_above: 1,
+        harness_limited: false,
         steps: vec![
             Step {
                 rate: knee,
@@ -22,6 +23,7 @@ fn outcome(config: &str, knee: f64) -> Outcome {
                 steal_ms: 0.0,
                 disturbed: 0,
                 saturated: false,
+                lag_p99_ms: 0.2,
             },
             Step {
                 rate: knee * 1.05,
@@ -32,6 +34,7 @@ fn outcome(config: &str, knee: f64) -> Outcome {
                 steal_ms: 120.0,
                 disturbed: 0,
                 saturated: false,
+                lag_p99_ms: 2.0,
             },
         ],
     }
@@ -123,7 +126,7 @@ fn ratios_and_targets_come_from_the_knees() {
     // Engine against the control at the same configuration, and against the best ceiling.
     let cells = md.replace(' ', "");
     assert!(cells.contains("|bs=128bt=0|160000|"), "{md}");
-    assert!(cells.contains("|2000040000|4.00x|80%|120|"), "{md}");
+    assert!(cells.contains("|2000040000|4.00x|80%|120|2.000|"), "{md}");
     assert!(
         md.contains("Searches probed up to 1 doubling(s) past a failure"),
         "{md}"
@@ -141,7 +144,7 @@ fn ratios_and_targets_come_from_the_knees() {
         "{md}"
     );
     assert!(
-        cells.contains("|engine-bs128|20000|20000|0|1.000|1.50|0.90|4%|2.00|500000|"),
+        cells.contains("|engine-bs128|20000|20000|0|1.000|1.50|0.90|4%|2.00|500000|10.00|"),
         "{md}"
     );
     assert!(
@@ -155,9 +158,42 @@ fn ratios_and_targets_come_from_the_knees() {
         "{md}"
     );
     assert!(!md.contains("engine-bs128-saturated lost"), "{md}");
+    // The harness spent 10 us a message (1 s of CPU for 100,000) against the engine's 1.
+    assert!(
+        md.contains("the harness spent 10.00 us a message driving the engine there (20 % of a core): no cheaper than the engine"),
+        "{md}"
+    );
     assert!(
         !md.contains("Saturated at batch 1 "),
         "no saturated line without both runs: {md}"
+    );
+}
+
+#[test]
+fn a_harness_limited_knee_is_called_a_lower_bound() {
+    let mut r = report();
+    r.entries[3].outcome.harness_limited = true;
+    // A harness cheaper than the engine: 0.05 s of CPU for 100,000 messages, 0.5 us each.
+    for run in &mut r.syscalls {
+        run.syscalls.harness.cpu_s = 0.05;
+    }
+    let md = r.markdown();
+    let cells = md.replace(' ', "");
+    assert!(
+        cells.contains("|bs=128bt=0|>=160000(harness-limited)|"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "best knee 160000 msg/s (harness-limited: a lower bound of the engine's), not met"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "0.50 us a message driving the engine there (1 % of a core): cheaper than the engine"
+        ),
+        "{md}"
     );
 }
 
