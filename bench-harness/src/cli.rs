@@ -184,6 +184,11 @@ pub struct PerfReportArgs {
     /// A `stalls` output directory (its stalls.json): the machine's stall floor.
     #[arg(long, value_name = "DIR")]
     pub stalls: Option<PathBuf>,
+    /// A directory of rounds (round1, round2, ...) each holding `engine/` and `control/`
+    /// `knee` outputs made at one rate only (`--min-rate R --max-rate R --repeat 1`): how
+    /// often the target rate itself held.
+    #[arg(long, value_name = "DIR")]
+    pub target: Option<PathBuf>,
     /// Where performance.md, performance.json and performance.svg/png go.
     #[arg(long, default_value = "perf-out")]
     pub out: PathBuf,
@@ -198,6 +203,7 @@ pub fn perf_report_cmd(a: &PerfReportArgs) -> anyhow::Result<i32> {
         a.syscalls.as_deref(),
         a.adaptive.as_deref(),
         a.stalls.as_deref(),
+        a.target.as_deref(),
     )?;
     print!("{}", r.markdown());
     for f in r.write(&a.out)? {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::knee::Outcome;
+use crate::knee::{Outcome, Step};
 use crate::report::markdown_table;
 use crate::syscalls::SyscallReport;
 
@@ -20,7 +20,9 @@ mod read;
 mod tests;
 
 use read::parse;
-pub use read::{describe_machine, read_adaptive, read_ceiling, read_knees, read_syscall_runs};
+pub use read::{
+    describe_machine, read_adaptive, read_ceiling, read_knees, read_syscall_runs, read_target,
+};
 
 /// Errors from building the report.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +137,45 @@ impl Adaptive {
     }
 }
 
+/// The throughput target checked directly: single runs of the engine and the control at
+/// the target rate itself, interleaved in rounds. A knee search needs every run of every
+/// rate on its way up to hold, so on a machine that stalls its vCPUs for milliseconds it
+/// stops below a rate that holds in some runs; this says how often the rate held.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetCheck {
+    /// The rate, msg/s.
+    pub rate: f64,
+    /// The configuration (`bs=128 bt=0`).
+    pub config: String,
+    /// The engine's run in each round, in round order.
+    pub engine: Vec<Step>,
+    /// The control's run in each round, in round order.
+    pub control: Vec<Step>,
+}
+
+impl TargetCheck {
+    /// `k of n runs held (p99 a, b, ... ms; failures: why)`, for one server's runs.
+    fn describe(runs: &[Step]) -> String {
+        let held = runs.iter().filter(|s| s.held).count();
+        let p99s: Vec<String> = runs.iter().map(|s| format!("{:.1}", s.p99_ms)).collect();
+        let mut out = format!(
+            "held in {held} of {} runs (p99 {} ms",
+            runs.len(),
+            p99s.join(", ")
+        );
+        let why: Vec<&str> = runs
+            .iter()
+            .filter(|s| !s.held)
+            .map(|s| s.why.as_str())
+            .collect();
+        if !why.is_empty() {
+            out.push_str(&format!("; failed on: {}", why.join("; ")));
+        }
+        out.push(')');
+        out
+    }
+}
+
 /// Everything the page shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PerfReport {
@@ -151,6 +192,9 @@ pub struct PerfReport {
     /// The machine's stall floor (`bench-harness stalls`), when measured.
     #[serde(default)]
     pub stalls: Vec<crate::stalls::CoreStalls>,
+    /// Single runs at the target rate, when made.
+    #[serde(default)]
+    pub target: Option<TargetCheck>,
 }
 
 impl PerfReport {
@@ -322,6 +366,23 @@ impl PerfReport {
                 verdict(k >= 1e6)
             ));
         }
+        if let Some(t) = &self.target {
+            s.push_str(&format!(
+                "- {:.0} msg/s per core at {}, single runs at that rate in {} interleaved rounds (the same verdict as the knee's): the engine {}",
+                t.rate,
+                t.config,
+                t.engine.len(),
+                TargetCheck::describe(&t.engine)
+            ));
+            if t.control.is_empty() {
+                s.push_str(".\n");
+            } else {
+                s.push_str(&format!(
+                    "; the control {}.\n",
+                    TargetCheck::describe(&t.control)
+                ));
+            }
+        }
         for bs in [1, 16, 128] {
             let run = |prefix: &str, suffix: &str| {
                 self.syscalls
@@ -453,6 +514,7 @@ pub fn build(
     syscalls: Option<&Path>,
     adaptive: Option<&Path>,
     stalls: Option<&Path>,
+    target: Option<&Path>,
 ) -> Result<PerfReport, PerfReportError> {
     if engine.is_none() && control.is_none() && ceiling.is_none() {
         return Err(PerfReportError::Empty);
@@ -483,5 +545,6 @@ pub fn build(
             .map(|d| parse(&d.join("stalls.json")))
             .transpose()?
             .unwrap_or_default(),
+        target: target.map(read_target).transpose()?.flatten(),
     })
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Adaptive, Entry, PerfReportError, Server, SyscallRun};
+use super::{Adaptive, Entry, PerfReportError, Server, SyscallRun, TargetCheck};
 use crate::ceiling::Report as CeilingReport;
 use crate::knee::Outcome;
 use crate::summary::Summary;
@@ -151,6 +151,43 @@ fn read_adaptive_round(dir: &Path) -> Result<Option<Adaptive>, PerfReportError> 
         }),
         _ => None,
     })
+}
+
+/// The target check: `dir/roundN/{engine,control}/knee.json`, each a `knee` run at one
+/// rate only (`--min-rate R --max-rate R --repeat 1`), as `scripts/perf.sh` makes them.
+/// Each round's single step is one verdict at that rate. `None` when no round holds an
+/// engine run.
+pub fn read_target(dir: &Path) -> Result<Option<TargetCheck>, PerfReportError> {
+    let mut check: Option<TargetCheck> = None;
+    for round in subdirs(dir)? {
+        for server in [Server::Engine, Server::Control] {
+            let path = round.join(server.name()).join("knee.json");
+            if !path.exists() {
+                continue;
+            }
+            let outcomes: Vec<Outcome> = parse(&path)?;
+            for o in outcomes {
+                let Some(step) = o.steps.into_iter().next() else {
+                    continue;
+                };
+                let c = check.get_or_insert_with(|| TargetCheck {
+                    rate: step.rate,
+                    config: o.config.clone(),
+                    engine: Vec::new(),
+                    control: Vec::new(),
+                });
+                // Rounds at another rate or configuration are not this check's.
+                if step.rate != c.rate || o.config != c.config {
+                    continue;
+                }
+                match server {
+                    Server::Control => c.control.push(step),
+                    _ => c.engine.push(step),
+                }
+            }
+        }
+    }
+    Ok(check.filter(|c| !c.engine.is_empty()))
 }
 
 fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, PerfReportError> {

@@ -94,6 +94,7 @@ fn report() -> PerfReport {
         }),
         p99_target_ms: Some(10.0),
         stalls: Vec::new(),
+        target: None,
     }
 }
 
@@ -197,6 +198,56 @@ fn a_harness_limited_knee_is_called_a_lower_bound() {
     );
 }
 
+/// Writes `dir/round{round}/{server}/knee.json`: one step at `rate`, held or failed with
+/// `why` at `p99_ms`.
+fn write_target_run(dir: &Path, round: u32, server: &str, rate: f64, p99_ms: f64, why: &str) {
+    let mut o = outcome("bs=128 bt=0", rate);
+    let held = why.is_empty();
+    o.steps.truncate(1);
+    if let Some(s) = o.steps.first_mut() {
+        s.p99_ms = p99_ms;
+        s.held = held;
+        s.why = why.into();
+    }
+    let knees = [crate::knee::Knee {
+        batch_size: 128,
+        batch_timeout_ms: 0.0,
+        outcome: o,
+    }];
+    let d = dir.join(format!("round{round}")).join(server);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("knee.json"), serde_json::to_string(&knees).unwrap()).unwrap();
+}
+
+#[test]
+fn the_target_rate_is_checked_in_rounds_of_single_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = "lost 0, refused 20, corrupted 0, errors 0";
+    let slow = "p99 12.800 ms above 10.000 ms";
+    write_target_run(dir.path(), 1, "engine", 1e6, 6.0, "");
+    write_target_run(dir.path(), 1, "control", 1e6, 1.8, "");
+    write_target_run(dir.path(), 2, "engine", 1e6, 9.8, refused);
+    write_target_run(dir.path(), 2, "control", 1e6, 12.8, slow);
+    write_target_run(dir.path(), 3, "engine", 1e6, 5.2, "");
+    // A round at another rate is not part of the check; a round without a control is.
+    write_target_run(dir.path(), 4, "engine", 5e5, 1.0, "");
+    let t = read_target(dir.path()).unwrap().unwrap();
+    assert_eq!((t.rate, t.engine.len(), t.control.len()), (1e6, 3, 2));
+    let mut r = report();
+    r.target = Some(t);
+    let md = r.markdown();
+    assert!(
+        md.contains(&format!(
+            "- 1000000 msg/s per core at bs=128 bt=0, single runs at that rate in 3 interleaved rounds (the same verdict as the knee's): the engine held in 2 of 3 runs (p99 6.0, 9.8, 5.2 ms; failed on: {refused}); the control held in 1 of 2 runs (p99 1.8, 12.8 ms; failed on: {slow}).\n"
+        )),
+        "{md}"
+    );
+    // Nothing to check: no page line, and an empty directory reads as no check.
+    let empty = tempfile::tempdir().unwrap();
+    assert!(read_target(empty.path()).unwrap().is_none());
+    assert!(!report().markdown().contains("interleaved rounds"));
+}
+
 #[test]
 fn a_missing_control_is_said_not_invented() {
     let mut r = report();
@@ -282,7 +333,7 @@ fn reads_knee_results_written_before_probing() {
     assert!(o.failed_below.is_empty());
     assert_eq!(o.probe_above, 0);
     assert!(!o.steps[1].saturated);
-    let mut r = build(Some(dir.path()), None, None, None, None, None).unwrap();
+    let mut r = build(Some(dir.path()), None, None, None, None, None, None).unwrap();
     // The p99 target comes from a ceiling report, not given here.
     r.p99_target_ms = Some(10.0);
     let md = r.markdown();
@@ -307,11 +358,11 @@ fn reads_what_knee_and_ceiling_write() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].outcome.knee, Some(50_000.0));
     assert!(matches!(
-        build(None, None, None, None, None, None),
+        build(None, None, None, None, None, None, None),
         Err(PerfReportError::Empty)
     ));
     let out = dir.path().join("out");
-    let r = build(Some(&kd), None, None, None, None, None).unwrap();
+    let r = build(Some(&kd), None, None, None, None, None, None).unwrap();
     let files = r.write(&out).unwrap();
     assert!(files.iter().all(|f| f.exists()));
 }
