@@ -171,6 +171,12 @@ impl TargetCheck {
         if !why.is_empty() {
             out.push_str(&format!("; failed on: {}", why.join("; ")));
         }
+        let disturbed: usize = runs.iter().map(|s| s.disturbed).sum();
+        if disturbed > 0 {
+            out.push_str(&format!(
+                "; {disturbed} failing run(s) made while the hypervisor took CPU time were made again"
+            ));
+        }
         out.push(')');
         out
     }

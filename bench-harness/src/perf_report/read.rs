@@ -159,7 +159,16 @@ fn read_adaptive_round(dir: &Path) -> Result<Option<Adaptive>, PerfReportError> 
 /// engine run.
 pub fn read_target(dir: &Path) -> Result<Option<TargetCheck>, PerfReportError> {
     let mut check: Option<TargetCheck> = None;
-    for round in subdirs(dir)? {
+    let mut rounds = subdirs(dir)?;
+    // round2 before round10.
+    rounds.sort_by_key(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("round"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    });
+    for round in rounds {
         for server in [Server::Engine, Server::Control] {
             let path = round.join(server.name()).join("knee.json");
             if !path.exists() {
