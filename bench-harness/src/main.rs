@@ -32,7 +32,9 @@ enum Command {
     Run(bench_harness::cli::RunArgs),
     /// Find each batch configuration's knee: the highest open-loop rate that holds a p99
     /// target with nothing lost (in-process engines, ramp then bisection). Writes
-    /// knee.md/.csv/.json and a p99-against-achieved-rate plot.
+    /// knee.md/.csv/.json and a p99-against-achieved-rate plot. A knee whose first failing
+    /// rate found the generators themselves sending late by half the p99 target is marked
+    /// harness-limited: a lower bound for the server's.
     Knee(bench_harness::cli::KneeArgs),
     /// Measure the raw UDP echo ceiling on the engine's socket setup: an in-process echo
     /// server (per-datagram or batched I/O, one pinned thread) driven open loop by batched
