@@ -3,6 +3,9 @@
 //!
 //! Latency columns are milliseconds with 3 decimals; rate columns are messages per second.
 //! Cells that an input cannot provide (rates and loss for a bare `.hgrm`) are left empty.
+//! The last column, `lag p99`, is how late the harness sent against its schedule: part of
+//! every latency of the row, so a row where it is large measured the harness as much as
+//! the engine.
 
 use std::fs;
 use std::io;
@@ -18,9 +21,9 @@ pub const MARKDOWN_FILE: &str = "comparison.md";
 /// CSV table file written by [`write_comparison`].
 pub const CSV_FILE: &str = "comparison.csv";
 
-const HEADERS: [&str; 14] = [
+const HEADERS: [&str; 15] = [
     "config", "rate", "offered", "sent", "refused", "achieved", "p50", "p90", "p99", "p99.9",
-    "max", "lost", "wall", "verdict",
+    "max", "lost", "wall", "verdict", "lag p99",
 ];
 
 /// Errors from writing the comparison files.
@@ -68,6 +71,8 @@ pub struct Row {
     pub wall: Option<f64>,
     /// `ok` or `saturated`.
     pub verdict: Option<String>,
+    /// How late the harness sent against its schedule, p99 (ms).
+    pub lag_p99: Option<f64>,
 }
 
 impl Row {
@@ -88,6 +93,7 @@ impl Row {
             lost: Some(s.lost),
             wall: Some(s.wall_time_s),
             verdict: Some(if s.saturated { "saturated" } else { "ok" }.to_owned()),
+            lag_p99: Some(s.harness_lag_ms.p99),
         }
     }
 
@@ -137,6 +143,7 @@ impl Row {
             n(self.lost),
             self.wall.map(|v| format!("{v:.1}")).unwrap_or_default(),
             self.verdict.clone().unwrap_or_default(),
+            ms(self.lag_p99),
         ]
     }
 }
@@ -148,12 +155,12 @@ impl Row {
 /// let row = Row { label: "bs=1 @1000/s".into(), rate: Some(1000.0), offered: Some(2000),
 ///     sent: Some(2000), refused: Some(0), achieved: Some(999.5), p50: Some(0.25),
 ///     p90: Some(0.5), p99: Some(1.0), p999: Some(2.0), max: Some(3.5), lost: Some(0),
-///     wall: Some(4.1), verdict: Some("ok".into()) };
+///     wall: Some(4.1), verdict: Some("ok".into()), lag_p99: Some(0.05) };
 /// let md = markdown(&[row]);
 /// assert!(md.starts_with("| config       |   rate | offered | sent | refused | achieved |"));
 /// assert!(md.contains("\n| ------------ | -----: | ------: | ---: | ------: | -------: |"));
 /// assert!(md.contains("\n| bs=1 @1000/s | 1000.0 |    2000 | 2000 |       0 |    999.5 |"));
-/// assert!(md.contains("|  4.1 |      ok |"));
+/// assert!(md.contains("|  4.1 |      ok |   0.050 |"));
 /// ```
 pub fn markdown(rows: &[Row]) -> String {
     let cells: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
@@ -237,8 +244,8 @@ pub fn csv_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// use bench_harness::report::{csv, Row};
 /// let row = Row { label: "a.hgrm".into(), p50: Some(0.1), p90: Some(0.2), p99: Some(0.3),
 ///     p999: Some(0.4), max: Some(0.5), ..Row::default() };
-/// assert_eq!(csv(&[row]), "config,rate,offered,sent,refused,achieved,p50,p90,p99,p99.9,max,lost,wall,verdict\n\
-///                          a.hgrm,,,,,,0.100,0.200,0.300,0.400,0.500,,,\n");
+/// assert_eq!(csv(&[row]), "config,rate,offered,sent,refused,achieved,p50,p90,p99,p99.9,max,lost,wall,verdict,lag p99\n\
+///                          a.hgrm,,,,,,0.100,0.200,0.300,0.400,0.500,,,,\n");
 /// ```
 pub fn csv(rows: &[Row]) -> String {
     let cells: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
@@ -277,7 +284,7 @@ mod tests {
             lost: Some(7),
             ..Row::default()
         };
-        assert!(csv(std::slice::from_ref(&row)).ends_with("\"a,b|\"\"c\"\"\",,,,,,,,,,,7,,\n"));
+        assert!(csv(std::slice::from_ref(&row)).ends_with("\"a,b|\"\"c\"\"\",,,,,,,,,,,7,,,\n"));
         assert!(markdown(&[row]).contains("| a,b\\|\"c\" |"));
     }
 

@@ -130,7 +130,13 @@ fn compare_two_run_directories() {
     assert!(lines[2].starts_with("| bs=1 bt=0.5ms @1000/s "), "{md}");
     assert!(lines[2].contains("| 1000.0 |"), "{md}");
     assert!(
-        lines[2].trim_end().ends_with("|    3 |  3.0 |      ok |"),
+        lines[0].trim_end().ends_with("| verdict | lag p99 |"),
+        "{md}"
+    );
+    assert!(
+        lines[2]
+            .trim_end()
+            .ends_with("|    3 |  3.0 |      ok |   0.000 |"),
         "{md}"
     );
     assert!(lines[3].starts_with("| bs=16 bt=0.5ms @1000/s "), "{md}");
@@ -140,13 +146,13 @@ fn compare_two_run_directories() {
     let csv_lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         csv_lines[0],
-        "config,rate,offered,sent,refused,achieved,p50,p90,p99,p99.9,max,lost,wall,verdict"
+        "config,rate,offered,sent,refused,achieved,p50,p90,p99,p99.9,max,lost,wall,verdict,lag p99"
     );
     assert!(
         csv_lines[1].starts_with("bs=1 bt=0.5ms @1000/s,1000.0,2000,2000,0,998.5,0.3"),
         "{csv}"
     );
-    assert!(csv_lines[2].ends_with(",3,3.0,ok"), "{csv}");
+    assert!(csv_lines[2].ends_with(",3,3.0,ok,0.000"), "{csv}");
 
     for name in ["percentiles", "latency_vs_throughput"] {
         assert_png(&out.join(format!("{name}.png")));
