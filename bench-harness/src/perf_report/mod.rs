@@ -346,7 +346,7 @@ impl PerfReport {
                     ]
                 })
                 .collect();
-            s.push_str("Per message at fixed rates (`perf stat -e raw_syscalls:sys_enter,task-clock` over each measured phase, all threads of each process; core busy = server CPU seconds / window; msg/s per core = messages / server CPU seconds). Far below saturation most messages cost the server a wake-up of its own, so those rows are costs at that rate, not capacity. Rows named `-saturated` offer more than the pair of cores carries: what the server spends per message when it is as busy as the harness can make it, the closest this machine comes to a server's capacity per core:\n\n");
+            s.push_str("Per message at fixed rates (`perf stat -e raw_syscalls:sys_enter,task-clock` over each measured phase, all threads of each process; core busy = server CPU seconds / window; msg/s per core = messages / server CPU seconds). Below saturation a server's turns hold few messages, each paying for its own packets and system calls (and, far below, a wake-up of its core), so those rows are costs at that rate, not capacity. Rows named `-saturated` offer more than the pair of cores carries: what the server spends per message when it is as busy as the harness can make it, the closest this machine comes to a server's capacity per core:\n\n");
             s.push_str(&markdown_table(&headers, &rows));
             s.push('\n');
         }
