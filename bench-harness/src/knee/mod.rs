@@ -164,6 +164,15 @@ pub struct Outcome {
     pub steps: Vec<Step>,
 }
 
+impl Outcome {
+    /// The step of the first failing rate above the knee, if one was tried.
+    pub fn failing_step(&self) -> Option<&Step> {
+        self.steps
+            .iter()
+            .find(|s| !s.held && Some(s.rate) == self.first_failure)
+    }
+}
+
 /// The outcome of one batch configuration's search.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Knee {

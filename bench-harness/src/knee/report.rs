@@ -22,9 +22,7 @@ impl Outcome {
     /// The generators' lag p99 (ms) at the first failing rate, as a table cell (empty when
     /// no rate above the knee failed).
     pub fn lag_at_failure_cell(&self) -> String {
-        self.steps
-            .iter()
-            .find(|s| !s.held && Some(s.rate) == self.first_failure)
+        self.failing_step()
             .map(|s| format!("{:.3}", s.lag_p99_ms))
             .unwrap_or_default()
     }

@@ -207,21 +207,25 @@ pub fn search_config<E>(
             .find(|s| s.held && s.rate == k)
             .map(|s| s.p99_ms)
     });
-    let failing = first_failure.and_then(|f| steps.iter().find(|s| !s.held && s.rate == f));
-    let failure = failing.map(|s| s.why.clone());
-    let target_ms = params.p99_target.as_secs_f64() * 1000.0;
-    let harness_limited =
-        failing.is_some_and(|s| s.lag_p99_ms >= HARNESS_LIMITED_SHARE * target_ms);
-    Ok(Outcome {
+    let mut outcome = Outcome {
         config: config.to_string(),
         knee,
         p99_at_knee_ms,
         first_failure,
-        failure,
+        failure: None,
         failed_below,
         capped,
         probe_above: params.probe_above,
-        harness_limited,
+        harness_limited: false,
         steps,
-    })
+    };
+    let target_ms = params.p99_target.as_secs_f64() * 1000.0;
+    if let Some((why, lag)) = outcome
+        .failing_step()
+        .map(|s| (s.why.clone(), s.lag_p99_ms))
+    {
+        outcome.failure = Some(why);
+        outcome.harness_limited = lag >= HARNESS_LIMITED_SHARE * target_ms;
+    }
+    Ok(outcome)
 }

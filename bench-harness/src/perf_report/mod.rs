@@ -204,6 +204,17 @@ pub struct PerfReport {
 }
 
 impl PerfReport {
+    /// The entry of `server` with the highest knee.
+    fn best(&self, server: Server) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .filter(|e| e.server == server && e.outcome.knee.is_some())
+            .max_by(|a, b| {
+                let k = |e: &Entry| e.outcome.knee.unwrap_or(0.0);
+                k(a).total_cmp(&k(b))
+            })
+    }
+
     fn knee(&self, server: Server, config: &str) -> Option<f64> {
         self.entries
             .iter()
@@ -249,12 +260,7 @@ impl PerfReport {
                 "Knee: the highest open-loop rate that held p99 <= {t} ms with nothing lost, refused or corrupted and at least 95 % achieved. {search}\n\n"
             ));
         }
-        let best_ceiling = self
-            .entries
-            .iter()
-            .filter(|e| e.server == Server::Ceiling)
-            .filter_map(|e| e.outcome.knee)
-            .fold(None, |m: Option<f64>, k| Some(m.map_or(k, |m| m.max(k))));
+        let best_ceiling = self.best(Server::Ceiling).and_then(|e| e.outcome.knee);
         let headers = [
             "server",
             "config",
@@ -290,9 +296,7 @@ impl PerfReport {
                 // The hypervisor's share of the verdict: CPU time it took during the runs
                 // of the rate that failed.
                 let steal = o
-                    .steps
-                    .iter()
-                    .find(|st| !st.held && Some(st.rate) == o.first_failure)
+                    .failing_step()
                     .filter(|st| st.steal_ms > 0.0)
                     .map(|st| format!("{:.0}", st.steal_ms))
                     .unwrap_or_default();
@@ -351,17 +355,11 @@ impl PerfReport {
             s.push('\n');
         }
         s.push_str("Targets:\n\n");
-        let best_engine = self
-            .entries
-            .iter()
-            .filter(|e| e.server == Server::Engine)
-            .filter_map(|e| e.outcome.knee)
-            .fold(None, |m: Option<f64>, k| Some(m.map_or(k, |m| m.max(k))));
         let verdict = |ok: bool| if ok { "met" } else { "not met" };
-        if let Some(k) = best_engine {
-            let limited = self.entries.iter().any(|e| {
-                e.server == Server::Engine && e.outcome.knee == Some(k) && e.outcome.harness_limited
-            });
+        if let Some((k, limited)) = self
+            .best(Server::Engine)
+            .and_then(|e| Some((e.outcome.knee?, e.outcome.harness_limited)))
+        {
             s.push_str(&format!(
                 "- 1,000,000 msg/s per engine core: best knee {k:.0} msg/s{}, {}.\n",
                 if limited {
