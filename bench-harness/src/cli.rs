@@ -77,6 +77,15 @@ pub struct LoadArgs {
     /// arrived by then counts as lost.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// How long a due message may wait for its connection to take it before it is refused.
+    /// A connection holding 64 KiB the server has not taken (back-pressure) holds its next
+    /// messages back and sends them as soon as it can, their latency still counted from
+    /// their intended time (what an application that buffers would see); one not taken
+    /// this long after its intended time is refused (counted, not sent). Shorter than
+    /// --drain.
+    // The default is load::MAX_BACKLOG, which library callers get.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub max_backlog: Duration,
     /// Do not pin harness threads.
     #[arg(long)]
     pub no_pin: bool,
@@ -95,6 +104,7 @@ impl LoadArgs {
             mode: self.mode.into(),
             drain: self.drain,
             pin: !self.no_pin,
+            max_backlog: self.max_backlog,
         }
     }
 }
@@ -295,6 +305,13 @@ pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
         s.errors.values().sum::<u64>(),
         s.wall_time_s
     );
+    if s.held > 0 {
+        println!(
+            "held back by back-pressure, then sent late: {} of the sent (their latency counts \
+             from their intended time)",
+            s.held
+        );
+    }
     if s.connection_errors > 0 {
         println!(
             "connections closed or failed during the run: {}",
@@ -703,6 +720,8 @@ pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
             mode: Mode::Echo,
             drain: a.drain,
             pin: !a.no_pin,
+            // Raw UDP has no back-pressure to wait for.
+            max_backlog: crate::load::MAX_BACKLOG,
         },
         rate: a.rate,
         search: crate::knee::SearchParams {

@@ -97,6 +97,19 @@ fn bad_arguments_are_rejected() {
         err.starts_with("error: ") && err.contains("message size"),
         "{err}"
     );
+    // A backlog bound (default 100 ms) as long as the drain would leave a message held to
+    // the end no time to be answered.
+    let o = Command::new(bin())
+        .args(["run", "--target", "127.0.0.1:1", "--drain", "50ms"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("error: ")
+            && err.contains("max backlog (100ms) must be shorter than the drain (50ms)"),
+        "{err}"
+    );
 }
 
 /// Against an engine that is SIGSTOPped in the middle of the measured phase (it reads,

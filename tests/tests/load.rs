@@ -35,8 +35,14 @@ impl StallingEcho {
 /// An engine whose application is this test: it echoes every message back, except during
 /// one known stall, when it answers nothing.
 fn stalling_echo() -> StallingEcho {
+    stalling_echo_with(|_| {})
+}
+
+/// [`stalling_echo`] with its engine configuration adjusted by `tune`.
+fn stalling_echo_with(tune: impl FnOnce(&mut EngineConfig)) -> StallingEcho {
     let mut cfg = EngineConfig::loopback(1);
     cfg.app = AppKind::Channel;
+    tune(&mut cfg);
     let e = Arc::new(Engine::start(cfg).unwrap());
     let stalled = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
@@ -95,6 +101,7 @@ fn open_loop_latency_shows_a_stall_that_closed_loop_hides() {
         mode: Mode::Echo,
         drain: Duration::from_secs(3),
         pin: false,
+        max_backlog: bench_harness::load::MAX_BACKLOG,
     };
     let staller = stall_after(&server.stalled, Duration::from_millis(50 + 200 + 700));
     let r = load::run(&cfg, Arc::new(Progress::default())).unwrap();
@@ -150,6 +157,58 @@ fn open_loop_latency_shows_a_stall_that_closed_loop_hides() {
     );
 }
 
+/// A server that stops taking messages pushes back: the harness holds what a full
+/// connection cannot take and sends it once the connection takes it again, its latency
+/// counted from its intended time, so a 500 ms stall shows as 500 ms of latency with
+/// nothing refused while the backlog bound is longer than the stall; with a bound shorter
+/// than the stall, the messages held past it are refused instead. Small engine buffers make
+/// the connection fill within the stall.
+#[test]
+fn back_pressure_holds_messages_until_the_backlog_bound() {
+    for max_backlog in [Duration::from_secs(2), Duration::from_millis(20)] {
+        let server = stalling_echo_with(|c| {
+            c.channel_capacity = 16;
+            c.transport.window = 16 * 1024;
+        });
+        let cfg = LoadConfig {
+            target: server.engine.local_addr(),
+            threads: 1,
+            connections: 1,
+            rate: 5_000.0,
+            duration: Duration::from_millis(1500),
+            warmup: Duration::from_millis(200),
+            message_size: 32,
+            mode: Mode::Echo,
+            drain: Duration::from_secs(3),
+            pin: false,
+            max_backlog,
+        };
+        let staller = stall_after(&server.stalled, Duration::from_millis(50 + 200 + 400));
+        let r = load::run(&cfg, Arc::new(Progress::default())).unwrap();
+        staller.join().unwrap();
+        server.stop();
+        assert_eq!((r.lost(), r.corrupted), (0, 0), "{r:?}");
+        assert_eq!(r.offered, r.sent + r.refused, "{r:?}");
+        let max_ms = r.latency.max() as f64 / 1e6;
+        if max_backlog > STALL {
+            assert_eq!(r.refused, 0, "held, not refused: {r:?}");
+            assert!(
+                r.held > 100,
+                "the full connection held messages back: {r:?}"
+            );
+            assert!(
+                max_ms >= 300.0,
+                "held messages are late by the stall: {max_ms} ms"
+            );
+            // The harness kept its schedule: the hold is not counted as its own lag.
+            let lag_p99_ms = r.lag.value_at_quantile(0.99) as f64 / 1e6;
+            assert!(lag_p99_ms < 100.0, "generator lag p99 {lag_p99_ms} ms");
+        } else {
+            assert!(r.refused > 100, "held past the bound, refused: {r:?}");
+        }
+    }
+}
+
 /// Two configurations of about a second each: every run directory and every comparison
 /// file is written, and nothing is lost.
 #[test]
@@ -172,6 +231,7 @@ fn tiny_sweep_writes_every_file() {
             mode: Mode::Echo,
             drain: Duration::from_secs(2),
             pin: false,
+            max_backlog: bench_harness::load::MAX_BACKLOG,
         },
         out: out.clone(),
     };
@@ -224,6 +284,7 @@ fn relay_mode_delivers_everything() {
         mode: Mode::Relay,
         drain: Duration::from_secs(3),
         pin: false,
+        max_backlog: bench_harness::load::MAX_BACKLOG,
     };
     let r = load::run(&cfg, Arc::new(Progress::default())).unwrap();
     // 500/s per peer, due times in [0.2 s, 1.2 s): messages 100..600 of each of 6 peers,

@@ -114,6 +114,7 @@ fn a_low_rate_run_loses_nothing_and_counts_add_up() {
             mode: Mode::Echo,
             drain: Duration::from_secs(2),
             pin: false,
+            max_backlog: crate::load::MAX_BACKLOG,
         };
         let run = run_once(&cfg, io).unwrap();
         let r = &run.result;
@@ -146,6 +147,7 @@ fn a_bad_configuration_is_refused_before_anything_starts() {
         mode: Mode::Echo,
         drain: Duration::ZERO,
         pin: false,
+        max_backlog: crate::load::MAX_BACKLOG,
     };
     assert!(matches!(
         run_once(&cfg, IoMode::Batched),

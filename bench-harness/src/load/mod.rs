@@ -11,8 +11,12 @@
 //! Connections are spread over `threads` threads, each pinned to its own core and driving its
 //! connections with the engine's client ([`shards::client::Client`]) without ever blocking
 //! on one of them: a message due while its connection already holds
-//! [`SEND_CAPACITY`] bytes the engine has not taken is *refused* (counted, not sent), every
-//! pass services every connection (QUIC timers, socket, inbox), and one deadline shared by
+//! [`SEND_CAPACITY`] bytes the engine has not taken is *held* (the connection's place in its
+//! schedule waits; nothing is stored) and sent as soon as the connection takes it, its
+//! latency still counted from its intended time, as an application that buffers would see
+//! it; one still not taken [`LoadConfig::max_backlog`] after its intended time is *refused*
+//! (counted, not sent). Every pass services every connection (QUIC timers, socket, inbox),
+//! and one deadline shared by
 //! all threads (`warmup + duration + drain` after the start) ends the run whatever the
 //! engine does, so a saturated or stopped engine yields a "saturated" verdict in bounded
 //! time instead of a wedged harness.
@@ -47,6 +51,11 @@ const MAX_NANOS: u64 = 60_000_000_000;
 /// Bytes one connection may hold queued or not yet taken by QUIC before the harness refuses
 /// its due messages: small, so back-pressure shows as refusals within milliseconds.
 pub const SEND_CAPACITY: usize = 64 * 1024;
+/// How long after its intended time a message may wait for a connection that pushes back
+/// before it is refused, by default (`--max-backlog`). Ten times the knee's default p99
+/// target: a message held that long fails any step it is in already, and the backlog it
+/// bounds is implicit (the schedule's position), so holding costs no memory.
+pub const MAX_BACKLOG: Duration = Duration::from_millis(100);
 /// Messages one connection may send per pass, so one far-behind connection cannot keep the
 /// others from being serviced.
 const SENDS_PER_PASS: usize = 1024;
@@ -81,6 +90,10 @@ pub struct LoadConfig {
     pub drain: Duration,
     /// Pin harness threads to cores.
     pub pin: bool,
+    /// How long a due message may wait for its connection to take it (back-pressure)
+    /// before it is refused ([`MAX_BACKLOG`] by default). Its latency is still counted
+    /// from its intended time, so a held message shows as late, not as missing.
+    pub max_backlog: Duration,
 }
 
 /// Why a run could not start.
@@ -108,8 +121,12 @@ pub struct LoadResult {
     pub offered: u64,
     /// Messages sent in the measured phase.
     pub sent: u64,
-    /// Measured-phase messages not sent: their connection held [`SEND_CAPACITY`] bytes the
-    /// engine had not taken (back-pressure), or had closed.
+    /// Of those, messages that waited for their connection to take them (it held
+    /// [`SEND_CAPACITY`] bytes the engine had not taken) and were sent late, within
+    /// `max_backlog`; their latency counts from their intended time.
+    pub held: u64,
+    /// Measured-phase messages not sent: their connection did not take them within
+    /// `max_backlog` of their intended time (back-pressure), or had closed.
     pub refused: u64,
     /// Connections that closed (or failed) during the run.
     pub connection_errors: u64,
@@ -198,6 +215,13 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     if cfg.duration.is_zero() {
         return Err(LoadError::Config("duration must be above zero".into()));
     }
+    if cfg.max_backlog >= cfg.drain {
+        return Err(LoadError::Config(format!(
+            "max backlog ({:?}) must be shorter than the drain ({:?}): a message held that long \
+             at the end of the schedule would have no time left to be answered",
+            cfg.max_backlog, cfg.drain
+        )));
+    }
     let wall_start = Instant::now();
     let steal = crate::steal::StealClock::start();
     let client_cfg = ClientConfig {
@@ -244,6 +268,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
             schedule: Schedule::new(per_conn, i, conns),
             next_seq: 0,
             dead: false,
+            full_at: None,
         });
     }
     let cores: Vec<core_affinity::CoreId> = core_affinity::get_core_ids().unwrap_or_default();
@@ -298,6 +323,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         }
         total.offered += r.offered;
         total.sent += r.sent;
+        total.held += r.held;
         total.refused += r.refused;
         total.connection_errors += r.connection_errors;
         let _ = total.arrivals.add(&r.arrivals);
@@ -321,6 +347,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         lag: total.lag,
         offered: total.offered,
         sent: total.sent,
+        held: total.held,
         refused: total.refused,
         connection_errors: total.connection_errors,
         received: total.received,

@@ -61,6 +61,7 @@ fn only_measured_replies_count_towards_the_drain() {
         mode: Mode::Echo,
         drain: Duration::from_secs(1),
         pin: false,
+        max_backlog: MAX_BACKLOG,
     };
     let mut r = ThreadResult::new();
     let at = Duration::from_secs(2);

@@ -25,6 +25,9 @@ pub(super) struct Peer {
     pub(super) next_seq: u64,
     /// The connection closed or failed: its due messages are refused.
     pub(super) dead: bool,
+    /// When (after the run's origin) the connection last pushed back: messages due by then
+    /// and sent later were held by back-pressure, and their lateness is not the harness's.
+    pub(super) full_at: Option<Duration>,
 }
 
 pub(super) struct ThreadResult {
@@ -33,6 +36,7 @@ pub(super) struct ThreadResult {
     pub(super) lag: Histogram<u64>,
     pub(super) offered: u64,
     pub(super) sent: u64,
+    pub(super) held: u64,
     pub(super) refused: u64,
     pub(super) connection_errors: u64,
     pub(super) received: u64,
@@ -87,6 +91,7 @@ impl ThreadResult {
             lag: new_hist(),
             offered: 0,
             sent: 0,
+            held: 0,
             refused: 0,
             connection_errors: 0,
             received: 0,
@@ -153,11 +158,14 @@ pub(super) fn drive(
             if Instant::now() >= hard_deadline {
                 break 'run;
             }
+            // Whether the connection pushed back this pass.
+            let mut held = false;
             {
                 let mut budget = SENDS_PER_PASS;
-                let mut full = false;
                 // Send what is due by now (catching up after a stall, a bounded number per
-                // pass); what a full or closed connection cannot take is refused.
+                // pass). What the connection cannot take yet waits for the next pass; what
+                // it has not taken within the backlog bound, or a closed connection's, is
+                // refused.
                 loop {
                     let due = p.schedule.due(p.next_seq);
                     if due > elapsed || due >= measure_end {
@@ -166,43 +174,48 @@ pub(super) fn drive(
                         }
                         break;
                     }
+                    let measured = due >= warm_end;
+                    if p.dead || elapsed.saturating_sub(due) > cfg.max_backlog {
+                        if measured {
+                            r.offered += 1;
+                            r.refused += 1;
+                        }
+                        p.next_seq += 1;
+                        continue;
+                    }
                     if budget == 0 {
                         next_due = now;
                         break;
                     }
-                    let measured = due >= warm_end;
-                    let accepted = if p.dead || full {
-                        false
-                    } else {
-                        budget -= 1;
-                        write_payload(&mut body, p.next_seq, due.as_nanos() as u64);
-                        match p.client.try_send_slice(p.dst, p.next_seq, &body, now) {
-                            Ok(true) => true,
-                            Ok(false) => {
-                                full = true;
-                                false
-                            }
-                            Err(_) => {
-                                p.dead = true;
-                                r.connection_errors += 1;
-                                false
-                            }
+                    budget -= 1;
+                    write_payload(&mut body, p.next_seq, due.as_nanos() as u64);
+                    match p.client.try_send_slice(p.dst, p.next_seq, &body, now) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            // Held: retried once the connection's socket has news (its
+                            // acknowledgements free room) or within the usual wait.
+                            p.full_at = Some(elapsed);
+                            held = true;
+                            break;
                         }
-                    };
+                        Err(_) => {
+                            p.dead = true;
+                            r.connection_errors += 1;
+                            continue;
+                        }
+                    }
                     if measured {
                         r.offered += 1;
-                        if accepted {
-                            r.sent += 1;
-                            r.unpublished.measured_sent += 1;
+                        r.sent += 1;
+                        r.unpublished.measured_sent += 1;
+                        if p.full_at.is_some_and(|t| due <= t) {
+                            r.held += 1;
+                        } else {
                             r.lag
                                 .saturating_record(elapsed.saturating_sub(due).as_nanos() as u64);
-                        } else {
-                            r.refused += 1;
                         }
                     }
-                    if accepted {
-                        r.unpublished.sent += 1;
-                    }
+                    r.unpublished.sent += 1;
                     p.next_seq += 1;
                 }
                 sending |= p.schedule.due(p.next_seq) < measure_end;
@@ -216,6 +229,11 @@ pub(super) fn drive(
             if p.client.poll_ready(ready).is_err() || p.client.is_closed() {
                 p.dead = true;
                 r.connection_errors += 1;
+            }
+            if held && ready {
+                // What was just read may have freed room: try again at once, not after
+                // the wait.
+                next_due = now;
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
