@@ -78,8 +78,8 @@ pub struct LoadArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
     /// How long a due message may wait for its connection to take it before it is refused.
-    /// A connection holding 64 KiB the server has not taken (back-pressure) holds its next
-    /// messages back and sends them as soon as it can, their latency still counted from
+    /// A connection holding 64 KiB the server has not taken (back-pressure) defers its next
+    /// messages and sends them as soon as it can, their latency still counted from
     /// their intended time (what an application that buffers would see); one not taken
     /// this long after its intended time is refused (counted, not sent). Shorter than
     /// --drain.
@@ -305,11 +305,11 @@ pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
         s.errors.values().sum::<u64>(),
         s.wall_time_s
     );
-    if s.held > 0 {
+    if s.deferred > 0 {
         println!(
-            "held back by back-pressure, then sent late: {} of the sent (their latency counts \
+            "deferred by back-pressure, then sent late: {} of the sent (their latency counts \
              from their intended time)",
-            s.held
+            s.deferred
         );
     }
     if s.connection_errors > 0 {
@@ -599,10 +599,15 @@ pub fn knee_cmd(a: &KneeArgs) -> anyhow::Result<i32> {
     };
     let knees = crate::knee::knee(&cfg, |config, s| {
         println!(
-            "{config} @{:.0}/s: achieved {:.0}/s, p99 {:.3} ms{}{}: {}",
+            "{config} @{:.0}/s: achieved {:.0}/s, p99 {:.3} ms{}{}{}: {}",
             s.rate,
             s.achieved,
             s.p99_ms,
+            if s.deferred > 0 {
+                format!(", {} deferred by back-pressure", s.deferred)
+            } else {
+                String::new()
+            },
             steal_part(s.steal_ms),
             disturbed_part(s.disturbed),
             if s.held {

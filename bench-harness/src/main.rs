@@ -25,7 +25,8 @@ struct Cli {
 enum Command {
     /// Drive a running engine at a fixed offered rate (open loop) and record latency from
     /// each message's intended send time. Never blocks on a connection: messages a full
-    /// connection cannot take are refused and counted, and the run ends at warmup +
+    /// connection cannot take wait for it (latency still from their intended time) and are
+    /// refused and counted past --max-backlog, and the run ends at warmup +
     /// duration + drain whatever the engine does. Exits 1 if any message was lost or
     /// corrupted, 2 if the run was saturated (achieved < 95 % of --rate) unless
     /// --allow-saturation.

@@ -56,7 +56,7 @@ pub fn summarize(meta: &RunMeta, result: &LoadResult) -> Summary {
     let counts = Counts {
         offered: result.offered,
         refused: result.refused,
-        held: result.held,
+        deferred: result.deferred,
         connection_errors: result.connection_errors,
         sent: result.sent,
         received: result.received,

@@ -161,7 +161,7 @@ pub struct Counts {
     /// bound (back-pressure) or had closed.
     pub refused: u64,
     /// Messages sent late because their connection pushed back first (of `sent`).
-    pub held: u64,
+    pub deferred: u64,
     /// Connections that closed or failed during the run.
     pub connection_errors: u64,
     /// Messages sent.
@@ -285,11 +285,11 @@ pub struct Summary {
     pub achieved_rate: f64,
     /// Messages sent on the wire.
     pub sent: u64,
-    /// Of those, messages held back first because their connection already held the
+    /// Of those, messages deferred first because their connection already held the
     /// harness's send capacity (back-pressure from the engine), then sent within the
     /// backlog bound; their latency counts from their intended time.
     #[serde(default)]
-    pub held: u64,
+    pub deferred: u64,
     /// Messages not sent: their connection did not take them within the backlog bound of
     /// their intended time (back-pressure from the engine) or had closed.
     #[serde(default)]
@@ -375,7 +375,7 @@ impl Summary {
             offered_rate: per(counts.offered, timing.measured),
             achieved_rate,
             refused: counts.refused,
-            held: counts.held,
+            deferred: counts.deferred,
             connection_errors: counts.connection_errors,
             receive_window_s: timing.receive_window.max(timing.measured).as_secs_f64(),
             wall_time_s: timing.wall.as_secs_f64(),
@@ -527,7 +527,7 @@ mod tests {
             offered_rate: 4999.0,
             achieved_rate: 4990.5,
             refused: 0,
-            held: 0,
+            deferred: 0,
             connection_errors: 0,
             receive_window_s: 5.0,
             wall_time_s: 7.5,

@@ -71,7 +71,7 @@ fn run_dir(root: &Path, name: &str, batch: u32, rate: f64, base_us: u64) -> Path
     let counts = Counts {
         offered: (rate * 2.0) as u64,
         refused: 0,
-        held: 0,
+        deferred: 0,
         connection_errors: 0,
         sent: (rate * 2.0) as u64,
         received: (rate * 2.0) as u64 - 3,

@@ -157,14 +157,14 @@ fn open_loop_latency_shows_a_stall_that_closed_loop_hides() {
     );
 }
 
-/// A server that stops taking messages pushes back: the harness holds what a full
+/// A server that stops taking messages pushes back: the harness defers what a full
 /// connection cannot take and sends it once the connection takes it again, its latency
 /// counted from its intended time, so a 500 ms stall shows as 500 ms of latency with
 /// nothing refused while the backlog bound is longer than the stall; with a bound shorter
-/// than the stall, the messages held past it are refused instead. Small engine buffers make
+/// than the stall, the messages deferred past it are refused instead. Small engine buffers make
 /// the connection fill within the stall.
 #[test]
-fn back_pressure_holds_messages_until_the_backlog_bound() {
+fn back_pressure_defers_messages_until_the_backlog_bound() {
     for max_backlog in [Duration::from_secs(2), Duration::from_millis(20)] {
         let server = stalling_echo_with(|c| {
             c.channel_capacity = 16;
@@ -191,20 +191,20 @@ fn back_pressure_holds_messages_until_the_backlog_bound() {
         assert_eq!(r.offered, r.sent + r.refused, "{r:?}");
         let max_ms = r.latency.max() as f64 / 1e6;
         if max_backlog > STALL {
-            assert_eq!(r.refused, 0, "held, not refused: {r:?}");
+            assert_eq!(r.refused, 0, "deferred, not refused: {r:?}");
             assert!(
-                r.held > 100,
-                "the full connection held messages back: {r:?}"
+                r.deferred > 100,
+                "the full connection deferred messages: {r:?}"
             );
             assert!(
                 max_ms >= 300.0,
-                "held messages are late by the stall: {max_ms} ms"
+                "deferred messages are late by the stall: {max_ms} ms"
             );
             // The harness kept its schedule: the hold is not counted as its own lag.
             let lag_p99_ms = r.lag.value_at_quantile(0.99) as f64 / 1e6;
             assert!(lag_p99_ms < 100.0, "generator lag p99 {lag_p99_ms} ms");
         } else {
-            assert!(r.refused > 100, "held past the bound, refused: {r:?}");
+            assert!(r.refused > 100, "deferred past the bound, refused: {r:?}");
         }
     }
 }

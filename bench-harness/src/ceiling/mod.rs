@@ -309,7 +309,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
         lag,
         offered,
         sent,
-        held: 0,
+        deferred: 0,
         // Measured datagrams a generator had not sent by the deadline: it fell behind (the
         // kernel's send path is the back-pressure of raw UDP).
         refused: offered.saturating_sub(sent),

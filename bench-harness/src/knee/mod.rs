@@ -122,6 +122,11 @@ pub struct Step {
     /// before it was recorded.
     #[serde(default)]
     pub lag_p99_ms: f64,
+    /// Messages sent late because their connection pushed back first (back-pressure),
+    /// over the rate's runs; their latency is in `p99_ms`. 0 in results written before
+    /// the harness deferred such messages instead of refusing them.
+    #[serde(default)]
+    pub deferred: u64,
 }
 
 /// The share of the p99 target the generators' own lag (p99) must reach at the first

@@ -173,6 +173,7 @@ pub fn search_config<E>(
                 disturbed: 0,
                 saturated: false,
                 lag_p99_ms: 0.0,
+                deferred: 0,
             };
             let mut i = 0;
             while i < params.repeat.max(1) {
@@ -190,6 +191,7 @@ pub fn search_config<E>(
                 step.achieved = step.achieved.min(summary.achieved_rate);
                 step.p99_ms = step.p99_ms.max(summary.latency_ms.p99);
                 step.lag_p99_ms = step.lag_p99_ms.max(summary.harness_lag_ms.p99);
+                step.deferred += summary.deferred;
                 if let Err(why) = v {
                     step.held = false;
                     step.why = why;

@@ -16,6 +16,7 @@ fn step(rate: f64, knee: f64) -> Step {
         disturbed: 0,
         saturated: !held,
         lag_p99_ms: 0.0,
+        deferred: 0,
     }
 }
 

@@ -11,7 +11,7 @@
 //! Connections are spread over `threads` threads, each pinned to its own core and driving its
 //! connections with the engine's client ([`shards::client::Client`]) without ever blocking
 //! on one of them: a message due while its connection already holds
-//! [`SEND_CAPACITY`] bytes the engine has not taken is *held* (the connection's place in its
+//! [`SEND_CAPACITY`] bytes the engine has not taken is *deferred* (the connection's place in its
 //! schedule waits; nothing is stored) and sent as soon as the connection takes it, its
 //! latency still counted from its intended time, as an application that buffers would see
 //! it; one still not taken [`LoadConfig::max_backlog`] after its intended time is *refused*
@@ -53,7 +53,7 @@ const MAX_NANOS: u64 = 60_000_000_000;
 pub const SEND_CAPACITY: usize = 64 * 1024;
 /// How long after its intended time a message may wait for a connection that pushes back
 /// before it is refused, by default (`--max-backlog`). Ten times the knee's default p99
-/// target: a message held that long fails any step it is in already, and the backlog it
+/// target: a message deferred that long fails any step it is in already, and the backlog it
 /// bounds is implicit (the schedule's position), so holding costs no memory.
 pub const MAX_BACKLOG: Duration = Duration::from_millis(100);
 /// Messages one connection may send per pass, so one far-behind connection cannot keep the
@@ -92,7 +92,7 @@ pub struct LoadConfig {
     pub pin: bool,
     /// How long a due message may wait for its connection to take it (back-pressure)
     /// before it is refused ([`MAX_BACKLOG`] by default). Its latency is still counted
-    /// from its intended time, so a held message shows as late, not as missing.
+    /// from its intended time, so a deferred message shows as late, not as missing.
     pub max_backlog: Duration,
 }
 
@@ -124,7 +124,7 @@ pub struct LoadResult {
     /// Of those, messages that waited for their connection to take them (it held
     /// [`SEND_CAPACITY`] bytes the engine had not taken) and were sent late, within
     /// `max_backlog`; their latency counts from their intended time.
-    pub held: u64,
+    pub deferred: u64,
     /// Measured-phase messages not sent: their connection did not take them within
     /// `max_backlog` of their intended time (back-pressure), or had closed.
     pub refused: u64,
@@ -217,7 +217,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     }
     if cfg.max_backlog >= cfg.drain {
         return Err(LoadError::Config(format!(
-            "max backlog ({:?}) must be shorter than the drain ({:?}): a message held that long \
+            "max backlog ({:?}) must be shorter than the drain ({:?}): a message deferred that long \
              at the end of the schedule would have no time left to be answered",
             cfg.max_backlog, cfg.drain
         )));
@@ -323,7 +323,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         }
         total.offered += r.offered;
         total.sent += r.sent;
-        total.held += r.held;
+        total.deferred += r.deferred;
         total.refused += r.refused;
         total.connection_errors += r.connection_errors;
         let _ = total.arrivals.add(&r.arrivals);
@@ -347,7 +347,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         lag: total.lag,
         offered: total.offered,
         sent: total.sent,
-        held: total.held,
+        deferred: total.deferred,
         refused: total.refused,
         connection_errors: total.connection_errors,
         received: total.received,

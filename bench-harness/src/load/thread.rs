@@ -26,7 +26,7 @@ pub(super) struct Peer {
     /// The connection closed or failed: its due messages are refused.
     pub(super) dead: bool,
     /// When (after the run's origin) the connection last pushed back: messages due by then
-    /// and sent later were held by back-pressure, and their lateness is not the harness's.
+    /// and sent later were deferred by back-pressure, and their lateness is not the harness's.
     pub(super) full_at: Option<Duration>,
 }
 
@@ -36,7 +36,7 @@ pub(super) struct ThreadResult {
     pub(super) lag: Histogram<u64>,
     pub(super) offered: u64,
     pub(super) sent: u64,
-    pub(super) held: u64,
+    pub(super) deferred: u64,
     pub(super) refused: u64,
     pub(super) connection_errors: u64,
     pub(super) received: u64,
@@ -91,7 +91,7 @@ impl ThreadResult {
             lag: new_hist(),
             offered: 0,
             sent: 0,
-            held: 0,
+            deferred: 0,
             refused: 0,
             connection_errors: 0,
             received: 0,
@@ -159,7 +159,7 @@ pub(super) fn drive(
                 break 'run;
             }
             // Whether the connection pushed back this pass.
-            let mut held = false;
+            let mut pushed_back = false;
             {
                 let mut budget = SENDS_PER_PASS;
                 // Send what is due by now (catching up after a stall, a bounded number per
@@ -192,10 +192,10 @@ pub(super) fn drive(
                     match p.client.try_send_slice(p.dst, p.next_seq, &body, now) {
                         Ok(true) => {}
                         Ok(false) => {
-                            // Held: retried once the connection's socket has news (its
+                            // Deferred: retried once the connection's socket has news (its
                             // acknowledgements free room) or within the usual wait.
                             p.full_at = Some(elapsed);
-                            held = true;
+                            pushed_back = true;
                             break;
                         }
                         Err(_) => {
@@ -209,7 +209,7 @@ pub(super) fn drive(
                         r.sent += 1;
                         r.unpublished.measured_sent += 1;
                         if p.full_at.is_some_and(|t| due <= t) {
-                            r.held += 1;
+                            r.deferred += 1;
                         } else {
                             r.lag
                                 .saturating_record(elapsed.saturating_sub(due).as_nanos() as u64);
@@ -230,7 +230,7 @@ pub(super) fn drive(
                 p.dead = true;
                 r.connection_errors += 1;
             }
-            if held && ready {
+            if pushed_back && ready {
                 // What was just read may have freed room: try again at once, not after
                 // the wait.
                 next_due = now;

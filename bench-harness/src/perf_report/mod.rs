@@ -163,6 +163,13 @@ impl TargetCheck {
             runs.len(),
             p99s.join(", ")
         );
+        if runs.iter().any(|s| s.deferred > 0) {
+            let deferred: Vec<String> = runs.iter().map(|s| s.deferred.to_string()).collect();
+            out.push_str(&format!(
+                "; deferred by back-pressure and sent late {} messages",
+                deferred.join(", ")
+            ));
+        }
         let why: Vec<&str> = runs
             .iter()
             .filter(|s| !s.held)

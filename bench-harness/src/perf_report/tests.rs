@@ -24,6 +24,7 @@ fn outcome(config: &str, knee: f64) -> Outcome {
                 disturbed: 0,
                 saturated: false,
                 lag_p99_ms: 0.2,
+                deferred: 0,
             },
             Step {
                 rate: knee * 1.05,
@@ -35,6 +36,7 @@ fn outcome(config: &str, knee: f64) -> Outcome {
                 disturbed: 0,
                 saturated: false,
                 lag_p99_ms: 2.0,
+                deferred: 0,
             },
         ],
     }
@@ -236,12 +238,14 @@ fn the_target_rate_is_checked_in_rounds_of_single_runs() {
     let mut t = read_target(dir.path()).unwrap().unwrap();
     assert_eq!((t.rate, t.engine.len(), t.control.len()), (1e6, 4, 2));
     t.engine[3].disturbed = 1;
+    // Deferred messages are listed per run when any run had them.
+    t.engine[1].deferred = 1200;
     let mut r = report();
     r.target = Some(t);
     let md = r.markdown();
     assert!(
         md.contains(&format!(
-            "- 1000000 msg/s per core at bs=128 bt=0, single runs at that rate in 4 interleaved rounds (the same verdict as the knee's): the engine held in 3 of 4 runs (p99 6.0, 9.8, 5.2, 7.5 ms; failed on: {refused}; 1 failing run(s) made while the hypervisor took CPU time were made again); the control held in 1 of 2 runs (p99 1.8, 12.8 ms; failed on: {slow}).\n"
+            "- 1000000 msg/s per core at bs=128 bt=0, single runs at that rate in 4 interleaved rounds (the same verdict as the knee's): the engine held in 3 of 4 runs (p99 6.0, 9.8, 5.2, 7.5 ms; deferred by back-pressure and sent late 0, 1200, 0, 0 messages; failed on: {refused}; 1 failing run(s) made while the hypervisor took CPU time were made again); the control held in 1 of 2 runs (p99 1.8, 12.8 ms; failed on: {slow}).\n"
         )),
         "{md}"
     );
