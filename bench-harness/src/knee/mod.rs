@@ -39,25 +39,8 @@ pub struct KneeConfig {
     pub batch_sizes: Vec<u32>,
     /// Engine batch timeouts, one search each (with every batch size).
     pub batch_timeouts: Vec<Duration>,
-    /// p99 latency a rate must hold.
-    pub p99_target: Duration,
-    /// First rate tried (msg/s).
-    pub min_rate: f64,
-    /// Highest rate tried (msg/s).
-    pub max_rate: f64,
-    /// Stop bisecting when the failing rate is within this fraction above the holding one.
-    pub precision: f64,
-    /// Most rates tried per configuration.
-    pub max_steps: usize,
-    /// Runs per rate; a rate holds only if every run holds (the machine's noise otherwise
-    /// decides single runs near the knee).
-    pub repeat: usize,
-    /// Times a failing run made while the hypervisor took CPU time is run again (see
-    /// [`SearchParams::steal_retries`]).
-    pub steal_retries: usize,
-    /// Doublings probed above a failure that was not saturation
-    /// ([`SearchParams::probe_above`]).
-    pub probe_above: usize,
+    /// The search's limits and the p99 a rate must hold.
+    pub search: SearchParams,
     /// Engine shards (control server threads).
     pub engine_shards: usize,
     /// The server each run starts.
@@ -190,22 +173,6 @@ pub struct Knee {
     pub outcome: Outcome,
 }
 
-impl KneeConfig {
-    /// The search limits of this configuration.
-    pub fn params(&self) -> SearchParams {
-        SearchParams {
-            p99_target: self.p99_target,
-            min_rate: self.min_rate,
-            max_rate: self.max_rate,
-            precision: self.precision,
-            max_steps: self.max_steps,
-            repeat: self.repeat,
-            steal_retries: self.steal_retries,
-            probe_above: self.probe_above,
-        }
-    }
-}
-
 /// Runs the search for every configuration; `on_step` is told about each run.
 pub fn knee(
     cfg: &KneeConfig,
@@ -216,7 +183,7 @@ pub fn knee(
             "give at least one batch size and batch timeout".into(),
         ));
     }
-    let params = cfg.params();
+    let params = cfg.search;
     params.check()?;
     let mut out = Vec::new();
     for &bs in &cfg.batch_sizes {
