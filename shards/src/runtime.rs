@@ -27,6 +27,11 @@ pub const LOCKED_MEMORY_PER_SHARD: u64 = 1024 * 1024;
 const MESH_CAPACITY: usize = 4096;
 /// Capacity of each shard's command channel.
 const COMMAND_CAPACITY: usize = 1024;
+/// How long past its drain deadline a stopping shard's thread may take to end (closing its
+/// connections, sending the last datagrams) before `shutdown` gives up waiting for it.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long `start` waits for every shard to report that it serves.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +96,15 @@ pub enum StopError {
         /// What the executor said.
         why: String,
     },
+    /// A shard's thread had not ended this long after the drain deadline; it is left
+    /// running (the process exits without it).
+    #[error("shard {index} did not stop within {grace:?} of its drain deadline")]
+    Timeout {
+        /// Which shard.
+        index: usize,
+        /// How long past the deadline it was given.
+        grace: Duration,
+    },
 }
 
 /// Configuration of a node's data plane.
@@ -134,7 +148,55 @@ pub struct Runtime {
     local_addr: SocketAddr,
     handles: Vec<ShardHandle>,
     threads: Vec<glommio::ExecutorJoinHandle<Result<(), ShardError>>>,
+    /// The index of each shard whose thread has ended (or is about to: sent as its
+    /// closure is dropped), so waits on them can have a deadline.
+    exited: flume::Receiver<usize>,
     _tls: TlsFiles,
+}
+
+/// Says that shard `.1`'s thread is ending when dropped: with its future, once it returns,
+/// or with the closure, when its executor could not even start.
+struct ExitSignal(flume::Sender<usize>, usize);
+
+impl Drop for ExitSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(self.1);
+    }
+}
+
+/// Waits until every shard in `threads` has said it is ending or `deadline` passes, then
+/// joins those that did; the others are left running. Returns the joined results, by
+/// index, and the indexes left running.
+#[allow(clippy::type_complexity)]
+fn join_until(
+    threads: Vec<glommio::ExecutorJoinHandle<Result<(), ShardError>>>,
+    exited: &flume::Receiver<usize>,
+    deadline: Instant,
+) -> (
+    Vec<(usize, glommio::Result<Result<(), ShardError>, ()>)>,
+    Vec<usize>,
+) {
+    let mut done = vec![false; threads.len()];
+    while done.iter().any(|d| !d) {
+        match exited.recv_deadline(deadline) {
+            Ok(i) => {
+                if let Some(d) = done.get_mut(i) {
+                    *d = true;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let mut joined = Vec::new();
+    let mut running = Vec::new();
+    for (index, (t, ended)) in threads.into_iter().zip(done).enumerate() {
+        if ended {
+            joined.push((index, t.join()));
+        } else {
+            running.push(index);
+        }
+    }
+    (joined, running)
 }
 
 /// Checks that io_uring can be set up at all, for a clear error instead of a panic.
@@ -207,6 +269,7 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
     let mesh =
         (cfg.shards > 1).then(|| MeshBuilder::<ShardMsg, _>::full(cfg.shards, MESH_CAPACITY));
     let (ready_tx, ready_rx) = flume::unbounded::<(usize, Result<(), String>)>();
+    let (exited_tx, exited) = flume::unbounded::<usize>();
     let slots = Arc::new(ConnectionSlots::default());
     let memory = Arc::new(MemoryBudget::default());
     let mut handles = Vec::new();
@@ -215,8 +278,10 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
         let stats = Arc::new(ShardStats::default());
         let histograms = SharedHistograms::default();
         let (cmd_tx, cmd_rx) = flume::bounded::<Command>(COMMAND_CAPACITY);
+        let (stop_tx, stop_rx) = flume::bounded::<Instant>(1);
         handles.push(ShardHandle {
             commands: cmd_tx,
+            stop: stop_tx,
             stats: stats.clone(),
             histograms: histograms.clone(),
         });
@@ -247,15 +312,17 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
         let busy_poll = cfg.busy_poll;
+        let exit = ExitSignal(exited_tx.clone(), index);
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(IO_MEMORY_PER_SHARD)
             .spawn(move || async move {
+                let _exit = exit;
                 // Ready once the shard's endpoint (TLS, QUIC) is built and the mesh joined.
                 let report = move |r: Result<(), String>| {
                     let _ = ready.send((index, r));
                 };
-                shard::run(shard_cfg, busy_poll, socket, cmd_rx, mesh, report).await
+                shard::run(shard_cfg, busy_poll, socket, cmd_rx, stop_rx, mesh, report).await
             })
             .map_err(|e| StartError::Shard {
                 index,
@@ -264,26 +331,34 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
         threads.push(spawned);
     }
     drop(ready_tx);
-    let mut up = 0;
-    while up < cfg.shards {
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok((_, Ok(()))) => up += 1,
+    drop(exited_tx);
+    let mut up = vec![false; cfg.shards];
+    let started_by = Instant::now() + START_TIMEOUT;
+    while up.iter().any(|u| !u) {
+        match ready_rx.recv_deadline(started_by) {
+            Ok((index, Ok(()))) => {
+                if let Some(u) = up.get_mut(index) {
+                    *u = true;
+                }
+            }
             Ok((index, Err(why))) => return Err(StartError::Shard { index, why }),
             Err(_) => {
-                // A thread died before reporting: find out why.
-                for (index, t) in threads.into_iter().enumerate() {
-                    if t.thread().id() != std::thread::current().id()
-                        && let Err(e) = t.join()
-                    {
+                // A thread ended before reporting (its executor failed): find out why,
+                // without waiting on the shards still alive (they may be waiting for it
+                // in the mesh, forever).
+                let (joined, _) = join_until(threads, &exited, Instant::now());
+                for (index, r) in joined {
+                    if let Err(e) = r {
                         return Err(StartError::Shard {
                             index,
                             why: e.to_string(),
                         });
                     }
                 }
+                let index = up.iter().position(|u| !u).unwrap_or(0);
                 return Err(StartError::Shard {
-                    index: up,
-                    why: "did not start".into(),
+                    index,
+                    why: format!("did not start within {START_TIMEOUT:?}"),
                 });
             }
         }
@@ -292,6 +367,7 @@ pub fn start(cfg: RuntimeConfig) -> Result<Runtime, StartError> {
         local_addr,
         handles,
         threads,
+        exited,
         _tls: tls,
     })
 }
@@ -307,15 +383,27 @@ impl Runtime {
         &self.handles
     }
 
-    /// Drains every shard (flush queues, finish sessions) and waits up to `timeout`.
+    /// Drains every shard (flush queues, finish sessions) until `timeout`, then closes
+    /// what is left; returns once every shard's thread ended, or fails with
+    /// [`StopError::Timeout`] if one had not within a grace period after that. Never
+    /// blocks on a full command channel: the stop goes ahead of queued commands.
     pub fn shutdown(self, timeout: Duration) -> Result<(), StopError> {
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        // A timeout too long for the clock drains until the shards are done.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         for h in &self.handles {
-            let _ = h.commands.send(Command::Shutdown { deadline });
+            let _ = h.stop.try_send(deadline);
         }
-        let mut first_err = None;
-        for (index, t) in self.threads.into_iter().enumerate() {
-            match t.join() {
+        let wait_until = deadline.checked_add(STOP_GRACE).unwrap_or(deadline);
+        let (joined, running) = join_until(self.threads, &self.exited, wait_until);
+        let mut first_err = running.first().map(|&index| StopError::Timeout {
+            index,
+            grace: STOP_GRACE,
+        });
+        for (index, r) in joined {
+            match r {
                 Ok(Ok(())) => {}
                 Ok(Err(source)) => {
                     first_err.get_or_insert(StopError::Shard { index, source });

@@ -68,6 +68,9 @@ pub enum ShardError {
 pub struct ShardHandle {
     /// Commands into the shard.
     pub commands: flume::Sender<Command>,
+    /// Starts the shard's drain (the deadline) ahead of any command: a shutdown must not
+    /// wait behind commands that wait for room, nor for room in the command channel.
+    pub stop: flume::Sender<Instant>,
     /// The shard's counters.
     pub stats: Arc<ShardStats>,
     /// The shard's published histograms.
@@ -79,6 +82,8 @@ pub struct ShardHandle {
 /// (its endpoint is built and the mesh joined) or failed to. Returns when a shutdown
 /// finished.
 ///
+/// `stop` starts the drain with its deadline, ahead of queued commands ([`ShardHandle::stop`]).
+///
 /// `busy_poll`: for this long after its last datagram, a shard whose socket is empty
 /// reads it again instead of waiting through the executor, unless a timer of its
 /// endpoint falls due first. Each wait through the executor costs io_uring submissions
@@ -87,25 +92,38 @@ pub struct ShardHandle {
 /// microseconds apart the shard then spends its core on those instead of on messages.
 /// While it polls, its other tasks (timers, commands, cross-shard records) wait, at most
 /// `busy_poll`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cfg: ShardConfig,
     busy_poll: Duration,
     socket: std::net::UdpSocket,
     commands: flume::Receiver<Command>,
+    stop: flume::Receiver<Instant>,
     mesh: Option<MeshBuilder<ShardMsg, Full>>,
     ready: impl FnOnce(Result<(), String>),
 ) -> Result<(), ShardError> {
     let span = tracing::info_span!("shard", shard = cfg.index);
-    drive(cfg, busy_poll, socket, commands, mesh, ready, span.clone())
-        .instrument(span)
-        .await
+    drive(
+        cfg,
+        busy_poll,
+        socket,
+        commands,
+        stop,
+        mesh,
+        ready,
+        span.clone(),
+    )
+    .instrument(span)
+    .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     cfg: ShardConfig,
     busy_poll: Duration,
     socket: std::net::UdpSocket,
     commands: flume::Receiver<Command>,
+    stop: flume::Receiver<Instant>,
     mesh: Option<MeshBuilder<ShardMsg, Full>>,
     ready: impl FnOnce(Result<(), String>),
     span: tracing::Span,
@@ -212,7 +230,7 @@ async fn drive(
         ));
     }
     // The command loop is the shard's lifetime: it ends after a drain.
-    shard.command_loop(commands).await;
+    shard.command_loop(commands, stop).await;
     shard.ep.borrow_mut().publish(Instant::now());
     for t in tasks {
         drop(t.cancel());
@@ -425,15 +443,33 @@ impl Shard {
         }
     }
 
-    async fn command_loop(&self, commands: flume::Receiver<Command>) {
+    async fn command_loop(
+        &self,
+        commands: flume::Receiver<Command>,
+        stop: flume::Receiver<Instant>,
+    ) {
         loop {
-            // Stop taking commands while earlier ones wait for room (back-pressure to the app).
+            // Stop taking commands while earlier ones wait for room (back-pressure to the
+            // app); a stop ends that wait, since draining refuses what waits.
             loop {
+                if let Ok(deadline) = stop.try_recv() {
+                    self.begin_drain(deadline);
+                }
                 let wait = self.room.wait();
                 if self.ep.borrow().accepts_commands() {
                     break;
                 }
-                wait.await;
+                let stopping = futures_lite::future::or(
+                    async {
+                        wait.await;
+                        None
+                    },
+                    async { Some(stopped(&stop).await) },
+                )
+                .await;
+                if let Some(deadline) = stopping {
+                    self.begin_drain(deadline);
+                }
             }
             let draining = self.ep.borrow().draining();
             let cmd = match draining {
@@ -458,13 +494,25 @@ impl Shard {
                         None => continue,
                     }
                 }
-                None => match commands.recv_async().await {
-                    Ok(c) => c,
-                    // The engine went away without a shutdown: drain with a short deadline.
-                    Err(_) => Command::Shutdown {
-                        deadline: Instant::now() + Duration::from_secs(2),
-                    },
-                },
+                None => {
+                    let next = futures_lite::future::or(
+                        async { commands.recv_async().await.ok() },
+                        async {
+                            Some(Command::Shutdown {
+                                deadline: stopped(&stop).await,
+                            })
+                        },
+                    )
+                    .await;
+                    match next {
+                        Some(c) => c,
+                        // The engine went away without a shutdown: drain with a short
+                        // deadline.
+                        None => Command::Shutdown {
+                            deadline: Instant::now() + Duration::from_secs(2),
+                        },
+                    }
+                }
             };
             {
                 let mut ep = self.ep.borrow_mut();
@@ -474,6 +522,14 @@ impl Shard {
             let _ = self.wake.0.try_send(());
             self.settle().await;
         }
+    }
+
+    /// Starts the drain (a stop from the runtime) and lets the other tasks see it.
+    fn begin_drain(&self, deadline: Instant) {
+        let mut ep = self.ep.borrow_mut();
+        ep.handle_command(Instant::now(), Command::Shutdown { deadline });
+        ep.handle_timeout(Instant::now());
+        let _ = self.wake.0.try_send(());
     }
 
     /// Sends what the endpoint has queued, up to [`SEND_BURST`] datagrams per `sendmmsg`;
@@ -537,5 +593,14 @@ impl Shard {
             }
             self.ep.borrow_mut().recycle(t.data);
         }
+    }
+}
+
+/// The deadline of a stop from the runtime; never, once the runtime is gone (a dropped
+/// runtime's shards drain through their closed command channel instead).
+async fn stopped(stop: &flume::Receiver<Instant>) -> Instant {
+    match stop.recv_async().await {
+        Ok(deadline) => deadline,
+        Err(_) => futures_lite::future::pending().await,
     }
 }

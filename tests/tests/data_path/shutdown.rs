@@ -60,3 +60,39 @@ fn graceful_shutdown_delivers_queued_messages() {
     assert_eq!(stats.dropped(), 0, "{stats:?}");
     assert_eq!(stats.connections, 0);
 }
+
+/// A shutdown is not held up by commands that wait for room: with the node's queue for a
+/// peer that never reads full, sends from the embedding program back up behind it (the
+/// shard stops taking commands), yet the drain starts at once and the shutdown returns
+/// soon after its deadline, long before the stalled peer would be closed (10 s).
+#[test]
+fn shutdown_is_not_held_up_by_commands_waiting_for_room() {
+    let mut cfg = EngineConfig::loopback(1);
+    cfg.queue_capacity = 64 * 1024;
+    let e = Engine::start(cfg).unwrap();
+    // Never polled again after connecting: it reads nothing, so QUIC flow control stops
+    // the node after one window and everything else queues at the node.
+    let silent = client(&e);
+    let dst = silent.peer_id();
+    // One window (128 KiB) and the queue (64 KiB) hold about 200 of these; the shard
+    // stops taking commands once a record waits for room, and the rest stay in the
+    // command channel (1,024 deep), so no `send` blocks.
+    for _ in 0..1_000 {
+        e.send(dst, vec![0x42; 1024]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let stats = e
+        .shutdown(Duration::from_millis(500))
+        .expect("clean shutdown");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "shutdown took {took:?} with a 500 ms drain"
+    );
+    assert!(
+        stats.dropped() > 0,
+        "what could not be sent is counted: {stats:?}"
+    );
+    drop(silent);
+}
