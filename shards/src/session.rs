@@ -257,9 +257,14 @@ impl Session {
         self.conn.is_closed()
     }
 
-    /// Whether the connection is closing (draining or closed).
+    /// Whether the connection is closing: a close was asked for (by us, or by quiche on
+    /// an error), even if quiche could not send it yet (an unvalidated address's
+    /// amplification budget spent), or it is draining or closed.
     pub fn is_closing(&self) -> bool {
-        self.conn.is_closed() || self.conn.is_draining() || self.error.is_some()
+        self.conn.is_closed()
+            || self.conn.is_draining()
+            || self.conn.local_error().is_some()
+            || self.error.is_some()
     }
 
     /// The QUIC trace id, for logs.

@@ -139,6 +139,29 @@ fn an_unfinished_handshake_is_closed_at_its_deadline_and_frees_its_budget() {
     );
 }
 
+/// A close that quiche could not put on the wire yet (an unvalidated address's
+/// amplification budget spent) still ends the connection's upkeep deadlines: otherwise the
+/// past handshake deadline is re-armed on every turn, the shard spins on it and counts the
+/// timeout again each time, until quiche's idle timer finally closes the connection.
+#[test]
+fn a_close_not_yet_sent_ends_the_upkeep_deadlines() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec::default());
+    let me = SocketAddr::from(([127, 0, 0, 1], 9));
+    let _quic = net.raw_client(node, me, 9);
+    while net.ep(node).poll_transmit().is_some() {}
+    let pool = PoolConfig::default();
+    for (_, c) in net.ep(node).conns.iter_mut() {
+        assert!(c.handshake_deadline(&pool).is_some());
+        // Requested, not driven: nothing has been sent.
+        c.session.close(0x1, "handshake timeout");
+        assert!(c.session.is_closing());
+        assert_eq!(c.handshake_deadline(&pool), None);
+        assert_eq!(c.frame_deadline(&pool), None);
+        assert_eq!(c.stall_deadline(&pool), None);
+    }
+}
+
 #[test]
 fn initials_beyond_the_handshake_budget_create_no_state() {
     let mut net = Net::new();
