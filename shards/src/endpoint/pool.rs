@@ -177,6 +177,15 @@ pub(super) enum DialAction {
     Start,
 }
 
+/// A dialed connection's handshake finished ([`Pool::ready`]).
+pub(super) struct Ready {
+    /// The messages that waited for the connection, in order.
+    pub(super) pending: Vec<(Record, Instant)>,
+    /// The identity the address had before, when the node answered with another: the
+    /// pending messages were for it.
+    pub(super) gone: Option<PeerId>,
+}
+
 /// What the endpoint does after a dialed connection ended or could not start.
 #[derive(Debug)]
 pub(super) enum LostAction {
@@ -336,22 +345,26 @@ impl Pool {
     }
 
     /// A dialed connection finished its handshake: answer the dialers and hand back the
-    /// messages that waited for it, in order.
-    pub(super) fn ready(
-        &mut self,
-        addr: SocketAddr,
-        key: ConnKey,
-        peer: PeerId,
-    ) -> Option<Vec<(Record, Instant)>> {
+    /// messages that waited for it, in order. When the node at `addr` answered with
+    /// another identity than before (it restarted with a new key, or another node took the
+    /// address), the old identity is forgotten here and returned with the messages that
+    /// waited for it: they are not for this peer.
+    pub(super) fn ready(&mut self, addr: SocketAddr, key: ConnKey, peer: PeerId) -> Option<Ready> {
         let ob = self.entries.get_mut(&addr)?;
-        ob.peer = Some(peer);
+        let before = ob.peer.replace(peer);
         ob.conn = Some(key);
         for w in ob.waiters.drain(..) {
             let _ = w.send(Ok(peer));
         }
         let pending = ob.take_pending();
+        let gone = before.filter(|old| *old != peer);
+        if let Some(old) = gone
+            && self.by_peer.get(&old) == Some(&addr)
+        {
+            self.by_peer.remove(&old);
+        }
         self.by_peer.insert(peer, addr);
-        Some(pending)
+        Some(Ready { pending, gone })
     }
 
     /// A dialed connection lost to an existing connection with the same peer: answer the
@@ -602,11 +615,27 @@ impl Endpoint {
         peer: PeerId,
         now: Instant,
     ) {
-        let Some(pending) = self.pool.ready(addr, key, peer) else {
+        let Some(Ready { pending, gone }) = self.pool.ready(addr, key, peer) else {
             return;
         };
         self.room_freed = true;
         self.transition(addr, LifeEvent::Established, now);
+        if let Some(old) = gone {
+            tracing::info!(
+                %addr, %old, new = %peer,
+                "dialed node answered with a new identity: messages for the old one are refused"
+            );
+            // The old identity's entry in the index (kept while it was re-dialed) goes.
+            if let Some((shard, conn, _)) = self.cfg.directory.owner(&old)
+                && shard == self.cfg.index
+                && self.conns.get(conn).is_none()
+            {
+                self.cfg.directory.disconnected(old, self.cfg.index, conn);
+            }
+            self.router.forget(&old);
+            self.refuse_pending(pending, now);
+            return;
+        }
         for (r, received) in pending {
             let kind = if matches!(&r, Record::Message(m) if m.src != self.self_id) {
                 Kind::Relayed

@@ -123,6 +123,22 @@ impl Net {
 
     fn add(&mut self, spec: NodeSpec) -> usize {
         let n = self.nodes.len();
+        let node = self.build(spec, n);
+        self.nodes.push(node);
+        n
+    }
+
+    /// Replaces node `n` with a fresh one at the same addresses, with a new identity (a
+    /// node restarted without a persistent key); datagrams in flight to it are lost.
+    fn restart(&mut self, n: usize, spec: NodeSpec) {
+        let node = self.build(spec, n);
+        let addrs = node.addrs.clone();
+        self.wire.retain(|(_, to, _)| !addrs.contains(to));
+        self.nodes[n] = node;
+    }
+
+    /// Node number `n` of `spec`: its endpoints at its fake addresses.
+    fn build(&mut self, spec: NodeSpec, n: usize) -> Node {
         let identity = Arc::new(Identity::generate().expect("identity"));
         let directory = Arc::new(Directory::default());
         let slots = Arc::new(ConnectionSlots::default());
@@ -164,7 +180,7 @@ impl Net {
             );
             addrs.push(addr);
         }
-        self.nodes.push(Node {
+        Node {
             shards,
             addrs,
             app: rx,
@@ -172,8 +188,7 @@ impl Net {
             slots,
             memory,
             id: identity.peer_id(),
-        });
-        n
+        }
     }
 
     fn ep(&mut self, node: usize) -> &mut Endpoint {

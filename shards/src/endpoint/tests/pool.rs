@@ -178,6 +178,71 @@ fn messages_for_a_peer_being_redialed_wait_and_then_go() {
     assert_eq!(get(&net.stats(client).buffered_bytes), 0);
 }
 
+/// A dialed node that comes back at its address with another identity (restarted
+/// without a persistent key) gets none of the messages that waited for the old one: they
+/// are refused to their sender, counted, and the old identity is forgotten, so messages
+/// sent to it afterwards are refused at once instead of waiting for the address.
+#[test]
+fn a_redialed_address_with_a_new_identity_gets_none_of_the_old_ones_messages() {
+    let (mut net, server, client) = echo_server_and(NodeSpec {
+        reconnect: BackoffPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            attempts: 0,
+            jitter: 0.0,
+        },
+        ..NodeSpec::default()
+    });
+    let old = net.dial(client, server).expect("dial");
+    // The node restarts with a new key; the client loses its connection.
+    net.restart(
+        server,
+        NodeSpec {
+            app: AppSpec::Echo,
+            ..NodeSpec::default()
+        },
+    );
+    let new = net.nodes[server].id;
+    assert_ne!(old, new);
+    let key = net.ep(client).conns.keys()[0];
+    let now = net.now;
+    net.ep(client)
+        .drop_conn_state(key, ErrorCode::DestinationUnreachable, now);
+    // Held for the re-dial, which now reaches the new identity.
+    net.send(client, old, 7, b"for the old node only");
+    net.pump();
+    net.advance(Duration::from_millis(150));
+    assert_eq!(get(&net.stats(client).dialed), 2);
+    assert_eq!(
+        get(&net.stats(server).messages_in),
+        0,
+        "the new identity received nothing meant for the old one"
+    );
+    let got = net.deliveries(client);
+    assert!(
+        got.iter().any(|d| matches!(
+            d,
+            Delivery::Error(e) if e.seq == 7 && e.code == ErrorCode::DestinationUnreachable
+        )),
+        "{got:?}"
+    );
+    assert_eq!(get(&net.stats(client).dropped_unreachable), 1);
+    // The old identity is gone: a message for it is refused at once.
+    net.send(client, old, 8, b"still for the old node");
+    net.pump();
+    let got = net.deliveries(client);
+    assert!(
+        got.iter()
+            .any(|d| matches!(d, Delivery::Error(e) if e.seq == 8)),
+        "{got:?}"
+    );
+    assert_eq!(get(&net.stats(server).messages_in), 0);
+    // Messages for the new identity go over the connection.
+    net.send(client, new, 9, b"for the new node");
+    net.pump();
+    assert_eq!(get(&net.stats(server).messages_in), 1);
+}
+
 #[test]
 fn each_connection_has_one_armed_deadline() {
     let (mut net, server, client) = echo_pair(PoolConfig {
