@@ -448,6 +448,14 @@ impl Endpoint {
             return;
         }
         if let Some(shard) = self.router.remote_shard(&to, &*self.cfg.directory) {
+            // Bounded like the connection queue above: past twice the backlog a message
+            // may wait behind, an error for another shard is counted and dropped (the
+            // backlog grows while that shard takes nothing, and a peer can cause one
+            // error per 45 bytes it sends).
+            if self.hop_backlog.len() >= 2 * HOP_BACKLOG_LIMIT {
+                inc(&self.stats().error_records_dropped);
+                return;
+            }
             inc(&self.stats().errors_out);
             self.push_hop(
                 shard,

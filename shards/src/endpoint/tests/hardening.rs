@@ -162,6 +162,40 @@ fn a_close_not_yet_sent_ends_the_upkeep_deadlines() {
     }
 }
 
+/// ERROR records for a peer on another shard that takes nothing do not pile up without
+/// limit: past twice the hop backlog they are counted and dropped.
+#[test]
+fn error_records_for_another_shard_are_bounded_and_counted() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec {
+        shards: 2,
+        ..NodeSpec::default()
+    });
+    let sender = PeerId([7; 16]);
+    // The sender is registered on shard 1; shard 0 sends it errors, and nothing takes
+    // shard 0's hops.
+    net.nodes[node]
+        .directory
+        .connected(sender, 1, 1, net.addr(node), false);
+    let now = net.now;
+    let limit = 2 * super::super::routing::HOP_BACKLOG_LIMIT;
+    for seq in 0..(limit as u64 + 500) {
+        net.ep(node).send_error(
+            Origin::Remote,
+            sender,
+            ErrorCode::UnknownDestination,
+            seq,
+            PeerId([9; 16]),
+            String::new(),
+            now,
+        );
+    }
+    assert_eq!(net.ep(node).hop_backlog.len(), limit);
+    let s = net.stats(node);
+    assert_eq!(get(&s.errors_out), limit as u64);
+    assert_eq!(get(&s.error_records_dropped), 500);
+}
+
 #[test]
 fn initials_beyond_the_handshake_budget_create_no_state() {
     let mut net = Net::new();
