@@ -352,7 +352,10 @@ impl Endpoint {
         }
         let delivered = c.note_progress(now);
         add(&self.cfg.stats.delivered_local, delivered);
-        let own = (c.session.pending_bytes() + c.session.received_bytes()) as u64;
+        // Records opened from a frame but parked behind a destination without room are
+        // held too: their bytes left the frame buffer when it was opened.
+        let parked: usize = c.stalled.iter().map(|(r, _)| r.encoded_len()).sum();
+        let own = (c.session.pending_bytes() + c.session.received_bytes() + parked) as u64;
         self.tally.held(c.held, own);
         c.held = own;
         // The deadline is per frame: it restarts when a later frame is the one awaited.

@@ -590,6 +590,60 @@ fn frames_streamed_back_to_back_each_get_their_own_deadline() {
     assert_eq!(get(&net.stats(server).frame_timeouts), 1);
 }
 
+/// Records decoded from a frame but parked because their destination has no room stay in
+/// the memory budget until they move on: one big frame to a peer that takes nothing must
+/// count against `--memory-limit` (its bytes left the frame buffer when it was opened).
+#[test]
+fn records_parked_behind_a_full_destination_count_in_the_memory_budget() {
+    let mut net = Net::new();
+    let server = net.add(NodeSpec::default());
+    let client = net.add(NodeSpec::default());
+    let sink = net.add(NodeSpec::default());
+    net.dial(client, server).expect("dial");
+    net.dial(sink, server).expect("dial");
+    let me = net.nodes[client].id;
+    let dst = net.nodes[sink].id;
+    // The sink takes nothing more: what the server sends it vanishes.
+    let sink_addr = net.addr(sink);
+    net.unreachable.push(sink_addr);
+    let records: Vec<Record> = (0..512u64)
+        .map(|seq| {
+            Record::Message(Message {
+                dst,
+                src: me,
+                seq,
+                payload: vec![0x5a; 4096],
+            })
+        })
+        .collect();
+    let now = net.now;
+    let key = net.ep(client).conns.keys()[0];
+    let c = net.ep(client).conns.get_mut(key).expect("conn");
+    c.session.send_batch(records.iter()).expect("seal");
+    net.ep(client).drive(key, now);
+    net.advance(Duration::from_millis(200));
+    let from_client = net
+        .ep(server)
+        .conns
+        .of_peer(&me)
+        .expect("the client's connection");
+    let parked: u64 = net
+        .ep(server)
+        .conns
+        .get(from_client)
+        .map(|c| c.stalled.iter().map(|(r, _)| r.encoded_len() as u64).sum())
+        .unwrap_or(0);
+    assert!(
+        parked > 1 << 20,
+        "most of the frame is parked ({parked} bytes)"
+    );
+    let used = net.nodes[server].memory.used();
+    assert!(
+        used >= parked,
+        "{used} bytes in the budget, {parked} parked behind the full destination"
+    );
+}
+
 #[test]
 fn at_the_memory_limit_new_peers_are_dropped_and_reading_pauses_until_it_falls() {
     let limit = 4 << 20;
