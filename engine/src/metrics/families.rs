@@ -436,7 +436,8 @@ pub static METRICS: &[MetricDef] = &[
     ),
     MetricDef {
         name: "engine_udp_calls_total",
-        help: "UDP receive (direction=in) and send (direction=out) calls that moved datagrams; \
+        help: "UDP receive (direction=in) and send (direction=out) calls made, receives \
+               that found the socket empty and the waits for it included; \
                engine_datagrams_total divided by this is datagrams per call.",
         kind: Kind::Counter,
         labels: &["direction"],

@@ -17,8 +17,9 @@ pub struct ShardStats {
     pub datagrams_in: AtomicU64,
     /// UDP datagrams sent.
     pub datagrams_out: AtomicU64,
-    /// Receive system calls (and completed io_uring receives) that returned datagrams;
-    /// `datagrams_in / receive_calls` is datagrams per receive.
+    /// Receive calls made: every `recvmmsg`, including one that found the socket empty
+    /// (with busy polling, many do), and every io_uring peek that waited for the socket;
+    /// `datagrams_in / receive_calls` is datagrams per receive call, the cost it measures.
     pub receive_calls: AtomicU64,
     /// Send system calls (and io_uring sends) that sent datagrams.
     pub send_calls: AtomicU64,
