@@ -189,8 +189,12 @@ async fn drive(
     ready(Ok(()));
 
     let mut tasks = Vec::new();
+    // Kept after the mesh tasks end, to account for what other shards sent too late.
+    let mut mesh_rx = Vec::new();
     if let Some(mut receivers) = receivers {
         for (_, rx) in receivers.streams() {
+            let rx = Rc::new(rx);
+            mesh_rx.push(rx.clone());
             let sh = shard.clone();
             let task = async move {
                 loop {
@@ -231,10 +235,25 @@ async fn drive(
     }
     // The command loop is the shard's lifetime: it ends after a drain.
     shard.command_loop(commands, stop).await;
-    shard.ep.borrow_mut().publish(Instant::now());
     for t in tasks {
         drop(t.cancel());
     }
+    // Records other shards handed over that this shard will never route, and records
+    // this shard had for the others, are counted as dropped (shutting down), not lost
+    // with the channels. (A record another shard sends between this last look and the
+    // channel's close is refused to it by the closed channel.)
+    let now = Instant::now();
+    for rx in &mesh_rx {
+        while let Some(Some(msg)) = futures_lite::future::poll_once(rx.recv()).await {
+            shard.ep.borrow_mut().handle_hop_failed(now, msg);
+        }
+    }
+    loop {
+        let next = shard.ep.borrow_mut().poll_hop();
+        let Some((_, msg)) = next else { break };
+        shard.ep.borrow_mut().handle_hop_failed(now, msg);
+    }
+    shard.ep.borrow_mut().publish(Instant::now());
     if let Some(s) = &shard.senders {
         s.close();
     }

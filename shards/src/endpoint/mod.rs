@@ -598,8 +598,9 @@ impl Endpoint {
         self.reap(now);
     }
 
-    /// A record from [`Endpoint::poll_hop`] could not be handed to its shard because that
-    /// shard stopped (drain): its sender is told.
+    /// A record for another shard that will never be routed there: [`Endpoint::poll_hop`]
+    /// found that shard stopped (drain), or this shard stopped before taking it from
+    /// its channel. It is counted as dropped (shutting down) and its sender is told.
     pub fn handle_hop_failed(&mut self, now: Instant, msg: ShardMsg) {
         self.last_now = now;
         if let ShardMsg::Deliver(h) = msg {
