@@ -293,7 +293,9 @@ impl Endpoint {
         from: SocketAddr,
         now: Instant,
     ) -> Option<ConnKey> {
-        if self.draining.is_some() {
+        if self.draining.is_some() || self.server_cfg.is_none() {
+            inc(&self.stats().rejected_initials);
+            self.note_junk(now);
             return None;
         }
         if self.handshaking >= self.cfg.pool.max_handshakes {
@@ -323,6 +325,8 @@ impl Endpoint {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("accept from {from} failed: {e}");
+                inc(&self.stats().rejected_initials);
+                self.note_junk(now);
                 return None;
             }
         };

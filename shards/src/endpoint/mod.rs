@@ -448,6 +448,8 @@ impl Endpoint {
                     return;
                 }
                 UnknownCid::UnsupportedVersion => {
+                    inc(&self.stats().rejected_initials);
+                    self.note_junk(now);
                     let mut out = self.spare.pop().unwrap_or_default();
                     out.resize(1500, 0);
                     if let Ok(n) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
@@ -477,7 +479,10 @@ impl Endpoint {
                                 return;
                             }
                         }
-                    } else if self.draining.is_none() && self.retry_pressure(now) {
+                    } else if self.draining.is_none()
+                        && self.server_cfg.is_some()
+                        && self.retry_pressure(now)
+                    {
                         self.send_retry(now, from, &hdr);
                         self.note_junk(now);
                         return;

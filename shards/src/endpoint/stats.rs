@@ -35,8 +35,10 @@ pub struct ShardStats {
     pub unknown_datagrams: AtomicU64,
     /// Datagrams whose QUIC header did not parse.
     pub unparsable_datagrams: AtomicU64,
-    /// Long-header datagrams for no known connection dropped before any state or answer
-    /// (Version Negotiation included): under 1200 bytes, or a DCID under 8 bytes.
+    /// Long-header datagrams for no known connection that start no connection: under
+    /// 1200 bytes or a DCID under 8 bytes (dropped unanswered), an unsupported version
+    /// (answered with Version Negotiation), or an Initial arriving while the shard drains,
+    /// does not accept connections, or that quiche refused (dropped without state).
     pub rejected_initials: AtomicU64,
     /// Retry packets sent: a new peer was asked to prove its address before any state.
     pub retries_sent: AtomicU64,

@@ -196,6 +196,21 @@ fn error_records_for_another_shard_are_bounded_and_counted() {
     assert_eq!(get(&s.error_records_dropped), 500);
 }
 
+/// An Initial that reaches a draining node starts nothing and is counted.
+#[test]
+fn an_initial_during_the_drain_is_counted_and_creates_no_state() {
+    let mut net = Net::new();
+    let node = net.add(NodeSpec::default());
+    let now = net.now;
+    let deadline = now + Duration::from_secs(5);
+    net.ep(node)
+        .handle_command(now, Command::Shutdown { deadline });
+    let me = SocketAddr::from(([127, 0, 0, 1], 10));
+    let _quic = net.raw_client(node, me, 10);
+    assert_eq!(net.ep(node).connections(), 0);
+    assert_eq!(get(&net.stats(node).rejected_initials), 1);
+}
+
 #[test]
 fn initials_beyond_the_handshake_budget_create_no_state() {
     let mut net = Net::new();
