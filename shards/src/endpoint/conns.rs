@@ -52,7 +52,11 @@ pub(super) struct Conn {
     pub(super) stalled: VecDeque<(Record, Instant)>,
     pub(super) scids: Vec<Vec<u8>>,
     pub(super) peer: Option<PeerId>,
+    /// Our direction of the session stream is finished (FIN sent or queued).
     pub(super) finished: bool,
+    /// When it was: a peer that has not finished its own direction
+    /// [`PoolConfig::stall_timeout`] later is closed ([`Conn::finish_deadline`]).
+    pub(super) finished_at: Option<Instant>,
     /// Over the connection cap once authenticated: closing with CONNECTION_LIMIT.
     pub(super) refused: bool,
     /// Listed in `Endpoint::dirty` this turn.
@@ -132,6 +136,22 @@ impl Conn {
         echoes
     }
 
+    /// Marks our direction finished at `now` (the caller has finished the session).
+    pub(super) fn mark_finished(&mut self, now: Instant) {
+        self.finished = true;
+        self.finished_at.get_or_insert(now);
+    }
+
+    /// When a connection whose direction we finished is closed if the peer has not
+    /// finished its own (or closed) by then: a replaced or expired connection that the
+    /// peer keeps open (pinging, or sending to unknown destinations) must not live on.
+    pub(super) fn finish_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
+        if self.session.is_closing() {
+            return None;
+        }
+        self.finished_at.map(|t| t + pool.stall_timeout)
+    }
+
     /// When an unauthenticated connection is closed if its handshakes have not finished.
     pub(super) fn handshake_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
         if self.peer.is_some() || self.session.is_closing() {
@@ -170,6 +190,7 @@ impl Conn {
             self.stall_deadline(pool),
             self.handshake_deadline(pool),
             self.frame_deadline(pool),
+            self.finish_deadline(pool),
         ]
         .into_iter()
         .flatten()
@@ -349,6 +370,7 @@ impl Endpoint {
             scids: vec![scid],
             peer: None,
             finished: false,
+            finished_at: None,
             refused: false,
             dirty: false,
             turn_accepted: None,
@@ -428,7 +450,7 @@ impl Endpoint {
                 rest.extend(c.queue.pop_batch());
             }
             c.session.finish();
-            c.finished = true;
+            c.mark_finished(now);
             peer = c.peer;
         }
         if let Some(peer) = peer {

@@ -35,7 +35,7 @@ impl Endpoint {
                 && c.stalled.is_empty()
             {
                 c.session.finish();
-                c.finished = true;
+                c.mark_finished(now);
             }
             self.drive(k, now);
         }
@@ -48,7 +48,7 @@ impl Endpoint {
             if let Some(c) = self.conns.get_mut(k) {
                 if !c.finished && c.queue.is_empty() && c.stalled.is_empty() {
                     c.session.finish();
-                    c.finished = true;
+                    c.mark_finished(now);
                 }
                 if c.session.is_client() && c.session.is_complete() {
                     c.session.close(close_code::NO_ERROR, "done");

@@ -465,6 +465,9 @@ pub(super) enum Upkeep {
     FrameTimeout,
     /// Data waited the stall timeout without the peer taking any: close with STALLED.
     Stalled,
+    /// We finished our direction the stall timeout ago and the peer has not finished
+    /// its own: close with NO_ERROR.
+    Unfinished,
     /// Idle past the TTL: finish gracefully.
     Expired,
     /// The TTL passed but the connection is not idle, only behind a slow peer: restart
@@ -484,6 +487,9 @@ pub(super) fn upkeep(c: &Conn, cfg: &PoolConfig, now: Instant) -> Upkeep {
     }
     if c.stall_deadline(cfg).is_some_and(|t| t <= now) {
         return Upkeep::Stalled;
+    }
+    if c.finish_deadline(cfg).is_some_and(|t| t <= now) {
+        return Upkeep::Unfinished;
     }
     if c.pool_deadline(cfg).is_none_or(|t| t > now) {
         return Upkeep::Nothing;
@@ -729,12 +735,24 @@ impl Endpoint {
                 );
                 c.session.close(close_code::STALLED, &reason);
             }
+            Upkeep::Unfinished => {
+                tracing::debug!(
+                    conn = key,
+                    "peer did not finish within {:?} of our finish: closing",
+                    pool.stall_timeout
+                );
+                let reason = format!(
+                    "peer did not finish within {} ms",
+                    pool.stall_timeout.as_millis()
+                );
+                c.session.close(close_code::NO_ERROR, &reason);
+            }
             Upkeep::Busy => c.last_activity = now,
             Upkeep::Expired => {
                 tracing::debug!(conn = key, "pool TTL expired");
                 inc(&self.cfg.stats.ttl_closed);
                 c.session.finish();
-                c.finished = true;
+                c.mark_finished(now);
             }
             Upkeep::Ping => {
                 let _ = c.session.quic_mut().send_ack_eliciting();

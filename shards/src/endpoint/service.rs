@@ -80,7 +80,7 @@ impl Endpoint {
                             && c.queue.is_empty()
                         {
                             c.session.finish();
-                            c.finished = true;
+                            c.mark_finished(now);
                         }
                     }
                     if let Some(c) = self.conns.get_mut(key)

@@ -243,6 +243,37 @@ fn a_redialed_address_with_a_new_identity_gets_none_of_the_old_ones_messages() {
     assert_eq!(get(&net.stats(server).messages_in), 1);
 }
 
+/// A connection whose direction the node finished (replaced by another connection of the
+/// same peer) is closed if the peer has not finished its own within the stall timeout,
+/// instead of living on while the peer keeps it open.
+#[test]
+fn a_finished_connection_the_peer_keeps_open_is_closed_after_the_stall_timeout() {
+    let (mut net, server, client) = echo_pair(PoolConfig::default());
+    net.dial(client, server).expect("dial");
+    let key = net.ep(server).conns.keys()[0];
+    // The client never hears of it (so never finishes in turn).
+    let client_addr = net.addr(client);
+    net.unreachable.push(client_addr);
+    let now = net.now;
+    net.ep(server).finish_conn(key, now);
+    net.advance(DEFAULT_STALL_TIMEOUT - Duration::from_secs(1));
+    assert!(
+        net.ep(server)
+            .conns
+            .get(key)
+            .is_some_and(|c| !c.session.is_closing()),
+        "still open before the deadline"
+    );
+    net.advance(Duration::from_secs(2));
+    assert!(
+        net.ep(server)
+            .conns
+            .get(key)
+            .is_none_or(|c| c.session.is_closing()),
+        "closed once the peer had the stall timeout to finish"
+    );
+}
+
 #[test]
 fn each_connection_has_one_armed_deadline() {
     let (mut net, server, client) = echo_pair(PoolConfig {
