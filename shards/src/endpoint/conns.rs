@@ -57,6 +57,8 @@ pub(super) struct Conn {
     /// When it was: a peer that has not finished its own direction
     /// [`PoolConfig::stall_timeout`] later is closed ([`Conn::finish_deadline`]).
     pub(super) finished_at: Option<Instant>,
+    /// Listed in `Endpoint::resume` (more frames may be readable without a datagram).
+    pub(super) resuming: bool,
     /// Over the connection cap once authenticated: closing with CONNECTION_LIMIT.
     pub(super) refused: bool,
     /// Listed in `Endpoint::dirty` this turn.
@@ -371,6 +373,7 @@ impl Endpoint {
             peer: None,
             finished: false,
             finished_at: None,
+            resuming: false,
             refused: false,
             dirty: false,
             turn_accepted: None,

@@ -637,6 +637,11 @@ impl Endpoint {
             self.room_freed = true;
         }
         let mut keys: Vec<ConnKey> = std::mem::take(&mut self.resume);
+        for k in &keys {
+            if let Some(c) = self.conns.get_mut(*k) {
+                c.resuming = false;
+            }
+        }
         let mut redials = Vec::new();
         for k in self.timers.expired(now) {
             match k {

@@ -42,7 +42,10 @@ impl Endpoint {
             }
             if frames >= FRAMES_PER_TURN {
                 // More may be readable with no datagram coming to prompt us: resume soon.
-                if !self.resume.contains(&key) {
+                // Listed once (a flag, not a search: thousands of busy connections a turn).
+                if let Some(c) = self.conns.get_mut(key)
+                    && !std::mem::replace(&mut c.resuming, true)
+                {
                     self.resume.push(key);
                 }
                 return;
