@@ -23,12 +23,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 0, 500us, 50ms, 2s)"))
 }
 
+/// Parses a rate in messages (datagrams) per second: above zero and at most
+/// [`load::MAX_RATE`], which no generator reaches, so a typo cannot ask for a schedule of
+/// nonsense.
 fn parse_rate(s: &str) -> Result<f64, String> {
     let r: f64 = s.trim().parse().map_err(|_| format!("not a number: {s}"))?;
-    if r.is_finite() && r > 0.0 {
-        Ok(r)
-    } else {
+    if !(r.is_finite() && r > 0.0) {
         Err(format!("rate must be above zero: {s}"))
+    } else if r > load::MAX_RATE {
+        Err(format!(
+            "rate must be at most {:.0} (100 million) per second: {s}",
+            load::MAX_RATE
+        ))
+    } else {
+        Ok(r)
     }
 }
 
@@ -116,7 +124,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub target: SocketAddr,
     /// Messages per second offered in total (open loop: the schedule does not wait for
-    /// replies).
+    /// replies); at most 100,000,000.
     #[arg(long, default_value = "1000", value_parser = parse_rate)]
     pub rate: f64,
     /// Where to write latency.hgrm, latency.hlog and summary.json.
@@ -231,7 +239,8 @@ pub struct SweepArgs {
     /// Engine batch timeouts to compare (comma separated; 0 = end of processing turn).
     #[arg(long, value_delimiter = ',', default_value = "0,1ms", value_parser = parse_duration)]
     pub batch_timeouts: Vec<Duration>,
-    /// Offered rates to compare, messages per second (comma separated).
+    /// Offered rates to compare, messages per second (comma separated; each at most
+    /// 100,000,000).
     #[arg(long, value_delimiter = ',', default_value = "2000,10000", value_parser = parse_rate)]
     pub rates: Vec<f64>,
     /// Shards of each engine the sweep starts (pinned from core 0).
@@ -532,7 +541,7 @@ pub struct KneeArgs {
     /// p99 latency (from intended send time) a rate must hold.
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     pub p99_target: Duration,
-    /// First rate tried, messages per second.
+    /// First rate tried, messages per second (at most 100,000,000, as every rate).
     #[arg(long, default_value = "5000", value_parser = parse_rate)]
     pub min_rate: f64,
     /// Highest rate tried, messages per second.
@@ -643,7 +652,8 @@ pub struct CeilingArgs {
         default_value = "per-datagram,batched,offload"
     )]
     pub io: Vec<crate::ceiling::IoMode>,
-    /// One run per io mode at this rate (datagrams per second) instead of the knee search.
+    /// One run per io mode at this rate (datagrams per second, at most 100,000,000) instead
+    /// of the knee search.
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// Generator threads, each pinned to its own core from the last core down (the server
@@ -668,7 +678,8 @@ pub struct CeilingArgs {
     /// p99 latency (from intended send time) a rate must hold, as in `knee`.
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     pub p99_target: Duration,
-    /// First rate the search tries, datagrams per second.
+    /// First rate the search tries, datagrams per second (at most 100,000,000, as every
+    /// rate).
     #[arg(long, default_value = "10000", value_parser = parse_rate)]
     pub min_rate: f64,
     /// Highest rate the search tries, datagrams per second.
@@ -803,4 +814,19 @@ pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
     } else {
         0
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_above_zero_and_at_most_the_maximum() {
+        assert_eq!(parse_rate(" 2000 "), Ok(2000.0));
+        assert_eq!(parse_rate("1e8"), Ok(load::MAX_RATE));
+        for bad in ["0", "-1", "nan", "inf", "1.0000001e8", "1e12", "x"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert!(parse_rate("1e9").is_err_and(|e| e.contains("at most 100000000")));
+    }
 }

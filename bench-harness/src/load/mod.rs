@@ -59,6 +59,10 @@ pub const MAX_BACKLOG: Duration = Duration::from_millis(100);
 /// Messages one connection may send per pass, so one far-behind connection cannot keep the
 /// others from being serviced.
 const SENDS_PER_PASS: usize = 1024;
+/// Highest total rate accepted, messages per second: far above what one machine's
+/// generators send, and low enough that a run's sequence numbers stay exact in the `f64`
+/// arithmetic of its schedule.
+pub const MAX_RATE: f64 = 100_000_000.0;
 /// Time allowed for closing every connection after the run's deadline.
 pub const CLOSE_BUDGET: Duration = Duration::from_millis(500);
 pub use crate::summary::SATURATION_FRACTION;
@@ -206,6 +210,11 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     }
     if cfg.rate.is_nan() || cfg.rate <= 0.0 {
         return Err(LoadError::Config("rate must be above zero".into()));
+    }
+    if cfg.rate > MAX_RATE {
+        return Err(LoadError::Config(format!(
+            "rate must be at most {MAX_RATE:.0} msg/s"
+        )));
     }
     if cfg.message_size < PAYLOAD_HEADER {
         return Err(LoadError::Config(format!(

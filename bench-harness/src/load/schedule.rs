@@ -29,4 +29,22 @@ impl Schedule {
         // Rounded to the nearest nanosecond (the value is never negative).
         Duration::from_nanos(((seq as f64 + self.phase) * self.interval_ns + 0.5) as u64)
     }
+
+    /// The first message due at or after `t`: the inverse of [`Schedule::due`], so a
+    /// generator far behind its schedule skips what it refuses in one step instead of one
+    /// message at a time. The float estimate is off by a step or two at most (sequence
+    /// numbers stay far below 2^53 within the harness's rate and duration bounds); `due`
+    /// never decreases, so stepping from the estimate settles on the exact answer.
+    pub(super) fn first_due_from(&self, t: Duration) -> u64 {
+        let guess = (t.as_nanos() as f64 / self.interval_ns - self.phase).floor() - 1.0;
+        // Negative or NaN (an infinite interval) start at 0.
+        let mut k = if guess > 0.0 { guess as u64 } else { 0 };
+        while k > 0 && self.due(k - 1) >= t {
+            k -= 1;
+        }
+        while k < u64::MAX && self.due(k) < t {
+            k += 1;
+        }
+        k
+    }
 }

@@ -1,5 +1,128 @@
-use super::thread::{Unpublished, account_message};
+use super::thread::{Unpublished, account_message, refuse_stale};
 use super::*;
+
+/// A small deterministic generator for the table-free tests below (xorshift64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in `0..n` (n > 0), close enough for choosing test cases.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn config(warmup: Duration, duration: Duration, max_backlog: Duration) -> LoadConfig {
+    LoadConfig {
+        target: "127.0.0.1:9".parse().unwrap(),
+        threads: 1,
+        connections: 1,
+        rate: 1000.0,
+        duration,
+        warmup,
+        message_size: 64,
+        mode: Mode::Echo,
+        drain: max_backlog + Duration::from_secs(1),
+        pin: false,
+        max_backlog,
+    }
+}
+
+#[test]
+fn first_due_from_inverts_due() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..20_000 {
+        let n = 1 + rng.below(64) as usize;
+        let rate = [0.5, 3.0, 999.0, 1e4 / 3.0, 123_457.0, 2.5e6, 1e8][rng.below(7) as usize];
+        let s = Schedule::new(rate / n as f64, rng.below(n as u64) as usize, n);
+        // Around a message's due time (up to 2^43, beyond any run the bounds allow), and
+        // anywhere.
+        let bits = rng.below(44);
+        let k = rng.below(1 << bits);
+        let at = s.due(k).as_nanos() as u64;
+        for t in [
+            at.saturating_sub(1),
+            at,
+            at.saturating_add(1),
+            rng.below(1 << 40),
+            rng.below(1 << 50),
+        ] {
+            let t = Duration::from_nanos(t);
+            let f = s.first_due_from(t);
+            assert!(s.due(f) >= t, "{s:?} {t:?} {f}");
+            assert!(f == 0 || s.due(f - 1) < t, "{s:?} {t:?} {f}");
+        }
+    }
+}
+
+/// The one-message-at-a-time refusal loop `refuse_stale` replaces, as its reference.
+fn refuse_one_by_one(
+    s: Schedule,
+    mut seq: u64,
+    dead: bool,
+    elapsed: Duration,
+    cfg: &LoadConfig,
+) -> (u64, u64) {
+    let mut measured = 0;
+    loop {
+        let due = s.due(seq);
+        if due > elapsed || due >= cfg.warmup + cfg.duration {
+            break;
+        }
+        if !dead && elapsed.saturating_sub(due) <= cfg.max_backlog {
+            break;
+        }
+        if due >= cfg.warmup {
+            measured += 1;
+        }
+        seq += 1;
+    }
+    (seq, measured)
+}
+
+#[test]
+fn refusing_in_one_step_matches_refusing_one_by_one() {
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let ms = Duration::from_millis;
+    let mut many = 0;
+    for case in 0..3_000 {
+        let n = 1 + rng.below(16) as usize;
+        let rate = [1.0, 7.0, 1000.0, 3333.3, 40_000.0, 1e6 / 7.0, 1e6][rng.below(7) as usize];
+        let s = Schedule::new(rate / n as f64, rng.below(n as u64) as usize, n);
+        let cfg = config(
+            [ms(0), ms(1), ms(250), ms(1000)][rng.below(4) as usize],
+            [ms(1), ms(333), ms(1000)][rng.below(3) as usize],
+            [ms(1), ms(7), ms(100)][rng.below(3) as usize],
+        );
+        let end = cfg.warmup + cfg.duration + cfg.max_backlog + ms(5);
+        let elapsed = Duration::from_nanos(rng.below(end.as_nanos() as u64));
+        // From the start, or from a message due anywhere before `elapsed`.
+        let next_seq = match rng.below(3) {
+            0 => 0,
+            _ => s.first_due_from(Duration::from_nanos(
+                rng.below(elapsed.as_nanos() as u64 + 1),
+            )),
+        };
+        let dead = rng.below(4) == 0;
+        let got = refuse_stale(s, next_seq, dead, elapsed, &cfg);
+        assert_eq!(
+            got,
+            refuse_one_by_one(s, next_seq, dead, elapsed, &cfg),
+            "case {case}: {s:?} from {next_seq} at {elapsed:?}, dead {dead}, {cfg:?}"
+        );
+        if got.1 > 1000 {
+            many += 1;
+        }
+    }
+    // The cases include long runs of refusals, not only the edges.
+    assert!(many > 100, "{many}");
+}
 
 #[test]
 fn connections_interleave_into_one_evenly_spaced_schedule() {

@@ -176,11 +176,11 @@ pub(super) fn drive(
                     }
                     let measured = due >= warm_end;
                     if p.dead || elapsed.saturating_sub(due) > cfg.max_backlog {
-                        if measured {
-                            r.offered += 1;
-                            r.refused += 1;
-                        }
-                        p.next_seq += 1;
+                        let (next, n) = refuse_stale(p.schedule, p.next_seq, p.dead, elapsed, cfg);
+                        r.offered += n;
+                        r.refused += n;
+                        // `next` is past `next_seq` here; the `max` only guards the loop.
+                        p.next_seq = next.max(p.next_seq + 1);
                         continue;
                     }
                     if budget == 0 {
@@ -278,6 +278,34 @@ pub(super) fn drive(
     close_all(&mut peers, &mut r, origin, cfg, progress);
     r.flush_arrivals();
     r
+}
+
+/// Refuses at once every message of a connection from `next_seq` on that is due by
+/// `elapsed` (and before the schedule's end) and either belongs to a closed connection
+/// (`dead`) or is more than `max_backlog` late; returns the first message not refused and
+/// how many of the refused were in the measured phase. Constant time however far behind
+/// the generator is: one message at a time, a run at `--rate 1e8` that fell a second behind
+/// would spin through millions of refusals without reading a reply or checking the deadline.
+pub(super) fn refuse_stale(
+    schedule: Schedule,
+    next_seq: u64,
+    dead: bool,
+    elapsed: Duration,
+    cfg: &LoadConfig,
+) -> (u64, u64) {
+    let measure_end = cfg.warmup + cfg.duration;
+    // The first message not refused: due after `elapsed` for a closed connection, within
+    // the backlog bound otherwise; never past the schedule's end.
+    let keep = if dead {
+        schedule.first_due_from(elapsed + Duration::from_nanos(1))
+    } else if let Some(oldest) = elapsed.checked_sub(cfg.max_backlog) {
+        schedule.first_due_from(oldest)
+    } else {
+        return (next_seq, 0);
+    };
+    let end = keep.min(schedule.first_due_from(measure_end)).max(next_seq);
+    let measured_from = schedule.first_due_from(cfg.warmup).max(next_seq);
+    (end, end.saturating_sub(measured_from))
 }
 
 /// One connection's QUIC statistics, from connect until now (its active path's RTT and
