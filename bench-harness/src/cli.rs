@@ -89,8 +89,9 @@ pub struct LoadArgs {
     /// A connection holding 64 KiB the server has not taken (back-pressure) defers its next
     /// messages and sends them as soon as it can, their latency still counted from
     /// their intended time (what an application that buffers would see); one not taken
-    /// this long after its intended time is refused (counted, not sent). Shorter than
-    /// --drain.
+    /// this long after its intended time is refused (counted, not sent), and so is one the
+    /// generator itself got to this late (its lateness then counts in the harness lag).
+    /// Shorter than --drain.
     // The default is load::MAX_BACKLOG, which library callers get.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub max_backlog: Duration,
@@ -300,7 +301,8 @@ fn disturbed_part(n: usize) -> String {
 pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
     let l = &s.latency_ms;
     println!(
-        "offered {} ({:.0}/s asked), sent {}, refused {} (back-pressure), achieved {:.0}/s over {:.2} s; \
+        "offered {} ({:.0}/s asked), sent {}, refused {} (back-pressure, closed connection, or the \
+         generator more than --max-backlog behind), achieved {:.0}/s over {:.2} s; \
          received {}, lost {}, corrupted {}, errors {}; wall time {:.2} s",
         s.offered,
         s.config.rate,

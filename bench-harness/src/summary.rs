@@ -158,7 +158,7 @@ pub struct Counts {
     /// Messages the schedule called for (sent + refused).
     pub offered: u64,
     /// Messages not sent because their connection did not take them within the backlog
-    /// bound (back-pressure) or had closed.
+    /// bound (back-pressure), had closed, or the generator was further behind than that.
     pub refused: u64,
     /// Messages sent late because their connection pushed back first (of `sent`).
     pub deferred: u64,
@@ -291,7 +291,8 @@ pub struct Summary {
     #[serde(default)]
     pub deferred: u64,
     /// Messages not sent: their connection did not take them within the backlog bound of
-    /// their intended time (back-pressure from the engine) or had closed.
+    /// their intended time (back-pressure from the engine), had closed, or the generator
+    /// was more than the backlog bound behind them (its lag shows that).
     #[serde(default)]
     pub refused: u64,
     /// Connections that closed or failed during the run.

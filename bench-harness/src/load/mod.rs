@@ -119,7 +119,10 @@ pub struct LoadResult {
     pub latency: Histogram<u64>,
     /// The same, one histogram per second of the measured phase (for the interval log).
     pub intervals: Vec<Histogram<u64>>,
-    /// How late the harness sent each message against its schedule, nanoseconds.
+    /// How late the harness sent each measured message against its schedule, nanoseconds
+    /// (deferred ones excepted: their wait was the connection's). A measured message
+    /// refused for lateness that its connection had not pushed back for counts with how
+    /// late it was when refused: the generator itself fell behind, and its lag shows it.
     pub lag: Histogram<u64>,
     /// Messages the schedule called for in the measured phase (sent + refused).
     pub offered: u64,
@@ -130,7 +133,8 @@ pub struct LoadResult {
     /// `max_backlog`; their latency counts from their intended time.
     pub deferred: u64,
     /// Measured-phase messages not sent: their connection did not take them within
-    /// `max_backlog` of their intended time (back-pressure), or had closed.
+    /// `max_backlog` of their intended time (back-pressure), had closed, or the generator
+    /// itself was more than `max_backlog` behind them (then their lateness is in `lag`).
     pub refused: u64,
     /// Connections that closed (or failed) during the run.
     pub connection_errors: u64,

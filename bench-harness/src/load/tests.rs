@@ -61,13 +61,16 @@ fn first_due_from_inverts_due() {
     }
 }
 
-/// The one-message-at-a-time refusal loop `refuse_stale` replaces, as its reference.
+/// The one-message-at-a-time refusal loop `refuse_stale` replaces, as its reference: the
+/// first message not refused, the measured refused, and the exact lateness of those the
+/// generator itself was late for.
 fn refuse_one_by_one(
     s: Schedule,
     mut seq: u64,
-    dead: bool,
+    (dead, full_at): (bool, Option<Duration>),
     elapsed: Duration,
     cfg: &LoadConfig,
+    lag: &mut Histogram<u64>,
 ) -> (u64, u64) {
     let mut measured = 0;
     loop {
@@ -80,6 +83,9 @@ fn refuse_one_by_one(
         }
         if due >= cfg.warmup {
             measured += 1;
+            if !dead && full_at.is_none_or(|t| due > t) {
+                lag.record((elapsed - due).as_nanos() as u64).unwrap();
+            }
         }
         seq += 1;
     }
@@ -90,8 +96,8 @@ fn refuse_one_by_one(
 fn refusing_in_one_step_matches_refusing_one_by_one() {
     let mut rng = Rng(0x0123_4567_89ab_cdef);
     let ms = Duration::from_millis;
-    let mut many = 0;
-    for case in 0..3_000 {
+    let (mut many, mut lagged) = (0, 0);
+    for case in 0..2_000 {
         let n = 1 + rng.below(16) as usize;
         let rate = [1.0, 7.0, 1000.0, 3333.3, 40_000.0, 1e6 / 7.0, 1e6][rng.below(7) as usize];
         let s = Schedule::new(rate / n as f64, rng.below(n as u64) as usize, n);
@@ -102,49 +108,47 @@ fn refusing_in_one_step_matches_refusing_one_by_one() {
         );
         let end = cfg.warmup + cfg.duration + cfg.max_backlog + ms(5);
         let elapsed = Duration::from_nanos(rng.below(end.as_nanos() as u64));
+        let before = |rng: &mut Rng| Duration::from_nanos(rng.below(elapsed.as_nanos() as u64 + 1));
         // From the start, or from a message due anywhere before `elapsed`.
         let next_seq = match rng.below(3) {
             0 => 0,
-            _ => s.first_due_from(Duration::from_nanos(
-                rng.below(elapsed.as_nanos() as u64 + 1),
-            )),
+            _ => s.first_due_from(before(&mut rng)),
         };
         let dead = rng.below(4) == 0;
-        let got = refuse_stale(s, next_seq, dead, elapsed, &cfg);
-        assert_eq!(
-            got,
-            refuse_one_by_one(s, next_seq, dead, elapsed, &cfg),
-            "case {case}: {s:?} from {next_seq} at {elapsed:?}, dead {dead}, {cfg:?}"
+        // The connection never pushed back, or last did at some point before `elapsed`.
+        let full_at = match rng.below(2) {
+            0 => None,
+            _ => Some(before(&mut rng)),
+        };
+        let (mut got_lag, mut want_lag) = (new_hist(), new_hist());
+        let got = refuse_stale(s, next_seq, (dead, full_at), elapsed, &cfg, &mut got_lag);
+        let want = refuse_one_by_one(s, next_seq, (dead, full_at), elapsed, &cfg, &mut want_lag);
+        let what = format!(
+            "case {case}: {s:?} from {next_seq} at {elapsed:?}, dead {dead}, full at {full_at:?}, {cfg:?}"
         );
+        assert_eq!(got, want, "{what}");
+        // Every message the generator was late for is in the lag; up to 64 exactly, more
+        // at most 1/64 of their spread (and the histogram's precision) less late.
+        assert_eq!(got_lag.len(), want_lag.len(), "{what}");
+        if want_lag.len() <= 64 {
+            assert_eq!(got_lag, want_lag, "{what}");
+        } else {
+            let slack = (want_lag.max() - want_lag.min()) / 64 + want_lag.max() / 500 + 1;
+            for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+                let (g, w) = (got_lag.value_at_quantile(q), want_lag.value_at_quantile(q));
+                assert!(
+                    g <= w + w / 500 && g + slack >= w,
+                    "q {q}: {g} against {w}, {what}"
+                );
+            }
+            lagged += 1;
+        }
         if got.1 > 1000 {
             many += 1;
         }
     }
-    // The cases include long runs of refusals, not only the edges.
-    assert!(many > 100, "{many}");
-}
-
-#[test]
-fn connections_interleave_into_one_evenly_spaced_schedule() {
-    // 4 connections at 1000 msg/s each: together one message every 250 us.
-    let n = 4;
-    let mut due: Vec<Duration> = (0..n)
-        .flat_map(|i| {
-            let s = Schedule::new(1000.0, i, n);
-            (0..100).map(move |k| s.due(k))
-        })
-        .collect();
-    due.sort();
-    assert_eq!(due[0], Duration::ZERO);
-    for w in due.windows(2) {
-        let gap = w[1] - w[0];
-        let off = gap.abs_diff(Duration::from_micros(250));
-        assert!(off < Duration::from_nanos(10), "gap {gap:?}");
-    }
-    // A connection's own messages stay `1/rate` apart.
-    let s = Schedule::new(1000.0, 3, n);
-    assert_eq!(s.due(0), Duration::from_micros(750));
-    assert_eq!(s.due(10) - s.due(9), Duration::from_millis(1));
+    // The cases include long runs of refusals and of lateness, not only the edges.
+    assert!(many > 100 && lagged > 100, "{many} {lagged}");
 }
 
 #[test]

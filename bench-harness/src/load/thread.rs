@@ -176,7 +176,14 @@ pub(super) fn drive(
                     }
                     let measured = due >= warm_end;
                     if p.dead || elapsed.saturating_sub(due) > cfg.max_backlog {
-                        let (next, n) = refuse_stale(p.schedule, p.next_seq, p.dead, elapsed, cfg);
+                        let (next, n) = refuse_stale(
+                            p.schedule,
+                            p.next_seq,
+                            (p.dead, p.full_at),
+                            elapsed,
+                            cfg,
+                            &mut r.lag,
+                        );
                         r.offered += n;
                         r.refused += n;
                         // `next` is past `next_seq` here; the `max` only guards the loop.
@@ -286,12 +293,18 @@ pub(super) fn drive(
 /// how many of the refused were in the measured phase. Constant time however far behind
 /// the generator is: one message at a time, a run at `--rate 1e8` that fell a second behind
 /// would spin through millions of refusals without reading a reply or checking the deadline.
+///
+/// A measured message refused for lateness that its connection had not pushed back for
+/// (due after `full_at`, or no push-back at all) was refused because the generator itself
+/// fell behind: its lateness goes into `lag`, so the harness's lag shows the stall instead
+/// of the refusal passing for back-pressure.
 pub(super) fn refuse_stale(
     schedule: Schedule,
     next_seq: u64,
-    dead: bool,
+    (dead, full_at): (bool, Option<Duration>),
     elapsed: Duration,
     cfg: &LoadConfig,
+    lag: &mut Histogram<u64>,
 ) -> (u64, u64) {
     let measure_end = cfg.warmup + cfg.duration;
     // The first message not refused: due after `elapsed` for a closed connection, within
@@ -305,7 +318,43 @@ pub(super) fn refuse_stale(
     };
     let end = keep.min(schedule.first_due_from(measure_end)).max(next_seq);
     let measured_from = schedule.first_due_from(cfg.warmup).max(next_seq);
+    if !dead {
+        let generator_late_from = match full_at {
+            Some(t) => schedule.first_due_from(t + Duration::from_nanos(1)),
+            None => 0,
+        };
+        record_lateness(
+            lag,
+            schedule,
+            measured_from.max(generator_late_from)..end,
+            elapsed,
+        );
+    }
     (end, end.saturating_sub(measured_from))
+}
+
+/// Lateness samples [`record_lateness`] records at most per call.
+const LATENESS_RUNS: u64 = 64;
+
+/// Records in `lag` how late each of the messages `seqs` is at `elapsed`: up to
+/// [`LATENESS_RUNS`] one by one, more in that many equal runs of consecutive messages, each
+/// run at the lateness of its least late message. Constant time, and never more than the
+/// true lateness (by at most 1/64 of the range's spread).
+pub(super) fn record_lateness(
+    lag: &mut Histogram<u64>,
+    schedule: Schedule,
+    seqs: std::ops::Range<u64>,
+    elapsed: Duration,
+) {
+    let n = seqs.end.saturating_sub(seqs.start);
+    let runs = n.min(LATENESS_RUNS);
+    // The offset of run `i`'s first message (`i` = `runs`: one past the last).
+    let at = |i: u64| seqs.start + (u128::from(n) * u128::from(i) / u128::from(runs)) as u64;
+    for i in 0..runs {
+        let (first, end) = (at(i), at(i + 1));
+        let late = elapsed.saturating_sub(schedule.due(end - 1));
+        lag.saturating_record_n(late.as_nanos() as u64, end - first);
+    }
 }
 
 /// One connection's QUIC statistics, from connect until now (its active path's RTT and
