@@ -145,19 +145,23 @@ pub(super) fn drive(
     // Which peers' sockets the last poll(2) found readable; before the first, all.
     let mut readable: Vec<bool> = vec![true; peers.len()];
     'run: loop {
-        let now = Instant::now();
-        if now >= hard_deadline {
+        let pass_start = Instant::now();
+        if pass_start >= hard_deadline {
             break;
         }
-        let elapsed = now.saturating_duration_since(origin);
         // Whether any peer still has messages due before the schedule's end (a pass that
         // starts just after the end still sends what fell due just before it).
         let mut sending = false;
-        let mut next_due = now + Duration::from_millis(1);
+        let mut next_due = pass_start + Duration::from_millis(1);
         for (p, &ready) in peers.iter_mut().zip(readable.iter()) {
-            if Instant::now() >= hard_deadline {
+            // The clock is read once per peer, not once per pass: with many connections a
+            // later peer's messages go out a good part of a pass later, and its lag and due
+            // check must see that.
+            let now = Instant::now();
+            if now >= hard_deadline {
                 break 'run;
             }
+            let elapsed = now.saturating_duration_since(origin);
             // Whether the connection pushed back this pass.
             let mut pushed_back = false;
             {
