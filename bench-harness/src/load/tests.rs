@@ -1,5 +1,6 @@
-use super::thread::{Unpublished, account_message, refuse_stale};
+use super::thread::{Unpublished, account_message, record, refuse_stale};
 use super::*;
+use shards::shard::Delivery;
 
 /// A small deterministic generator for the table-free tests below (xorshift64).
 struct Rng(u64);
@@ -207,6 +208,40 @@ fn only_measured_replies_count_towards_the_drain() {
         account_message(&mut r, &p, at, &cfg);
     }
     assert_eq!((r.corrupted, r.unpublished.measured_done), (3, 2));
+}
+
+#[test]
+fn replies_after_the_drain_are_not_counted() {
+    // Measured phase 1..4 s, drain until 5 s.
+    let cfg = config(
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+        Duration::from_millis(100),
+    );
+    let cfg = LoadConfig {
+        drain: Duration::from_secs(1),
+        ..cfg
+    };
+    let s = Schedule::new(1000.0, 0, 1);
+    let reply = |seq| Delivery::Message {
+        from: PeerId([0; 16]),
+        seq,
+        payload: payload(seq, s.due(seq).as_nanos() as u64, 64),
+    };
+    let mut r = ThreadResult::new();
+    let just_before = Duration::from_secs(5) - Duration::from_nanos(1);
+    assert!(record(&mut r, reply(1500), just_before, s, &cfg).is_some());
+    assert_eq!((r.received, r.unpublished.measured_done), (1, 1));
+    // At or after the end of the drain the message stays lost; the buffer is still given
+    // back for reuse.
+    for at in [Duration::from_secs(5), Duration::from_secs(6)] {
+        assert!(record(&mut r, reply(1501), at, s, &cfg).is_some());
+    }
+    assert_eq!((r.received, r.unpublished.measured_done), (1, 1));
+    assert_eq!(
+        (r.corrupted, r.latency.len(), r.unpublished.received),
+        (0, 1, 1)
+    );
 }
 
 #[test]

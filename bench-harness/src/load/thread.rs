@@ -391,8 +391,10 @@ pub(super) fn quic_stats(c: &mut Client) -> Option<QuicStats> {
     active.then_some(q)
 }
 
-/// Closes every connection at once: FIN on all, then service all (collecting late
-/// replies) until all are closed or [`CLOSE_BUDGET`] passes, then close what is left.
+/// Closes every connection at once: FIN on all, then service all until all are closed or
+/// [`CLOSE_BUDGET`] passes, then close what is left. Replies read meanwhile count only if
+/// they arrived before the end of the drain ([`record`]): when every measured message was
+/// accounted for early, closing starts before it, and warm-up replies may still come.
 pub(super) fn close_all(
     peers: &mut [Peer],
     r: &mut ThreadResult,
@@ -437,6 +439,8 @@ pub(super) fn close_all(
 /// message's payload for the client to reuse.
 /// `schedule` is that of the connection it arrived on: an error record is about a message
 /// that connection sent, whose intended time its sequence number gives.
+/// A delivery read at or after the end of the drain (the last pass, or while closing) is
+/// not counted: a message not answered by then is lost, however soon after it comes.
 pub(super) fn record(
     r: &mut ThreadResult,
     d: Delivery,
@@ -446,6 +450,12 @@ pub(super) fn record(
 ) -> Option<Vec<u8>> {
     let warm_end = cfg.warmup;
     let measure_end = cfg.warmup + cfg.duration;
+    if at >= measure_end + cfg.drain {
+        return match d {
+            Delivery::Message { payload, .. } => Some(payload),
+            Delivery::Error(_) => None,
+        };
+    }
     r.unpublished.received += 1;
     match d {
         Delivery::Message { payload: body, .. } => {
