@@ -323,6 +323,12 @@ pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
             s.deferred
         );
     }
+    if s.duplicates > 0 {
+        println!(
+            "duplicated replies (a second reply to one message, not counted as received): {}",
+            s.duplicates
+        );
+    }
     if s.connection_errors > 0 {
         println!(
             "connections closed or failed during the run: {}",
@@ -383,8 +389,8 @@ pub fn print_summary(s: &Summary, r: Option<&LoadResult>) {
     }
 }
 
-/// Runs `bench-harness run`; returns the process exit code: 1 when anything was lost or
-/// corrupted, 2 when the run was saturated (unless `--allow-saturation`), else 0.
+/// Runs `bench-harness run`; returns the process exit code: 1 when anything was lost,
+/// corrupted or duplicated, 2 when the run was saturated (unless `--allow-saturation`), else 0.
 pub fn run_cmd(a: &RunArgs) -> anyhow::Result<i32> {
     let cfg = a.load.to_config(a.target, a.rate);
     let progress = Arc::new(Progress::default());
@@ -470,8 +476,11 @@ fn count_syscalls(
 }
 
 fn exit_code(s: &Summary, allow_saturation: bool) -> i32 {
-    if s.lost > 0 || s.corrupted > 0 {
-        eprintln!("{} lost, {} corrupted", s.lost, s.corrupted);
+    if s.lost > 0 || s.corrupted > 0 || s.duplicates > 0 {
+        eprintln!(
+            "{} lost, {} corrupted, {} duplicated",
+            s.lost, s.corrupted, s.duplicates
+        );
         1
     } else if s.saturated && !allow_saturation {
         eprintln!(

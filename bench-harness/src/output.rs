@@ -62,6 +62,7 @@ pub fn summarize(meta: &RunMeta, result: &LoadResult) -> Summary {
         received: result.received,
         lost: result.lost(),
         corrupted: result.corrupted,
+        duplicates: result.duplicates,
         errors: result.errors.clone(),
     };
     let timing = Timing {

@@ -172,6 +172,8 @@ pub struct Counts {
     pub lost: u64,
     /// Messages received with a wrong payload.
     pub corrupted: u64,
+    /// Second or later replies to one message (not counted as received).
+    pub duplicates: u64,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
 }
@@ -315,6 +317,10 @@ pub struct Summary {
     pub lost: u64,
     /// Messages received with a wrong payload.
     pub corrupted: u64,
+    /// Second or later replies to one message: a server fault, not counted as received
+    /// (each would hide a lost message). 0 in results written before they were counted.
+    #[serde(default)]
+    pub duplicates: u64,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
     /// Round-trip latency (from scheduled send time, so coordinated omission is included).
@@ -385,6 +391,7 @@ impl Summary {
             received: counts.received,
             lost: counts.lost,
             corrupted: counts.corrupted,
+            duplicates: counts.duplicates,
             errors: counts.errors,
             latency_ms: Percentiles::from_histogram_ns(latency_ns),
             harness_lag_ms: LagPercentiles::from_histogram_ns(harness_lag_ns),
@@ -537,6 +544,7 @@ mod tests {
             received: 24952,
             lost: 43,
             corrupted: 0,
+            duplicates: 0,
             errors: BTreeMap::from([("timeout".to_owned(), 3)]),
             latency_ms: Percentiles::default(),
             harness_lag_ms: LagPercentiles::default(),

@@ -77,6 +77,7 @@ fn run_dir(root: &Path, name: &str, batch: u32, rate: f64, base_us: u64) -> Path
         received: (rate * 2.0) as u64 - 3,
         lost: 3,
         corrupted: 0,
+        duplicates: 0,
         errors: BTreeMap::new(),
     };
     let lag = Histogram::<u64>::new(3).unwrap();

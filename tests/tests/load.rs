@@ -209,6 +209,52 @@ fn back_pressure_defers_messages_until_the_backlog_bound() {
     }
 }
 
+/// A server that answers every message twice: the second replies are counted as duplicates,
+/// not as received, so they hide no loss and do not end the drain early; every first reply
+/// matches its connection's schedule (nothing counted corrupted).
+#[test]
+fn duplicated_replies_are_counted_apart_and_hide_no_loss() {
+    let mut ecfg = EngineConfig::loopback(1);
+    ecfg.app = AppKind::Channel;
+    let e = Arc::new(Engine::start(ecfg).unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let (e2, d2) = (e.clone(), done.clone());
+    let app = std::thread::spawn(move || {
+        while !d2.load(Ordering::Relaxed) {
+            let Some(Delivery::Message { from, payload, .. }) =
+                e2.recv_timeout(Duration::from_millis(20))
+            else {
+                continue;
+            };
+            if e2.send(from, payload.clone()).is_err() || e2.send(from, payload).is_err() {
+                return;
+            }
+        }
+    });
+    let cfg = LoadConfig {
+        target: e.local_addr(),
+        threads: 1,
+        connections: 2,
+        rate: 1_000.0,
+        duration: Duration::from_millis(500),
+        warmup: Duration::from_millis(100),
+        message_size: 32,
+        mode: Mode::Echo,
+        drain: Duration::from_secs(2),
+        pin: false,
+        max_backlog: bench_harness::load::MAX_BACKLOG,
+    };
+    let r = load::run(&cfg, Arc::new(Progress::default())).unwrap();
+    done.store(true, Ordering::Relaxed);
+    app.join().unwrap();
+    assert_eq!(r.offered, 500, "{r:?}");
+    assert_eq!((r.sent, r.received, r.lost()), (500, 500, 0), "{r:?}");
+    assert_eq!((r.corrupted, r.measured_corrupted), (0, 0), "{r:?}");
+    // Warm-up messages were duplicated too; the last replies' second copies may come after
+    // the drain ended, which it does as soon as every measured message is back.
+    assert!(r.duplicates >= 450, "{r:?}");
+}
+
 /// Two configurations of about a second each: every run directory and every comparison
 /// file is written, and nothing is lost.
 #[test]

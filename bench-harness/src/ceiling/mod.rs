@@ -316,6 +316,9 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
         connection_errors: 0,
         received,
         corrupted,
+        // The tally does not tell corrupted replies' phases apart.
+        measured_corrupted: corrupted,
+        duplicates,
         errors: Default::default(),
         elapsed: cfg.duration,
         receive_window: cfg.duration.max(p99_arrival),

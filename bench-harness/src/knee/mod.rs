@@ -67,6 +67,9 @@ pub fn verdict(s: &Summary, p99_target: Duration) -> Result<(), String> {
             s.lost, s.refused, s.corrupted, errors
         ));
     }
+    if s.duplicates > 0 {
+        return Err(format!("{} replies duplicated", s.duplicates));
+    }
     if s.latency_ms.p99 > target_ms {
         return Err(format!(
             "p99 {:.3} ms above {:.3} ms",

@@ -319,3 +319,14 @@ fn stops_at_max_steps_with_a_lower_bound() {
         (Some(16.0), None, true)
     );
 }
+
+#[test]
+fn a_duplicated_reply_fails_a_run() {
+    let mut s = run_summary(1000.0, 1, 0);
+    assert_eq!(verdict(&s, Duration::from_millis(10)), Ok(()));
+    s.duplicates = 2;
+    assert_eq!(
+        verdict(&s, Duration::from_millis(10)),
+        Err("2 replies duplicated".into())
+    );
+}

@@ -34,12 +34,14 @@ use shards::wire::PeerId;
 
 use crate::summary::QuicStats;
 
+mod inbound;
 mod payload;
 mod schedule;
 #[cfg(test)]
 mod tests;
 mod thread;
 
+use inbound::Inbound;
 pub use payload::{parse_payload, payload, write_payload};
 use schedule::Schedule;
 use thread::{Peer, ThreadResult, drive};
@@ -140,8 +142,16 @@ pub struct LoadResult {
     pub connection_errors: u64,
     /// Of those, received back intact.
     pub received: u64,
-    /// Received with a payload that did not match what was sent.
+    /// Received with a payload that did not match what was sent: its filler or length, or
+    /// a sequence number and intended time that are not those of a message sent to that
+    /// connection (all phases).
     pub corrupted: u64,
+    /// Of `corrupted`, those whose header places them in the measured phase: what
+    /// [`LoadResult::lost`] sets against the measured messages sent.
+    pub measured_corrupted: u64,
+    /// Second or later replies to one message (all phases): a server fault, and not
+    /// counted as received, where each would hide a lost message.
+    pub duplicates: u64,
     /// Error records by kind (for example `UnknownDestination`).
     pub errors: std::collections::BTreeMap<String, u64>,
     /// Wall time of the measured phase.
@@ -161,10 +171,12 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
-    /// Measured-phase messages that never came back.
+    /// Measured-phase messages that never came back (neither intact, nor corrupted, nor
+    /// answered with an error record; duplicates do not count).
     pub fn lost(&self) -> u64 {
-        self.sent
-            .saturating_sub(self.received + self.corrupted + self.errors.values().sum::<u64>())
+        self.sent.saturating_sub(
+            self.received + self.measured_corrupted + self.errors.values().sum::<u64>(),
+        )
     }
 
     /// Replies per second over the real receive window (not the schedule's duration: a
@@ -270,10 +282,12 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     let per_conn = cfg.rate / cfg.connections as f64;
     let conns = clients.len();
     let mut groups: Vec<Vec<Peer>> = (0..cfg.threads).map(|_| Vec::new()).collect();
+    let measure_end = cfg.warmup + cfg.duration;
     for (i, client) in clients.into_iter().enumerate() {
-        let dst = match cfg.mode {
-            Mode::Echo => client.node_id(),
-            Mode::Relay => ids[(i + 1) % ids.len()],
+        // In relay mode connection `i` sends to `i + 1`, so it receives what `i - 1` sends.
+        let (dst, from) = match cfg.mode {
+            Mode::Echo => (client.node_id(), i),
+            Mode::Relay => (ids[(i + 1) % ids.len()], (i + conns - 1) % conns),
         };
         groups[i % cfg.threads].push(Peer {
             client,
@@ -282,6 +296,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
             next_seq: 0,
             dead: false,
             full_at: None,
+            inbound: Inbound::new(Schedule::new(per_conn, from, conns), measure_end),
         });
     }
     let cores: Vec<core_affinity::CoreId> = core_affinity::get_core_ids().unwrap_or_default();
@@ -342,6 +357,8 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         let _ = total.arrivals.add(&r.arrivals);
         total.received += r.received;
         total.corrupted += r.corrupted;
+        total.measured_corrupted += r.measured_corrupted;
+        total.duplicates += r.duplicates;
         for (k, v) in r.errors {
             *total.errors.entry(k).or_default() += v;
         }
@@ -365,6 +382,8 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         connection_errors: total.connection_errors,
         received: total.received,
         corrupted: total.corrupted,
+        measured_corrupted: total.measured_corrupted,
+        duplicates: total.duplicates,
         errors: total.errors,
         elapsed: cfg.duration,
         receive_window,

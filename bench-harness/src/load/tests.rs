@@ -179,35 +179,132 @@ fn unpublished_counts_reach_progress_once() {
 #[test]
 fn only_measured_replies_count_towards_the_drain() {
     let cfg = LoadConfig {
-        target: "127.0.0.1:9".parse().unwrap(),
-        threads: 1,
-        connections: 1,
-        rate: 1000.0,
-        duration: Duration::from_secs(3),
-        warmup: Duration::from_secs(1),
-        message_size: 64,
-        mode: Mode::Echo,
         drain: Duration::from_secs(1),
-        pin: false,
-        max_backlog: MAX_BACKLOG,
+        ..config(Duration::from_secs(1), Duration::from_secs(3), MAX_BACKLOG)
     };
+    // One message a millisecond: message k is due at k ms.
+    let s = Schedule::new(1000.0, 0, 1);
+    let mut inbound = Inbound::new(s, cfg.warmup + cfg.duration);
     let mut r = ThreadResult::new();
     let at = Duration::from_secs(2);
-    let warm = Duration::from_millis(500).as_nanos() as u64;
-    let measured = Duration::from_millis(1500).as_nanos() as u64;
+    let (warm, measured) = (500, 1500);
+    let due = |seq| s.due(seq).as_nanos() as u64;
     // Intact: a warm-up reply is not measured, a measured one is.
-    account_message(&mut r, &payload(1, warm, 64), at, &cfg);
-    account_message(&mut r, &payload(2, measured, 64), at, &cfg);
+    account_message(
+        &mut r,
+        &payload(warm, due(warm), 64),
+        at,
+        &mut inbound,
+        &cfg,
+    );
+    account_message(
+        &mut r,
+        &payload(measured, due(measured), 64),
+        at,
+        &mut inbound,
+        &cfg,
+    );
     assert_eq!((r.received, r.unpublished.measured_done), (1, 1));
     // Corrupted: all counted as corrupted, but only the one whose header places it in
-    // the measured phase is accounted for in the drain; an unreadable one is not.
-    for (intended, size) in [(warm, 64), (measured, 64), (measured, 12)] {
-        let mut p = payload(3, intended, 64);
+    // the measured phase is accounted for in the drain and against the measured messages
+    // sent; an unreadable one is neither.
+    for (seq, size) in [(warm, 64), (measured + 1, 64), (measured + 2, 12)] {
+        let mut p = payload(seq, due(seq), 64);
         p[40] ^= 1;
         p.truncate(size);
-        account_message(&mut r, &p, at, &cfg);
+        account_message(&mut r, &p, at, &mut inbound, &cfg);
     }
     assert_eq!((r.corrupted, r.unpublished.measured_done), (3, 2));
+    assert_eq!(r.measured_corrupted, 1);
+}
+
+#[test]
+fn duplicated_and_mismatched_replies_are_not_received() {
+    let cfg = LoadConfig {
+        drain: Duration::from_secs(1),
+        ..config(Duration::from_secs(1), Duration::from_secs(3), MAX_BACKLOG)
+    };
+    // Connection 1 of 2 at 1000 msg/s: message k is due at k ms + 0.5 ms; the schedule
+    // ends with message 3999.
+    let s = Schedule::new(1000.0, 1, 2);
+    let mut inbound = Inbound::new(s, cfg.warmup + cfg.duration);
+    let mut r = ThreadResult::new();
+    let at = Duration::from_secs(4);
+    let due = |seq| s.due(seq).as_nanos() as u64;
+    for seq in [0, 1500, 1501, 3999] {
+        account_message(&mut r, &payload(seq, due(seq), 64), at, &mut inbound, &cfg);
+    }
+    assert_eq!((r.received, r.duplicates, r.corrupted), (3, 0, 0));
+    // Each again, several times: duplicates, neither received nor accounted for.
+    for _ in 0..3 {
+        for seq in [0, 1500, 1501, 3999] {
+            account_message(&mut r, &payload(seq, due(seq), 64), at, &mut inbound, &cfg);
+        }
+    }
+    assert_eq!((r.received, r.duplicates, r.corrupted), (3, 12, 0));
+    assert_eq!(r.unpublished.measured_done, 3);
+    // Intact payloads that are not messages of this schedule: another connection's
+    // intended time, a sequence number past the schedule's end, a message not due yet.
+    let mismatched = [
+        payload(
+            1600,
+            Schedule::new(1000.0, 0, 2).due(1600).as_nanos() as u64,
+            64,
+        ),
+        payload(4000, due(4000), 64),
+        payload(1700, due(1700), 64),
+    ];
+    for p in &mismatched[..2] {
+        account_message(&mut r, p, at, &mut inbound, &cfg);
+    }
+    account_message(
+        &mut r,
+        &mismatched[2],
+        Duration::from_millis(1600),
+        &mut inbound,
+        &cfg,
+    );
+    assert_eq!((r.received, r.duplicates, r.corrupted), (3, 12, 3));
+    // Only the two whose header says measured phase count against the measured messages.
+    assert_eq!(r.measured_corrupted, 2);
+    // The genuine 1700 still counts once it comes.
+    account_message(
+        &mut r,
+        &payload(1700, due(1700), 64),
+        at,
+        &mut inbound,
+        &cfg,
+    );
+    assert_eq!(r.received, 4);
+}
+
+#[test]
+fn lost_counts_measured_corrupted_replies_only() {
+    let mut r = LoadResult {
+        latency: new_hist(),
+        intervals: Vec::new(),
+        lag: new_hist(),
+        offered: 10,
+        sent: 10,
+        deferred: 0,
+        refused: 0,
+        connection_errors: 0,
+        received: 7,
+        corrupted: 5,
+        measured_corrupted: 1,
+        duplicates: 4,
+        errors: Default::default(),
+        elapsed: Duration::from_secs(1),
+        receive_window: Duration::from_secs(1),
+        wall_time: Duration::from_secs(1),
+        steal: None,
+        started_at: std::time::SystemTime::UNIX_EPOCH,
+        quic: Default::default(),
+    };
+    // Warm-up corruption and duplicates hide no measured loss.
+    assert_eq!(r.lost(), 2);
+    r.errors.insert("UnknownDestination".into(), 2);
+    assert_eq!(r.lost(), 0);
 }
 
 #[test]
@@ -223,6 +320,7 @@ fn replies_after_the_drain_are_not_counted() {
         ..cfg
     };
     let s = Schedule::new(1000.0, 0, 1);
+    let mut inbound = Inbound::new(s, cfg.warmup + cfg.duration);
     let reply = |seq| Delivery::Message {
         from: PeerId([0; 16]),
         seq,
@@ -230,12 +328,12 @@ fn replies_after_the_drain_are_not_counted() {
     };
     let mut r = ThreadResult::new();
     let just_before = Duration::from_secs(5) - Duration::from_nanos(1);
-    assert!(record(&mut r, reply(1500), just_before, s, &cfg).is_some());
+    assert!(record(&mut r, reply(1500), just_before, s, &mut inbound, &cfg).is_some());
     assert_eq!((r.received, r.unpublished.measured_done), (1, 1));
     // At or after the end of the drain the message stays lost; the buffer is still given
     // back for reuse.
     for at in [Duration::from_secs(5), Duration::from_secs(6)] {
-        assert!(record(&mut r, reply(1501), at, s, &cfg).is_some());
+        assert!(record(&mut r, reply(1501), at, s, &mut inbound, &cfg).is_some());
     }
     assert_eq!((r.received, r.unpublished.measured_done), (1, 1));
     assert_eq!(

@@ -9,6 +9,7 @@ use shards::client::Client;
 use shards::shard::Delivery;
 use shards::wire::PeerId;
 
+use super::inbound::{Arrival, Inbound};
 use super::schedule::Schedule;
 use super::{
     CLOSE_BUDGET, LoadConfig, PAYLOAD_HEADER, Progress, SENDS_PER_PASS, new_hist, parse_payload,
@@ -28,6 +29,8 @@ pub(super) struct Peer {
     /// When (after the run's origin) the connection last pushed back: messages due by then
     /// and sent later were deferred by back-pressure, and their lateness is not the harness's.
     pub(super) full_at: Option<Duration>,
+    /// The messages arriving on this connection and which of them came back.
+    pub(super) inbound: Inbound,
 }
 
 pub(super) struct ThreadResult {
@@ -41,6 +44,10 @@ pub(super) struct ThreadResult {
     pub(super) connection_errors: u64,
     pub(super) received: u64,
     pub(super) corrupted: u64,
+    /// Of `corrupted`, those whose header places them in the measured phase.
+    pub(super) measured_corrupted: u64,
+    /// Second or later replies to one message.
+    pub(super) duplicates: u64,
     pub(super) errors: std::collections::BTreeMap<String, u64>,
     /// When each measured reply arrived, nanoseconds after the measured phase began.
     pub(super) arrivals: Histogram<u64>,
@@ -96,6 +103,8 @@ impl ThreadResult {
             connection_errors: 0,
             received: 0,
             corrupted: 0,
+            measured_corrupted: 0,
+            duplicates: 0,
             errors: Default::default(),
             arrivals: new_hist(),
             done_sending: false,
@@ -248,7 +257,7 @@ pub(super) fn drive(
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
-                if let Some(body) = record(&mut r, d, at, p.schedule, cfg) {
+                if let Some(body) = record(&mut r, d, at, p.schedule, &mut p.inbound, cfg) {
                     p.client.recycle(body);
                 }
             }
@@ -420,7 +429,7 @@ pub(super) fn close_all(
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
-                if let Some(body) = record(r, d, at, p.schedule, cfg) {
+                if let Some(body) = record(r, d, at, p.schedule, &mut p.inbound, cfg) {
                     p.client.recycle(body);
                 }
             }
@@ -438,7 +447,8 @@ pub(super) fn close_all(
 /// Accounts for one delivery that arrived `at` after the run's origin, and returns a
 /// message's payload for the client to reuse.
 /// `schedule` is that of the connection it arrived on: an error record is about a message
-/// that connection sent, whose intended time its sequence number gives.
+/// that connection sent, whose intended time its sequence number gives; `inbound` is what
+/// the connection receives, which a message is checked against.
 /// A delivery read at or after the end of the drain (the last pass, or while closing) is
 /// not counted: a message not answered by then is lost, however soon after it comes.
 pub(super) fn record(
@@ -446,6 +456,7 @@ pub(super) fn record(
     d: Delivery,
     at: Duration,
     schedule: Schedule,
+    inbound: &mut Inbound,
     cfg: &LoadConfig,
 ) -> Option<Vec<u8>> {
     let warm_end = cfg.warmup;
@@ -459,7 +470,7 @@ pub(super) fn record(
     r.unpublished.received += 1;
     match d {
         Delivery::Message { payload: body, .. } => {
-            account_message(r, &body, at, cfg);
+            account_message(r, &body, at, inbound, cfg);
             Some(body)
         }
         Delivery::Error(e) => {
@@ -474,42 +485,70 @@ pub(super) fn record(
     }
 }
 
-/// Records one echoed message's latency (measured ones only) or counts it corrupted.
-pub(super) fn account_message(r: &mut ThreadResult, body: &[u8], at: Duration, cfg: &LoadConfig) {
+/// Records one echoed or relayed message's latency (measured ones only), or counts it
+/// corrupted (its payload, or its sequence number and intended time, are not those of a
+/// message sent to this connection) or duplicated (its message was answered already).
+pub(super) fn account_message(
+    r: &mut ThreadResult,
+    body: &[u8],
+    at: Duration,
+    inbound: &mut Inbound,
+    cfg: &LoadConfig,
+) {
     let warm_end = cfg.warmup;
     let measure_end = cfg.warmup + cfg.duration;
-    match parse_payload(body, cfg.message_size) {
-        Some((_, intended_ns)) => {
-            let intended = Duration::from_nanos(intended_ns);
-            if intended >= warm_end && intended < measure_end {
-                r.received += 1;
-                r.note_arrival(at.saturating_sub(warm_end).as_nanos() as u64);
-                r.unpublished.measured_done += 1;
-                let lat = at.saturating_sub(intended).as_nanos() as u64;
-                r.latency.saturating_record(lat);
-                let sec = (intended - warm_end).as_secs() as usize;
-                while r.intervals.len() <= sec {
-                    r.intervals.push(new_hist());
-                }
-                if let Some(h) = r.intervals.get_mut(sec) {
-                    h.saturating_record(lat);
-                }
-            }
+    let Some((seq, intended_ns)) = parse_payload(body, cfg.message_size) else {
+        // The intended time as sent, if the header is there at all.
+        let intended = body
+            .get(8..16)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes);
+        count_corrupted(r, intended, cfg);
+        return;
+    };
+    match inbound.arrive(seq, intended_ns, at) {
+        Arrival::First => {}
+        Arrival::Again => {
+            // Neither received nor accounted for in the drain: counted as received it would
+            // stand for a message that was lost.
+            r.duplicates += 1;
+            return;
         }
-        None => {
-            r.corrupted += 1;
-            // Accounted for in the drain only when its header, read as sent, places it in
-            // the measured phase: counting a corrupted warm-up reply could let the drain
-            // end before a measured message came back; one whose header is unreadable
-            // leaves the drain to its deadline.
-            let intended = body
-                .get(8..16)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(|b| Duration::from_nanos(u64::from_le_bytes(b)));
-            if intended.is_some_and(|t| t >= warm_end && t < measure_end) {
-                r.unpublished.measured_done += 1;
-            }
+        Arrival::Mismatch => {
+            count_corrupted(r, Some(intended_ns), cfg);
+            return;
         }
+    }
+    let intended = Duration::from_nanos(intended_ns);
+    if intended >= warm_end && intended < measure_end {
+        r.received += 1;
+        r.note_arrival(at.saturating_sub(warm_end).as_nanos() as u64);
+        r.unpublished.measured_done += 1;
+        let lat = at.saturating_sub(intended).as_nanos() as u64;
+        r.latency.saturating_record(lat);
+        let sec = (intended - warm_end).as_secs() as usize;
+        while r.intervals.len() <= sec {
+            r.intervals.push(new_hist());
+        }
+        if let Some(h) = r.intervals.get_mut(sec) {
+            h.saturating_record(lat);
+        }
+    }
+}
+
+/// Counts a corrupted reply whose header claims `intended_ns` (if readable). It is
+/// accounted for in the drain, and against the measured messages sent, only when that
+/// header, read as sent, places it in the measured phase: counting a corrupted warm-up reply
+/// could let the drain end before a measured message came back, and would hide a measured
+/// loss; one whose header is unreadable leaves the drain to its deadline.
+fn count_corrupted(r: &mut ThreadResult, intended_ns: Option<u64>, cfg: &LoadConfig) {
+    r.corrupted += 1;
+    let measured = intended_ns
+        .map(Duration::from_nanos)
+        .is_some_and(|t| t >= cfg.warmup && t < cfg.warmup + cfg.duration);
+    if measured {
+        r.measured_corrupted += 1;
+        r.unpublished.measured_done += 1;
     }
 }
 
