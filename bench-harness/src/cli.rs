@@ -23,6 +23,72 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 0, 500us, 50ms, 2s)"))
 }
 
+/// Parses a warm-up, measured duration or drain: at most [`load::MAX_PHASE`] (24 h), so the
+/// run's deadline cannot overflow the clock.
+fn parse_phase(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > load::MAX_PHASE {
+        Err(format!("must be at most 24h: {s}"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// Parses `--max-backlog`: at least [`load::MIN_BACKLOG`] (1 ms), below which nearly every
+/// message a connection does not take at once would be refused.
+fn parse_max_backlog(s: &str) -> Result<Duration, String> {
+    let d = parse_phase(s)?;
+    if d < load::MIN_BACKLOG {
+        Err(format!(
+            "must be at least 1ms (a shorter bound refuses nearly everything): {s}"
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
+/// Parses `--message-size`: room for the payload header, and no more than an engine
+/// accepts ([`load::MAX_MESSAGE_SIZE`]); each generator allocates one buffer of it.
+fn parse_message_size(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size in bytes: {s}"))?;
+    let range = load::PAYLOAD_HEADER..=load::MAX_MESSAGE_SIZE;
+    if range.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "message size must be {}..={} bytes (sequence number and intended send time \
+             first; the engine's limit last): {s}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// The warning for `generators` generator threads beside `server` threads of an in-process
+/// server on a machine with `cores` cores (0: unknown): with more threads than cores the
+/// pinning wraps around, generators share cores with the server, and the run measures
+/// both slowing each other.
+fn shared_cores_warning(generators: usize, server: usize, cores: usize) -> Option<String> {
+    (cores > 0 && generators + server > cores).then(|| {
+        format!(
+            "warning: {generators} generator thread(s) and {server} server thread(s) on {cores} \
+             core(s): generators share cores with the server, so latency and rate include \
+             their contention"
+        )
+    })
+}
+
+/// Prints [`shared_cores_warning`] for this machine to stderr, if it applies.
+fn warn_if_cores_shared(generators: usize, server: usize) {
+    let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
+    if let Some(w) = shared_cores_warning(generators, server, cores) {
+        eprintln!("{w}");
+    }
+}
+
 /// Parses a rate in messages (datagrams) per second: above zero and at most
 /// [`load::MAX_RATE`], which no generator reaches, so a typo cannot ask for a schedule of
 /// nonsense.
@@ -62,28 +128,31 @@ impl From<ModeArg> for Mode {
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
     /// Generator threads, each pinned to its own core (taken from the last core down);
-    /// connections are spread over them. `--cores` is an older name for it.
+    /// connections are spread over them. `--cores` is an older name for it. `sweep` and
+    /// `knee` warn when these and the engine's shards outnumber the cores (they then share).
     #[arg(long, visible_alias = "cores", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: u32,
     /// Client connections (peers), spread over the harness threads.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: u32,
-    /// Measured duration, after the warm-up.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Measured duration, after the warm-up (at most 24h).
+    #[arg(long, default_value = "10s", value_parser = parse_phase)]
     pub duration: Duration,
-    /// Warm-up: load is offered but not recorded.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// Warm-up: load is offered but not recorded (at most 24h).
+    #[arg(long, default_value = "2s", value_parser = parse_phase)]
     pub warmup: Duration,
-    /// Payload bytes per message (at least 16: sequence number and intended send time).
-    #[arg(long, default_value_t = 64)]
+    /// Payload bytes per message: at least 16 (sequence number and intended send time), at
+    /// most 16777155 (the most an engine accepts; `engine serve` answers messages above its
+    /// --max-message-size, 64 KiB by default, with error records).
+    #[arg(long, default_value_t = 64, value_parser = parse_message_size)]
     pub message_size: usize,
     /// echo: round trip through the node's echo handler; relay: one harness peer to
     /// another through the engine, one-way latency on the shared clock.
     #[arg(long, value_enum, default_value_t = ModeArg::Echo)]
     pub mode: ModeArg,
     /// How long to wait for outstanding messages after the schedule ends; what has not
-    /// arrived by then counts as lost.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// arrived by then counts as lost (at most 24h).
+    #[arg(long, default_value = "5s", value_parser = parse_phase)]
     pub drain: Duration,
     /// How long a due message may wait for its connection to take it before it is refused.
     /// A connection holding 64 KiB the server has not taken (back-pressure) defers its next
@@ -91,9 +160,9 @@ pub struct LoadArgs {
     /// their intended time (what an application that buffers would see); one not taken
     /// this long after its intended time is refused (counted, not sent), and so is one the
     /// generator itself got to this late (its lateness then counts in the harness lag).
-    /// Shorter than --drain.
+    /// At least 1ms, shorter than --drain.
     // The default is load::MAX_BACKLOG, which library callers get.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = parse_max_backlog)]
     pub max_backlog: Duration,
     /// Do not pin harness threads.
     #[arg(long)]
@@ -495,6 +564,7 @@ fn exit_code(s: &Summary, allow_saturation: bool) -> i32 {
 
 /// Runs `bench-harness sweep`; prints the comparison table and names the plot files.
 pub fn sweep_cmd(a: &SweepArgs) -> anyhow::Result<i32> {
+    warn_if_cores_shared(a.load.threads as usize, a.engine_shards as usize);
     let placeholder: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
     let cfg = SweepConfig {
         batch_sizes: a.batch_sizes.clone(),
@@ -600,6 +670,7 @@ pub struct KneeArgs {
 
 /// Runs `bench-harness knee`; prints each step and the knee table.
 pub fn knee_cmd(a: &KneeArgs) -> anyhow::Result<i32> {
+    warn_if_cores_shared(a.load.threads as usize, a.engine_shards as usize);
     let placeholder: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
     let cfg = crate::knee::KneeConfig {
         batch_sizes: a.batch_sizes.clone(),
@@ -669,22 +740,23 @@ pub struct CeilingArgs {
     pub rate: Option<f64>,
     /// Generator threads, each pinned to its own core from the last core down (the server
     /// is on the first core), each with its own socket; the rate is split evenly.
-    /// `--cores` is an older name for it.
+    /// `--cores` is an older name for it. A warning says when these and the server
+    /// outnumber the cores (they then share).
     #[arg(long, visible_alias = "cores", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: u32,
     /// UDP payload bytes per datagram (16..=65507: sequence number and intended send time
     /// first).
     #[arg(long, default_value_t = 64)]
     pub message_size: usize,
-    /// Measured duration of each run, after the warm-up.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    /// Measured duration of each run, after the warm-up (at most 24h).
+    #[arg(long, default_value = "3s", value_parser = parse_phase)]
     pub duration: Duration,
-    /// Warm-up of each run: datagrams are sent but not recorded.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// Warm-up of each run: datagrams are sent but not recorded (at most 24h).
+    #[arg(long, default_value = "1s", value_parser = parse_phase)]
     pub warmup: Duration,
     /// How long to wait for replies after the schedule ends; what has not come back by then
-    /// is lost.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// is lost (at most 24h).
+    #[arg(long, default_value = "1s", value_parser = parse_phase)]
     pub drain: Duration,
     /// p99 latency (from intended send time) a rate must hold, as in `knee`.
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
@@ -736,6 +808,8 @@ pub struct CeilingArgs {
 /// `--allow-saturation`), as `run` does; a knee search exits 0.
 pub fn ceiling_cmd(a: &CeilingArgs) -> anyhow::Result<i32> {
     use crate::ceiling::{self, CeilingConfig};
+    // One echo server thread.
+    warn_if_cores_shared(a.threads as usize, 1);
     let cfg = CeilingConfig {
         io: a.io.clone(),
         load: LoadConfig {
@@ -839,5 +913,79 @@ mod tests {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
         assert!(parse_rate("1e9").is_err_and(|e| e.contains("at most 100000000")));
+    }
+
+    #[test]
+    fn phases_backlog_and_message_size_are_bounded() {
+        assert_eq!(parse_phase("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_phase("24h"), Ok(load::MAX_PHASE));
+        assert!(parse_phase("24h 1s").is_err_and(|e| e.contains("at most 24h")));
+        assert!(parse_phase("100000000000s").is_err());
+        assert_eq!(parse_max_backlog("1ms"), Ok(load::MIN_BACKLOG));
+        for bad in ["0", "999us", "25h"] {
+            assert!(parse_max_backlog(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_message_size("16"), Ok(16));
+        assert_eq!(parse_message_size("16777155"), Ok(16_777_155));
+        assert_eq!(load::MAX_MESSAGE_SIZE, 16_777_155);
+        for bad in ["15", "0", "16777156", "18446744073709551615", "-1", "64k"] {
+            assert!(parse_message_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn generators_sharing_cores_with_the_server_are_warned_about() {
+        assert_eq!(shared_cores_warning(1, 1, 2), None);
+        assert_eq!(shared_cores_warning(3, 1, 4), None);
+        // The core count is unknown: nothing to say.
+        assert_eq!(shared_cores_warning(8, 8, 0), None);
+        let w = shared_cores_warning(2, 1, 2).unwrap();
+        assert!(w.contains("share cores with the server"), "{w}");
+    }
+
+    /// The bounds hold on the command line of every subcommand that drives a load.
+    #[test]
+    fn subcommands_reject_out_of_bound_values() {
+        use clap::Parser;
+        #[derive(Parser)]
+        enum Cli {
+            Run(RunArgs),
+            Sweep(SweepArgs),
+            Knee(KneeArgs),
+            Ceiling(CeilingArgs),
+        }
+        let target = ["--target", "127.0.0.1:1"];
+        let cases: [(&str, &[&str]); 9] = [
+            ("run", &["--rate", "1e9"]),
+            ("run", &["--message-size", "20000000"]),
+            ("run", &["--max-backlog", "0"]),
+            ("run", &["--duration", "1000d"]),
+            ("sweep", &["--warmup", "25h"]),
+            ("sweep", &["--rates", "1000,1e10"]),
+            ("knee", &["--max-rate", "1e9"]),
+            ("knee", &["--drain", "25h"]),
+            ("ceiling", &["--duration", "25h"]),
+        ];
+        for (cmd, args) in cases {
+            let mut argv = vec!["bench-harness", cmd];
+            if cmd == "run" {
+                argv.extend(target);
+            }
+            // Without the value out of bounds the command line parses.
+            assert!(Cli::try_parse_from(&argv).is_ok(), "{argv:?}");
+            argv.extend(args);
+            assert!(Cli::try_parse_from(&argv).is_err(), "{argv:?}");
+        }
+        let mut ok = vec!["bench-harness", "run"];
+        ok.extend(target);
+        ok.extend([
+            "--rate",
+            "1e8",
+            "--max-backlog",
+            "1ms",
+            "--message-size",
+            "16",
+        ]);
+        assert!(Cli::try_parse_from(&ok).is_ok());
     }
 }

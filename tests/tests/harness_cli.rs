@@ -87,16 +87,28 @@ fn bad_arguments_are_rejected() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("rate must be above zero"));
-    let o = Command::new(bin())
-        .args(["run", "--target", "127.0.0.1:1", "--message-size", "4"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.starts_with("error: ") && err.contains("message size"),
-        "{err}"
-    );
+    // Message sizes outside what the header needs and an engine accepts, a backlog bound
+    // that would refuse nearly everything, a rate no generator reaches and a duration that
+    // would overflow the clock: usage errors, before anything starts.
+    for args in [
+        ["--message-size", "4"],
+        ["--message-size", "100000000"],
+        ["--max-backlog", "0"],
+        ["--rate", "1e12"],
+        ["--duration", "100000000d"],
+    ] {
+        let o = Command::new(bin())
+            .args(["run", "--target", "127.0.0.1:1"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with("error: ") && err.contains(args[0]),
+            "{args:?}: {err}"
+        );
+    }
     // A backlog bound (default 100 ms) as long as the drain would leave a message held to
     // the end no time to be answered.
     let o = Command::new(bin())

@@ -175,6 +175,15 @@ pub fn check(cfg: &LoadConfig) -> Result<(), CeilingError> {
     if cfg.duration.is_zero() {
         return Err(CeilingError::Config("duration must be above zero".into()));
     }
+    if [cfg.warmup, cfg.duration, cfg.drain]
+        .iter()
+        .any(|d| *d > load::MAX_PHASE)
+    {
+        return Err(CeilingError::Config(format!(
+            "warm-up, duration and drain must be at most {:?} each",
+            load::MAX_PHASE
+        )));
+    }
     Ok(())
 }
 

@@ -65,6 +65,16 @@ const SENDS_PER_PASS: usize = 1024;
 /// generators send, and low enough that a run's sequence numbers stay exact in the `f64`
 /// arithmetic of its schedule.
 pub const MAX_RATE: f64 = 100_000_000.0;
+/// Longest warm-up, measured duration or drain accepted, each: beyond any run the harness
+/// is for, and far from where the run's deadline (`Instant` plus all three) overflows.
+pub const MAX_PHASE: Duration = Duration::from_secs(24 * 3600);
+/// Shortest backlog bound accepted: a shorter one refuses nearly every message a
+/// connection does not take at once, which measures the bound, not the server.
+pub const MIN_BACKLOG: Duration = Duration::from_millis(1);
+/// Largest message accepted: the most any engine accepts
+/// ([`shards::config::MAX_MESSAGE_SIZE_LIMIT`]; an engine's own `max_message_size`, 64 KiB by
+/// default, answers larger ones with an error record). Each generator holds one buffer of it.
+pub const MAX_MESSAGE_SIZE: usize = shards::config::MAX_MESSAGE_SIZE_LIMIT;
 /// Time allowed for closing every connection after the run's deadline.
 pub const CLOSE_BUDGET: Duration = Duration::from_millis(500);
 pub use crate::summary::SATURATION_FRACTION;
@@ -237,8 +247,26 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
             "message size must be at least {PAYLOAD_HEADER} bytes (sequence and send time)"
         )));
     }
+    if cfg.message_size > MAX_MESSAGE_SIZE {
+        return Err(LoadError::Config(format!(
+            "message size must be at most {MAX_MESSAGE_SIZE} bytes (the engine's limit)"
+        )));
+    }
     if cfg.duration.is_zero() {
         return Err(LoadError::Config("duration must be above zero".into()));
+    }
+    if [cfg.warmup, cfg.duration, cfg.drain]
+        .iter()
+        .any(|d| *d > MAX_PHASE)
+    {
+        return Err(LoadError::Config(format!(
+            "warm-up, duration and drain must be at most {MAX_PHASE:?} each"
+        )));
+    }
+    if cfg.max_backlog < MIN_BACKLOG {
+        return Err(LoadError::Config(format!(
+            "max backlog must be at least {MIN_BACKLOG:?}"
+        )));
     }
     if cfg.max_backlog >= cfg.drain {
         return Err(LoadError::Config(format!(

@@ -342,6 +342,43 @@ fn replies_after_the_drain_are_not_counted() {
     );
 }
 
+/// A library caller gets the command line's bounds too, as errors before anything starts.
+#[test]
+fn out_of_bound_configurations_are_errors() {
+    let ok = config(Duration::ZERO, Duration::from_secs(1), MAX_BACKLOG);
+    let day = MAX_PHASE + Duration::from_secs(1);
+    let bad = [
+        LoadConfig {
+            rate: 1e9,
+            ..ok.clone()
+        },
+        LoadConfig {
+            message_size: MAX_MESSAGE_SIZE + 1,
+            ..ok.clone()
+        },
+        LoadConfig {
+            max_backlog: Duration::ZERO,
+            ..ok.clone()
+        },
+        LoadConfig {
+            duration: day,
+            ..ok.clone()
+        },
+        LoadConfig {
+            warmup: day,
+            ..ok.clone()
+        },
+        LoadConfig {
+            drain: day,
+            ..ok.clone()
+        },
+    ];
+    for cfg in bad {
+        let e = run(&cfg, Arc::new(Progress::default()));
+        assert!(matches!(e, Err(LoadError::Config(_))), "{cfg:?}: {e:?}");
+    }
+}
+
 #[test]
 fn equal_arrival_times_are_recorded_once_with_their_count() {
     let mut r = ThreadResult::new();
