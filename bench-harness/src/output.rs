@@ -89,7 +89,10 @@ pub fn write_run(dir: &Path, meta: &RunMeta, result: &LoadResult) -> Result<Summ
     let file = std::fs::File::create(&hlog_path).map_err(io(&hlog_path))?;
     let mut w = HlogWriter::new(std::io::BufWriter::new(file), result.started_at)?;
     for (i, h) in result.intervals.iter().enumerate() {
-        w.write_interval(Duration::from_secs(i as u64), Duration::from_secs(1), h)?;
+        let start = result
+            .interval
+            .saturating_mul(u32::try_from(i).unwrap_or(u32::MAX));
+        w.write_interval(start, result.interval, h)?;
     }
     w.flush()?;
     let summary = summarize(meta, result);

@@ -283,19 +283,12 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
     let (mut offered, mut sent, mut received, mut corrupted, mut duplicates) = (0, 0, 0, 0, 0);
     let mut generator_calls = (0, 0);
     let mut generator_datagrams = (0, 0);
-    for o in &outs {
-        let t = &o.tally;
+    for o in &mut outs {
+        let t = &mut o.tally;
         let _ = latency.add(&t.latency);
         let _ = lag.add(&t.lag);
         let _ = arrivals.add(&t.arrivals);
-        for (i, iv) in t.intervals.iter().enumerate() {
-            if intervals.len() <= i {
-                intervals.push(load::new_hist());
-            }
-            if let Some(h) = intervals.get_mut(i) {
-                let _ = h.add(iv);
-            }
-        }
+        load::merge_intervals(&mut intervals, std::mem::take(&mut t.intervals));
         offered += t.offered();
         sent += t.sent;
         received += t.received;
@@ -315,6 +308,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
     let result = LoadResult {
         latency,
         intervals,
+        interval: load::interval_length(cfg.duration),
         lag,
         offered,
         sent,

@@ -16,7 +16,8 @@ pub struct Tally {
     seen: Vec<u64>,
     /// Latency from intended send time, ns, measured phase.
     pub latency: Histogram<u64>,
-    /// The same per second of the measured phase (by intended time).
+    /// The same per interval of the measured phase (by intended time; one second, longer
+    /// for long runs: [`load::interval_length`]).
     pub intervals: Vec<Histogram<u64>>,
     /// How late each measured datagram left against its schedule, ns.
     pub lag: Histogram<u64>,
@@ -167,13 +168,12 @@ impl Tally {
         let lat = at.saturating_sub(intended);
         let ns = lat.as_nanos() as u64;
         self.latency.saturating_record(ns);
-        let sec = (intended - self.warm_end).as_secs() as usize;
-        while self.intervals.len() <= sec {
-            self.intervals.push(load::new_hist());
-        }
-        if let Some(h) = self.intervals.get_mut(sec) {
-            h.saturating_record(ns);
-        }
+        load::record_interval(
+            &mut self.intervals,
+            load::interval_length(self.measure_end - self.warm_end),
+            intended - self.warm_end,
+            ns,
+        );
         Reply::Measured(lat)
     }
 

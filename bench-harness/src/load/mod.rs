@@ -75,6 +75,12 @@ pub const MIN_BACKLOG: Duration = Duration::from_millis(1);
 /// ([`shards::config::MAX_MESSAGE_SIZE_LIMIT`]; an engine's own `max_message_size`, 64 KiB by
 /// default, answers larger ones with an error record). Each generator holds one buffer of it.
 pub const MAX_MESSAGE_SIZE: usize = shards::config::MAX_MESSAGE_SIZE_LIMIT;
+/// Most interval histograms a run keeps (per generator thread, and merged): the interval
+/// log's intervals are one second long up to this many seconds of measured duration, and
+/// longer (whole seconds) beyond, so memory does not grow with `--duration`. Each histogram
+/// spans 1 ns to a minute at 3 significant digits, 27,648 counters or 221 KB: at most 66 MB
+/// per thread whatever the duration (one per second, an hour held 0.8 GB per thread).
+pub const MAX_INTERVALS: usize = 300;
 /// Time allowed for closing every connection after the run's deadline.
 pub const CLOSE_BUDGET: Duration = Duration::from_millis(500);
 pub use crate::summary::SATURATION_FRACTION;
@@ -129,8 +135,11 @@ pub enum LoadError {
 pub struct LoadResult {
     /// Latency from intended send time to receipt, nanoseconds, measured phase only.
     pub latency: Histogram<u64>,
-    /// The same, one histogram per second of the measured phase (for the interval log).
+    /// The same, one histogram per [`LoadResult::interval`] of the measured phase, by
+    /// intended time (for the interval log); at most [`MAX_INTERVALS`].
     pub intervals: Vec<Histogram<u64>>,
+    /// The length of each of `intervals`: [`interval_length`] of the measured duration.
+    pub interval: Duration,
     /// How late the harness sent each measured message against its schedule, nanoseconds
     /// (deferred ones excepted: their wait was the connection's). A measured message
     /// refused for lateness that its connection had not pushed back for counts with how
@@ -216,6 +225,48 @@ pub struct Progress {
     /// When the measured phase starts, set once the connections are up (for tools that
     /// observe the measured phase from outside, such as the system call counter).
     pub measure_start: std::sync::OnceLock<Instant>,
+}
+
+/// The length of the interval log's intervals for a measured phase of `duration`: one
+/// second, or the fewest whole seconds that keep their number within [`MAX_INTERVALS`].
+pub fn interval_length(duration: Duration) -> Duration {
+    let most = MAX_INTERVALS as u128 * 1_000_000_000;
+    let secs = duration.as_nanos().div_ceil(most).max(1);
+    Duration::from_secs(u64::try_from(secs).unwrap_or(u64::MAX))
+}
+
+/// Records `ns` in the interval histogram of a message intended `since_start` after the
+/// measured phase began, creating the intervals up to it as needed (never more than
+/// [`MAX_INTERVALS`] for a message within the measured phase).
+pub(crate) fn record_interval(
+    intervals: &mut Vec<Histogram<u64>>,
+    interval: Duration,
+    since_start: Duration,
+    ns: u64,
+) {
+    let i = since_start.as_nanos() / interval.as_nanos().max(1);
+    let i = usize::try_from(i)
+        .unwrap_or(usize::MAX)
+        .min(MAX_INTERVALS - 1);
+    while intervals.len() <= i {
+        intervals.push(new_hist());
+    }
+    if let Some(h) = intervals.get_mut(i) {
+        h.saturating_record(ns);
+    }
+}
+
+/// Adds `from` into `into` interval by interval, moving rather than copying what `into`
+/// does not have yet, so merging the threads' intervals holds no second copy of them.
+pub(crate) fn merge_intervals(into: &mut Vec<Histogram<u64>>, from: Vec<Histogram<u64>>) {
+    for (i, h) in from.into_iter().enumerate() {
+        match into.get_mut(i) {
+            Some(t) => {
+                let _ = t.add(&h);
+            }
+            None => into.push(h),
+        }
+    }
 }
 
 /// A latency histogram, 1 ns to a minute, 3 significant digits.
@@ -369,14 +420,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
         let _ = total.latency.add(&r.latency);
         let _ = total.lag.add(&r.lag);
         total.quic.merge(&r.quic);
-        for (i, iv) in r.intervals.iter().enumerate() {
-            if total.intervals.len() <= i {
-                total.intervals.push(new_hist());
-            }
-            if let Some(t) = total.intervals.get_mut(i) {
-                let _ = t.add(iv);
-            }
-        }
+        merge_intervals(&mut total.intervals, r.intervals);
         total.offered += r.offered;
         total.sent += r.sent;
         total.deferred += r.deferred;
@@ -402,6 +446,7 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
     Ok(LoadResult {
         latency: total.latency,
         intervals: total.intervals,
+        interval: interval_length(cfg.duration),
         lag: total.lag,
         offered: total.offered,
         sent: total.sent,

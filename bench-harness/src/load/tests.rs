@@ -283,6 +283,7 @@ fn lost_counts_measured_corrupted_replies_only() {
     let mut r = LoadResult {
         latency: new_hist(),
         intervals: Vec::new(),
+        interval: Duration::from_secs(1),
         lag: new_hist(),
         offered: 10,
         sent: 10,
@@ -377,6 +378,52 @@ fn out_of_bound_configurations_are_errors() {
         let e = run(&cfg, Arc::new(Progress::default()));
         assert!(matches!(e, Err(LoadError::Config(_))), "{cfg:?}: {e:?}");
     }
+}
+
+#[test]
+fn interval_histograms_stay_within_their_bound_whatever_the_duration() {
+    let s = Duration::from_secs;
+    assert_eq!(interval_length(Duration::from_millis(1)), s(1));
+    assert_eq!(interval_length(s(300)), s(1));
+    assert_eq!(interval_length(s(301)), s(2));
+    assert_eq!(interval_length(s(3600)), s(12));
+    assert_eq!(interval_length(MAX_PHASE), s(288));
+    for duration in [
+        s(1),
+        s(10),
+        s(299),
+        s(300),
+        s(301),
+        s(3599),
+        s(3600),
+        MAX_PHASE,
+    ] {
+        let interval = interval_length(duration);
+        let mut intervals = Vec::new();
+        // A message at the very end of the measured phase.
+        record_interval(
+            &mut intervals,
+            interval,
+            duration - Duration::from_nanos(1),
+            5,
+        );
+        let n = duration.as_nanos().div_ceil(interval.as_nanos()) as usize;
+        assert!(n <= MAX_INTERVALS, "{duration:?}");
+        assert_eq!(intervals.len(), n, "{duration:?}");
+        // One claiming to be far past it goes into the last interval there can be.
+        record_interval(&mut intervals, interval, MAX_PHASE * 3, 5);
+        assert!(intervals.len() <= MAX_INTERVALS, "{duration:?}");
+        assert_eq!(intervals.iter().map(|h| h.len()).sum::<u64>(), 2);
+    }
+    // Merging moves what the total does not have yet and adds the rest.
+    let mut a = Vec::new();
+    record_interval(&mut a, s(1), s(0), 7);
+    let mut b = Vec::new();
+    record_interval(&mut b, s(1), s(0), 9);
+    record_interval(&mut b, s(1), s(2), 11);
+    merge_intervals(&mut a, b);
+    let counts: Vec<u64> = a.iter().map(|h| h.len()).collect();
+    assert_eq!(counts, [2, 0, 1]);
 }
 
 #[test]

@@ -12,8 +12,8 @@ use shards::wire::PeerId;
 use super::inbound::{Arrival, Inbound};
 use super::schedule::Schedule;
 use super::{
-    CLOSE_BUDGET, LoadConfig, PAYLOAD_HEADER, Progress, SENDS_PER_PASS, new_hist, parse_payload,
-    write_payload,
+    CLOSE_BUDGET, LoadConfig, PAYLOAD_HEADER, Progress, SENDS_PER_PASS, interval_length, new_hist,
+    parse_payload, record_interval, write_payload,
 };
 use crate::summary::QuicStats;
 
@@ -526,13 +526,12 @@ pub(super) fn account_message(
         r.unpublished.measured_done += 1;
         let lat = at.saturating_sub(intended).as_nanos() as u64;
         r.latency.saturating_record(lat);
-        let sec = (intended - warm_end).as_secs() as usize;
-        while r.intervals.len() <= sec {
-            r.intervals.push(new_hist());
-        }
-        if let Some(h) = r.intervals.get_mut(sec) {
-            h.saturating_record(lat);
-        }
+        record_interval(
+            &mut r.intervals,
+            interval_length(cfg.duration),
+            intended - warm_end,
+            lat,
+        );
     }
 }
 
