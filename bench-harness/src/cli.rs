@@ -641,7 +641,8 @@ pub struct KneeArgs {
     pub repeat: u32,
     /// Failing runs per rate that are discarded and made again because the hypervisor took
     /// more than 1 % of one CPU's time during them (CPU steal, from /proc/stat): such a
-    /// stall is the machine's, not the server's. Step lines count them ("disturbed"); 0
+    /// stall is the machine's, not the server's. Step lines count them ("disturbed"); a
+    /// discarded run keeps its directory, the run made again writes to retryN/ below it; 0
     /// keeps every run.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub steal_retries: u32,
@@ -779,7 +780,8 @@ pub struct CeilingArgs {
     pub repeat: u32,
     /// Failing runs per rate that are discarded and made again because the hypervisor took
     /// more than 1 % of one CPU's time during them (CPU steal, from /proc/stat): such a
-    /// stall is the machine's, not the server's. Step lines count them ("disturbed"); 0
+    /// stall is the machine's, not the server's. Step lines count them ("disturbed"); a
+    /// discarded run keeps its directory, the run made again writes to retryN/ below it; 0
     /// keeps every run.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub steal_retries: u32,

@@ -145,15 +145,12 @@ pub fn ceiling(
         let outcome = knee::search_config(
             &label(io),
             &cfg.search,
-            |rate, i| {
+            |rate, i, retry| {
                 let load = LoadConfig {
                     rate,
                     ..cfg.load.clone()
                 };
-                let mut d = dir.join(rate_dir(rate));
-                if i > 0 {
-                    d = d.join(format!("repeat{i}"));
-                }
+                let d = knee::run_dir(&dir.join(rate_dir(rate)), i, retry);
                 let row = run_to_dir(&load, io, &d)?;
                 on_run(&row, &knee::verdict(&row.summary, cfg.search.p99_target));
                 let s = row.summary.clone();

@@ -15,7 +15,7 @@
 //! limits), driven by a closure, so its logic is tested without engines; the tables, CSV and
 //! plot are in `report.rs`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -176,6 +176,21 @@ pub struct Knee {
     pub outcome: Outcome,
 }
 
+/// Where run `i` of a rate goes under `base`, made after `retry` attempts at it were
+/// discarded for steal ([`search_config`]): `base` for the first run, `repeatI/` for a later
+/// one, and `retryN/` below that for a run made again, so a discarded run's files stay
+/// where it wrote them instead of being overwritten.
+pub fn run_dir(base: &Path, i: usize, retry: usize) -> PathBuf {
+    let mut d = base.to_path_buf();
+    if i > 0 {
+        d.push(format!("repeat{i}"));
+    }
+    if retry > 0 {
+        d.push(format!("retry{retry}"));
+    }
+    d
+}
+
 /// Runs the search for every configuration; `on_step` is told about each run.
 pub fn knee(
     cfg: &KneeConfig,
@@ -196,12 +211,7 @@ pub fn knee(
             let outcome = search_config(
                 &config,
                 &params,
-                |rate, i| {
-                    let run_dir = if i == 0 {
-                        dir.clone()
-                    } else {
-                        dir.join(format!("repeat{i}"))
-                    };
+                |rate, i, retry| {
                     sweep::run_config(
                         &cfg.load,
                         cfg.server,
@@ -209,7 +219,7 @@ pub fn knee(
                         bs,
                         bt,
                         rate,
-                        &run_dir,
+                        &run_dir(&dir, i, retry),
                     )
                     .map(|run| run.summary)
                 },

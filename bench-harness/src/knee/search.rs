@@ -141,13 +141,15 @@ pub fn search<E>(
     })
 }
 
-/// Searches one configuration: `run(rate, i)` makes run `i` (from 0) of a rate and returns
-/// its summary. The worst of [`SearchParams::repeat`] runs decides (a failing run ends the
-/// rate's runs); `on_step` is told about each rate as it is decided.
+/// Searches one configuration: `run(rate, i, retry)` makes run `i` (from 0) of a rate, after
+/// `retry` earlier attempts at run `i` were discarded for steal, and returns its summary. Every run
+/// made, discarded or kept, has its own `(i, retry)`, so each can keep its own directory
+/// ([`super::run_dir`]). The worst of [`SearchParams::repeat`] runs decides (a failing run
+/// ends the rate's runs); `on_step` is told about each rate as it is decided.
 pub fn search_config<E>(
     config: &str,
     params: &SearchParams,
-    mut run: impl FnMut(f64, usize) -> Result<Summary, E>,
+    mut run: impl FnMut(f64, usize, usize) -> Result<Summary, E>,
     mut on_step: impl FnMut(&str, &Step),
 ) -> Result<Outcome, E> {
     let Search {
@@ -175,9 +177,10 @@ pub fn search_config<E>(
                 lag_p99_ms: 0.0,
                 deferred: 0,
             };
-            let mut i = 0;
+            // Run `i`, and how many times it was discarded for steal and made again.
+            let (mut i, mut retry) = (0, 0);
             while i < params.repeat.max(1) {
-                let summary = run(rate, i)?;
+                let summary = run(rate, i, retry)?;
                 let v = verdict(&summary, params.p99_target);
                 step.steal_ms += summary.steal_ms.unwrap_or(0.0);
                 if v.is_err()
@@ -185,9 +188,10 @@ pub fn search_config<E>(
                     && summary.disturbed_by_steal()
                 {
                     step.disturbed += 1;
+                    retry += 1;
                     continue;
                 }
-                i += 1;
+                (i, retry) = (i + 1, 0);
                 step.achieved = step.achieved.min(summary.achieved_rate);
                 step.p99_ms = step.p99_ms.max(summary.latency_ms.p99);
                 step.lag_p99_ms = step.lag_p99_ms.max(summary.harness_lag_ms.p99);

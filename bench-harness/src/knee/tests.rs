@@ -60,7 +60,7 @@ fn one_rate(retries: usize, runs: &[(u64, u64)]) -> (Step, usize) {
     let out = search_config(
         "c",
         &params,
-        |rate, _| {
+        |rate, _, _| {
             let (p99, steal) = runs[made.min(runs.len() - 1)];
             made += 1;
             Ok::<_, SweepError>(run_summary(rate, p99, steal))
@@ -109,7 +109,7 @@ fn search_runs(max_steps: usize, runs: impl Fn(f64) -> (f64, u64)) -> Outcome {
     search_config(
         "c",
         &params,
-        |rate, _| {
+        |rate, _, _| {
             let (fraction, p99) = runs(rate);
             let mut s = run_summary(rate * fraction, p99, 0);
             s.config.rate = rate;
@@ -139,7 +139,7 @@ fn a_failure_the_generators_were_late_for_is_harness_limited() {
         search_config(
             "bs=1 bt=0",
             &params,
-            |rate, _| {
+            |rate, _, _| {
                 let mut s = run_summary(rate, if rate > 40_000.0 { 15 } else { 2 }, 0);
                 s.harness_lag_ms.p99 = if rate > 40_000.0 { lag } else { 0.3 };
                 Ok::<_, SweepError>(s)
@@ -329,4 +329,42 @@ fn a_duplicated_reply_fails_a_run() {
         verdict(&s, Duration::from_millis(10)),
         Err("2 replies duplicated".into())
     );
+}
+
+#[test]
+fn every_run_made_keeps_its_own_directory() {
+    // Two runs a rate; the first is discarded for steal twice, the second once.
+    let params = SearchParams {
+        p99_target: Duration::from_millis(10),
+        min_rate: 1000.0,
+        max_rate: 1000.0,
+        precision: 0.05,
+        max_steps: 1,
+        repeat: 2,
+        steal_retries: 3,
+        probe_above: 0,
+    };
+    let runs = [(50, 100), (40, 100), (2, 0), (50, 100), (2, 0)];
+    let mut dirs = Vec::new();
+    let out = search_config(
+        "c",
+        &params,
+        |rate, i, retry| {
+            dirs.push(run_dir(Path::new("out"), i, retry));
+            let (p99, steal) = runs[dirs.len() - 1];
+            Ok::<_, SweepError>(run_summary(rate, p99, steal))
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    assert!(out.steps[0].held);
+    assert_eq!(out.steps[0].disturbed, 3);
+    let want = [
+        "out",
+        "out/retry1",
+        "out/retry2",
+        "out/repeat1",
+        "out/repeat1/retry1",
+    ];
+    assert_eq!(dirs, want.map(PathBuf::from));
 }
