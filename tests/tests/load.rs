@@ -255,6 +255,43 @@ fn duplicated_replies_are_counted_apart_and_hide_no_loss() {
     assert!(r.duplicates >= 450, "{r:?}");
 }
 
+/// At the highest rate accepted the generator is soon far more than the backlog bound
+/// behind: it refuses what is stale in one step per pass, so it keeps reading replies and
+/// ends on time, and its counts add up (every message of the schedule offered, each sent
+/// or refused, every one sent answered).
+#[test]
+fn the_highest_rate_ends_on_time_with_consistent_counts() {
+    let e = Engine::start(EngineConfig::loopback(1)).unwrap();
+    let cfg = LoadConfig {
+        target: e.local_addr(),
+        threads: 1,
+        connections: 2,
+        rate: load::MAX_RATE,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        message_size: 32,
+        mode: Mode::Echo,
+        drain: Duration::from_secs(2),
+        pin: false,
+        max_backlog: bench_harness::load::MAX_BACKLOG,
+    };
+    let r = load::run(&cfg, Arc::new(Progress::default())).unwrap();
+    // 50,000,000 msg/s per connection over the 1 s measured.
+    assert_eq!(r.offered, 100_000_000, "{r:?}");
+    assert_eq!(r.offered, r.sent + r.refused, "{r:?}");
+    assert!(r.sent > 0 && r.refused > r.sent, "{r:?}");
+    assert_eq!(
+        (r.received, r.lost(), r.corrupted, r.duplicates),
+        (r.sent, 0, 0, 0),
+        "{r:?}"
+    );
+    assert!(
+        r.wall_time < Duration::from_millis(200 + 1000 + 2000 + 2000),
+        "{:?}",
+        r.wall_time
+    );
+}
+
 /// Two configurations of about a second each: every run directory and every comparison
 /// file is written, and nothing is lost.
 #[test]
