@@ -121,7 +121,8 @@ struct ServeArgs {
     #[arg(long, env = "ENGINE_NO_GRO")]
     no_gro: bool,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (e.g. 127.0.0.1:9100),
-    /// from one unpinned thread. Off by default. Read them with `engine status`.
+    /// from unpinned threads (at most 8 connections at once, 4 s each). Off by default.
+    /// Read them with `engine status`.
     #[arg(long, env = "ENGINE_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// How long a graceful drain may take on SIGINT/SIGTERM before connections are closed.

@@ -14,8 +14,9 @@
 //! `MetricEncoder`, which write names (including the `_total` suffix of counters), label
 //! escaping, float formatting and histogram buckets. The collector can be registered into
 //! any `prometheus_client::registry::Registry`, so an embedding program can expose the
-//! engine's metrics next to its own; [`render_prometheus`](super::render_prometheus) and the
-//! [`MetricsServer`](super::MetricsServer) encode a registry holding only it.
+//! engine's metrics next to its own; [`render_prometheus`](super::render_prometheus) encodes
+//! a registry holding only it, and the [`MetricsServer`](super::MetricsServer) one holding it
+//! and the server's own counter (below).
 //!
 //! Adding a metric means adding one [`MetricDef`] to [`METRICS`] and one row to the table
 //! below; a unit test fails if the two disagree.
@@ -76,6 +77,11 @@
 //! `{direction="out",outcome="sealed"}` sealed and written to a connection.
 //! `received` is the total; delivered, relayed and dropped say what became of messages, so
 //! do not sum over `outcome`.
+//!
+//! The [`MetricsServer`](super::MetricsServer) adds one family of its own, not read from the
+//! engine and so not declared here: `engine_metrics_rejected_connections_total` (counter),
+//! connections to the metrics endpoint answered 503 at once because 8 were already being
+//! served.
 //!
 //! A family whose value is unknown has no series: `engine_socket_receive_*` for a shard whose
 //! socket `/proc/net/udp` does not list, `engine_resident_memory_bytes` without

@@ -5,7 +5,8 @@
 //!
 //! Reading metrics never touches the data path: counters are relaxed atomic loads, the
 //! histograms are the copies each shard publishes every 250 ms (one short lock per shard),
-//! and the peer index is a concurrent map. The server runs on one plain, unpinned thread.
+//! and the peer index is a concurrent map. The server runs on plain, unpinned threads: one
+//! accepts, and each connection is served on its own, at most 8 at once.
 //!
 //! The table of exported metrics is in [`families`].
 
