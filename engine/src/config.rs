@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use shards::batch::BatchPolicy;
 use shards::config::{
     validate_backoff, validate_busy_poll, validate_max_message_size, validate_queue_capacity,
-    validate_shards,
+    validate_shards, validate_timeout,
 };
 use shards::lifecycle::BackoffPolicy;
 use shards::session::TransportConfig;
@@ -140,7 +140,9 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// Checks every setting and returns the first rule broken: the shard count (if given),
     /// batch policy, transport, pool (keep-alive below the idle timeout), reconnection
-    /// schedule, payload limit, queue capacity and channel capacity.
+    /// schedule, payload limit, queue capacity and channel capacity. Every duration has an
+    /// upper bound ([`shards::config::MAX_TIMEOUT`], one day; the pool TTL
+    /// [`shards::config::MAX_TTL`], 365 days), since deadlines are `Instant + duration`.
     /// [`crate::Engine::start`] calls it before anything is started.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(n) = self.shards {
@@ -248,10 +250,13 @@ impl ServeConfig {
         Ok(cfg)
     }
 
-    /// [`EngineConfig::validate`], plus the rule that `engine serve` has no use for
-    /// [`AppKind::Channel`] (nothing would read the channel).
+    /// [`EngineConfig::validate`], plus the drain timeout (at most
+    /// [`shards::config::MAX_TIMEOUT`], one day: the drain's deadline is `Instant + it`) and
+    /// the rule that `engine serve` has no use for [`AppKind::Channel`] (nothing would read
+    /// the channel).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.engine.validate()?;
+        validate_timeout("drain_timeout", self.drain_timeout)?;
         if self.engine.app == AppKind::Channel {
             return Err(ConfigError::Invalid {
                 field: "app",
@@ -518,6 +523,7 @@ pub fn keys_for_field(field: &str) -> &'static [&'static str] {
         "shards" => &["shards"],
         "batch.max_messages" => &["batch_size"],
         "batch.max_bytes" => &["batch_bytes"],
+        "batch.timeout" => &["batch_timeout"],
         "transport.idle_timeout" => &["idle_timeout"],
         "transport.window" => &["window"],
         "transport.max_udp_payload" => &["max_udp_payload"],
@@ -540,6 +546,7 @@ pub fn keys_for_field(field: &str) -> &'static [&'static str] {
         "app" => &["app"],
         "cert" => &["cert"],
         "key" => &["key"],
+        "drain_timeout" => &["drain_timeout"],
         _ => &[],
     }
 }
@@ -746,6 +753,75 @@ mod tests {
     }
 
     #[test]
+    fn durations_have_upper_bounds_named_in_the_error() {
+        use shards::config::{MAX_TIMEOUT, MAX_TTL};
+        let just = Duration::from_nanos(1);
+        // `--drain-timeout 18446744073709551615s` parses, and is refused here rather than
+        // panicking when the drain computes its deadline.
+        let flags = ConfigFile {
+            drain_timeout: Some(parse_duration("18446744073709551615s").unwrap()),
+            ..ConfigFile::default()
+        };
+        let err = ServeConfig::layered([&flags])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "drain_timeout (18446744073709551615s) must be at most 1d"
+        );
+        let mut serve = ServeConfig {
+            drain_timeout: MAX_TIMEOUT,
+            ..ServeConfig::default()
+        };
+        serve.validate().unwrap();
+        serve.drain_timeout = MAX_TIMEOUT + just;
+        assert_eq!(serve.validate().unwrap_err().field(), "drain_timeout");
+        // Each engine duration: at its bound passes, just above fails naming the field.
+        type Set = fn(&mut EngineConfig, Duration);
+        let cases: [(&str, Duration, Set); 7] = [
+            ("batch.timeout", MAX_TIMEOUT, |c, d| c.batch.timeout = d),
+            ("transport.idle_timeout", MAX_TIMEOUT, |c, d| {
+                c.transport.idle_timeout = d
+            }),
+            ("pool.ttl", MAX_TTL, |c, d| c.pool.ttl = d),
+            ("pool.stall_timeout", MAX_TIMEOUT, |c, d| {
+                c.pool.stall_timeout = d
+            }),
+            ("pool.handshake_timeout", MAX_TIMEOUT, |c, d| {
+                c.pool.handshake_timeout = d
+            }),
+            ("pool.frame_timeout", MAX_TIMEOUT, |c, d| {
+                c.pool.frame_timeout = d
+            }),
+            ("reconnect", MAX_TIMEOUT, |c, d| c.reconnect.max = d),
+        ];
+        for (field, max, set) in cases {
+            let mut at = EngineConfig::default();
+            set(&mut at, max);
+            let mut above = EngineConfig::default();
+            set(&mut above, max + just);
+            assert_eq!(at.validate(), Ok(()), "{field}");
+            let err = above.validate().unwrap_err();
+            assert_eq!(err.field(), field, "{err}");
+            assert!(!keys_for_field(field).is_empty(), "{field}");
+        }
+        // The keep-alive stays below the idle timeout, so it cannot reach the bound itself;
+        // above it, the bound is what is reported.
+        let mut cfg = EngineConfig::default();
+        cfg.transport.idle_timeout = MAX_TIMEOUT;
+        cfg.pool.keepalive = MAX_TIMEOUT - just;
+        cfg.validate().unwrap();
+        cfg.pool.keepalive = MAX_TIMEOUT + just;
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(
+            (err.field(), err.to_string().contains("must be at most 1d")),
+            ("pool.keepalive", true),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn later_layers_win_key_by_key() {
         let file = parse(
             "batch_size = 10\nwindow = 20000\npool_ttl = \"1m\"\npeers = [\"127.0.0.1:1\"]\n",
@@ -859,6 +935,7 @@ mod tests {
             "shards",
             "batch.max_messages",
             "batch.max_bytes",
+            "batch.timeout",
             "transport.idle_timeout",
             "transport.window",
             "transport.max_udp_payload",
@@ -876,6 +953,7 @@ mod tests {
             "app",
             "cert",
             "key",
+            "drain_timeout",
         ] {
             let keys = keys_for_field(field);
             assert!(!keys.is_empty(), "{field}");

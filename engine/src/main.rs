@@ -78,8 +78,8 @@ struct ServeArgs {
     /// Most bytes of records one batch takes (a batch always takes at least one).
     #[arg(long, env = "ENGINE_BATCH_BYTES")]
     batch_bytes: Option<usize>,
-    /// Flush a batch this long after its oldest message was queued (e.g. 50ms, 2ms, 0).
-    /// 0 flushes at the end of every processing turn.
+    /// Flush a batch this long after its oldest message was queued (e.g. 50ms, 2ms, 0; at
+    /// most 1d). 0 flushes at the end of every processing turn.
     #[arg(long, env = "ENGINE_BATCH_TIMEOUT", value_parser = parse_duration)]
     batch_timeout: Option<Duration>,
     /// What to do with messages addressed to this node.
@@ -125,13 +125,15 @@ struct ServeArgs {
     /// Read them with `engine status`.
     #[arg(long, env = "ENGINE_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// How long a graceful drain may take on SIGINT/SIGTERM before connections are closed.
+    /// How long a graceful drain may take on SIGINT/SIGTERM before connections are closed
+    /// (at most 1d).
     #[arg(long, env = "ENGINE_DRAIN_TIMEOUT", value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
-    /// Close a connection gracefully after this long without messages.
+    /// Close a connection gracefully after this long without messages (at most 365d).
     #[arg(long, env = "ENGINE_POOL_TTL", value_parser = parse_duration)]
     pool_ttl: Option<Duration>,
-    /// QUIC idle timeout: a peer silent this long (keep-alives unanswered) is gone.
+    /// QUIC idle timeout: a peer silent this long (keep-alives unanswered) is gone (at most
+    /// 1d).
     #[arg(long, env = "ENGINE_IDLE_TIMEOUT", value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
     /// Send a keep-alive PING after this long without sending; must be below
@@ -149,10 +151,11 @@ struct ServeArgs {
     /// falls below. Default: no ceiling beyond the per-connection bounds.
     #[arg(long, env = "ENGINE_MEMORY_LIMIT")]
     memory_limit: Option<u64>,
-    /// First delay before re-dialing a lost --peer (doubles per attempt, with jitter).
+    /// First delay before re-dialing a lost --peer (doubles per attempt, with jitter; at
+    /// most --reconnect-max).
     #[arg(long, env = "ENGINE_RECONNECT_INITIAL", value_parser = parse_duration)]
     reconnect_initial: Option<Duration>,
-    /// Longest delay between re-dial attempts.
+    /// Longest delay between re-dial attempts (at most 1d).
     #[arg(long, env = "ENGINE_RECONNECT_MAX", value_parser = parse_duration)]
     reconnect_max: Option<Duration>,
     /// Re-dial attempts before the peer is marked failed and its messages refused
@@ -169,15 +172,17 @@ struct ServeArgs {
     queue_capacity: Option<usize>,
     /// Close a connection with code 0x7 (STALLED) when data has waited this long for the
     /// peer without the peer granting any flow-control credit (it stopped reading). Its
-    /// queued messages are counted as dropped with reason "stalled".
+    /// queued messages are counted as dropped with reason "stalled". At most 1d.
     #[arg(long, env = "ENGINE_STALL_TIMEOUT", value_parser = parse_duration)]
     stall_timeout: Option<Duration>,
     /// Close a connection whose QUIC and Noise handshakes have not both finished this long
     /// after it was opened (code HANDSHAKE_FAILED), freeing its slot under the connection cap.
+    /// At most 1d.
     #[arg(long, env = "ENGINE_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
     handshake_timeout: Option<Duration>,
     /// Close a connection (code PROTOCOL_VIOLATION) whose sealed frame is still incomplete
     /// this long after its first bytes arrived, so no peer holds a partial frame buffer open.
+    /// At most 1d.
     #[arg(long, env = "ENGINE_FRAME_TIMEOUT", value_parser = parse_duration)]
     frame_timeout: Option<Duration>,
     /// Most handshakes in progress per shard; a new peer's Initial beyond it is dropped
@@ -627,6 +632,24 @@ mod tests {
             assert!(help.contains(&shown), "{shown} missing from\n{help}");
         }
         assert!(help.contains("ENGINE_BATCH_SIZE"), "{help}");
+    }
+
+    #[test]
+    fn status_timeout_is_bounded() {
+        let status = |t: &str| {
+            command().try_get_matches_from([
+                "engine",
+                "status",
+                "--metrics",
+                "127.0.0.1:9100",
+                "--timeout",
+                t,
+            ])
+        };
+        status("1d").unwrap();
+        let e = status("18446744073709551615s").unwrap_err().to_string();
+        assert!(e.contains("--timeout"), "{e}");
+        assert!(e.contains("must be at most 1d"), "{e}");
     }
 
     #[test]

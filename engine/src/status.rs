@@ -21,9 +21,21 @@ pub(crate) struct StatusArgs {
     /// The node's metrics address, as given to `engine serve --metrics` (e.g. 127.0.0.1:9100).
     #[arg(long, value_name = "ADDR")]
     metrics: SocketAddr,
-    /// Give up if the node has not answered completely within this long.
-    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+    /// Give up if the node has not answered completely within this long (above zero, at
+    /// most 1d).
+    #[arg(long, default_value = "5s", value_parser = parse_timeout)]
     timeout: Duration,
+}
+
+/// Parses `--timeout`: a duration above zero and at most
+/// [`shards::config::MAX_TIMEOUT`] (one day), since the fetch's deadline is `Instant + it`.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = super::parse_duration(s)?;
+    if d.is_zero() {
+        return Err("the timeout must be above zero".to_string());
+    }
+    shards::config::validate_timeout("timeout", d).map_err(|e| e.to_string())?;
+    Ok(d)
 }
 
 pub(crate) fn run(a: StatusArgs) -> Result<i32> {
@@ -39,7 +51,9 @@ pub(crate) fn run(a: StatusArgs) -> Result<i32> {
 
 /// `GET /metrics` over HTTP/1.0; the body of a 200 response.
 fn fetch(addr: SocketAddr, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now()
+        .checked_add(timeout)
+        .with_context(|| format!("timeout {timeout:?} is too long"))?;
     let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| {
         format!("cannot reach metrics at {addr} (is `engine serve --metrics {addr}` running?)")
     })?;
@@ -330,6 +344,22 @@ mod tests {
         assert_eq!(bytes(Some(512.0)), "512 B");
         assert_eq!(bytes(Some(3.5 * 1024.0 * 1024.0)), "3.5 MiB");
         assert_eq!(count(None), "-");
+    }
+
+    #[test]
+    fn timeout_is_bounded() {
+        let day = shards::config::MAX_TIMEOUT;
+        assert_eq!(parse_timeout("1d"), Ok(day));
+        assert_eq!(parse_timeout("5s"), Ok(Duration::from_secs(5)));
+        let e = parse_timeout("1d 1ns").unwrap_err();
+        assert_eq!(e, "timeout (86400.000000001s) must be at most 1d");
+        let e = parse_timeout("18446744073709551615s").unwrap_err();
+        assert!(e.starts_with("timeout ("), "{e}");
+        assert!(parse_timeout("0").unwrap_err().contains("above zero"));
+        // A caller that skips the parser gets an error, not a panic.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = fetch(l.local_addr().unwrap(), Duration::MAX).unwrap_err();
+        assert!(format!("{e:#}").contains("too long"), "{e:#}");
     }
 
     #[test]

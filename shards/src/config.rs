@@ -3,7 +3,9 @@
 //! Every policy a node is started with has a `validate()` method here, and
 //! [`RuntimeConfig::validate`] (called first thing by [`crate::runtime::start`]) runs them
 //! all, so an embedder cannot start shards with a zero keep-alive, TTL, batch size or
-//! window. The defaults themselves stay with each type (its `Default` impl or a `DEFAULT_*`
+//! window, nor with a duration so long that a deadline (`Instant + duration`) overflows:
+//! every timeout is at most [`MAX_TIMEOUT`] (one day) and the pool TTL at most [`MAX_TTL`]
+//! (365 days). The defaults themselves stay with each type (its `Default` impl or a `DEFAULT_*`
 //! const); this module only says what is allowed.
 //!
 //! Errors name the field by its path in [`RuntimeConfig`] (for example `pool.keepalive`,
@@ -41,6 +43,12 @@ pub const MAX_UDP_PAYLOAD: usize = 65_527;
 pub const MIN_QUEUE_CAPACITY: usize = 4096;
 /// Largest payload size limit accepted: one message must fit a sealed frame on its own.
 pub const MAX_MESSAGE_SIZE_LIMIT: usize = MAX_PLAINTEXT_LEN - MESSAGE_HEADER_LEN;
+/// Longest timeout accepted (idle, keep-alive, stall, handshake, frame, batch, reconnection
+/// delay, drain): one day. Deadlines are computed as `Instant + timeout`, which panics on
+/// overflow, and nothing a node waits for needs longer.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest pool TTL accepted: 365 days, long enough to mean "never" in practice.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// A configuration value that breaks a rule; each variant names the field and the rule.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -73,7 +81,7 @@ pub enum ConfigError {
         max: u64,
     },
     /// A duration is above its maximum.
-    #[error("{field} ({value:?}) must be at most {max:?}")]
+    #[error("{field} ({value:?}) must be at most {}", ShowDuration(*max))]
     TooLong {
         /// Path of the field.
         field: &'static str,
@@ -133,6 +141,22 @@ impl From<ConfigError> for StartError {
     }
 }
 
+/// A limit as people write it: whole days as `1d`, `365d` (which the duration parsers of
+/// the command lines read back), anything else as [`Duration`]'s `Debug` (`10ms`).
+struct ShowDuration(Duration);
+
+impl std::fmt::Display for ShowDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const DAY: u64 = 24 * 60 * 60;
+        let d = self.0;
+        if d.subsec_nanos() == 0 && d.as_secs() > 0 && d.as_secs().is_multiple_of(DAY) {
+            write!(f, "{}d", d.as_secs() / DAY)
+        } else {
+            write!(f, "{d:?}")
+        }
+    }
+}
+
 fn as_u64(v: usize) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
@@ -158,6 +182,30 @@ fn check_nonzero(field: &'static str, d: Duration) -> Result<(), ConfigError> {
         return Err(ConfigError::Zero { field });
     }
     Ok(())
+}
+
+/// Checks `d <= max`.
+fn check_at_most(field: &'static str, d: Duration, max: Duration) -> Result<(), ConfigError> {
+    if d > max {
+        return Err(ConfigError::TooLong {
+            field,
+            value: d,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a timeout named `field` against [`MAX_TIMEOUT`]; for the durations outside the
+/// data plane's policies (an engine's drain timeout, a command's own timeout).
+pub fn validate_timeout(field: &'static str, d: Duration) -> Result<(), ConfigError> {
+    check_at_most(field, d, MAX_TIMEOUT)
+}
+
+/// Checks a positive timeout named `field`: above zero, at most [`MAX_TIMEOUT`].
+fn check_timeout(field: &'static str, d: Duration) -> Result<(), ConfigError> {
+    check_nonzero(field, d)?;
+    validate_timeout(field, d)
 }
 
 /// Checks a shard count: `1..=`[`MAX_SHARDS`] (one routing byte in every connection ID).
@@ -188,18 +236,21 @@ pub fn validate_queue_capacity(bytes: usize) -> Result<(), ConfigError> {
 impl BatchPolicy {
     /// Checks the flush policy: `max_messages` and `max_bytes` at least 1 (a batch always
     /// takes at least one item; what it holds is further bounded by the destination's queue
-    /// capacity). A zero `timeout` is allowed: it flushes at the end of every processing turn.
+    /// capacity), `timeout` at most [`MAX_TIMEOUT`]. A zero `timeout` is allowed: it
+    /// flushes at the end of every processing turn.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_range("batch.max_messages", as_u64(self.max_messages), 1, u64::MAX)?;
-        check_range("batch.max_bytes", as_u64(self.max_bytes), 1, u64::MAX)
+        check_range("batch.max_bytes", as_u64(self.max_bytes), 1, u64::MAX)?;
+        validate_timeout("batch.timeout", self.timeout)
     }
 }
 
 impl TransportConfig {
-    /// Checks the QUIC tuning: a non-zero `idle_timeout`, `window` at least [`MIN_WINDOW`],
-    /// `max_udp_payload` within [`MIN_UDP_PAYLOAD`]`..=`[`MAX_UDP_PAYLOAD`].
+    /// Checks the QUIC tuning: `idle_timeout` above zero and at most [`MAX_TIMEOUT`],
+    /// `window` at least [`MIN_WINDOW`], `max_udp_payload` within
+    /// [`MIN_UDP_PAYLOAD`]`..=`[`MAX_UDP_PAYLOAD`].
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_nonzero("transport.idle_timeout", self.idle_timeout)?;
+        check_timeout("transport.idle_timeout", self.idle_timeout)?;
         check_range("transport.window", self.window, MIN_WINDOW, u64::MAX)?;
         check_range(
             "transport.max_udp_payload",
@@ -211,15 +262,16 @@ impl TransportConfig {
 }
 
 impl PoolConfig {
-    /// Checks the pool policy on its own: non-zero `ttl`, `keepalive`, `stall_timeout` and
-    /// `handshake_timeout`, `frame_timeout`,
-    /// and a `max_connections` cap, if any, of at least 1.
+    /// Checks the pool policy on its own: `ttl` above zero and at most [`MAX_TTL`];
+    /// `keepalive`, `stall_timeout`, `handshake_timeout` and `frame_timeout` above zero and
+    /// at most [`MAX_TIMEOUT`]; and a `max_connections` cap, if any, of at least 1.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_nonzero("pool.ttl", self.ttl)?;
-        check_nonzero("pool.keepalive", self.keepalive)?;
-        check_nonzero("pool.stall_timeout", self.stall_timeout)?;
-        check_nonzero("pool.handshake_timeout", self.handshake_timeout)?;
-        check_nonzero("pool.frame_timeout", self.frame_timeout)?;
+        check_at_most("pool.ttl", self.ttl, MAX_TTL)?;
+        check_timeout("pool.keepalive", self.keepalive)?;
+        check_timeout("pool.stall_timeout", self.stall_timeout)?;
+        check_timeout("pool.handshake_timeout", self.handshake_timeout)?;
+        check_timeout("pool.frame_timeout", self.frame_timeout)?;
         check_range(
             "pool.max_handshakes",
             as_u64(self.max_handshakes),
@@ -253,11 +305,24 @@ impl PoolConfig {
 }
 
 /// Checks a reconnection schedule with [`BackoffPolicy::validate`] (positive initial delay,
-/// `max >= initial`, jitter within `0.0..=1.0`), reported under `field`.
+/// `max >= initial`, jitter within `0.0..=1.0`) and `max` (so every delay) at most
+/// [`MAX_TIMEOUT`], reported under `field`.
 pub fn validate_backoff(field: &'static str, policy: &BackoffPolicy) -> Result<(), ConfigError> {
     policy
         .validate()
-        .map_err(|source| ConfigError::Backoff { field, source })
+        .map_err(|source| ConfigError::Backoff { field, source })?;
+    if policy.max > MAX_TIMEOUT {
+        let why = format!(
+            "max delay ({:?}) must be at most {}",
+            policy.max,
+            ShowDuration(MAX_TIMEOUT)
+        );
+        return Err(ConfigError::Backoff {
+            field,
+            source: LifecycleError::InvalidPolicy(why),
+        });
+    }
+    Ok(())
 }
 
 impl RuntimeConfig {
@@ -443,6 +508,108 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "queue_capacity (4095) must be at least 4096"
+        );
+    }
+
+    #[test]
+    fn durations_are_bounded_and_errors_name_the_field() {
+        let over = MAX_TIMEOUT + Duration::from_nanos(1);
+        let pool = PoolConfig::default();
+        // At the bound passes; just above it fails, naming the field.
+        let bounded =
+            |field: &str, max: Duration, check: &dyn Fn(Duration) -> Result<(), ConfigError>| {
+                if let Err(e) = check(max) {
+                    panic!("{field} at {max:?}: {e}");
+                }
+                let e = check(max + Duration::from_nanos(1)).unwrap_err();
+                assert_eq!(e.field(), field, "{e}");
+                assert!(e.to_string().starts_with(field), "{e}");
+            };
+        bounded("batch.timeout", MAX_TIMEOUT, &|d| {
+            BatchPolicy {
+                timeout: d,
+                ..BatchPolicy::default()
+            }
+            .validate()
+        });
+        bounded("transport.idle_timeout", MAX_TIMEOUT, &|d| {
+            TransportConfig {
+                idle_timeout: d,
+                ..TransportConfig::default()
+            }
+            .validate()
+        });
+        let pool_with = |set: fn(&mut PoolConfig, Duration)| {
+            move |d: Duration| {
+                let mut p = PoolConfig::default();
+                set(&mut p, d);
+                p.validate()
+            }
+        };
+        bounded(
+            "pool.keepalive",
+            MAX_TIMEOUT,
+            &pool_with(|p, d| p.keepalive = d),
+        );
+        bounded(
+            "pool.stall_timeout",
+            MAX_TIMEOUT,
+            &pool_with(|p, d| p.stall_timeout = d),
+        );
+        bounded(
+            "pool.handshake_timeout",
+            MAX_TIMEOUT,
+            &pool_with(|p, d| p.handshake_timeout = d),
+        );
+        bounded(
+            "pool.frame_timeout",
+            MAX_TIMEOUT,
+            &pool_with(|p, d| p.frame_timeout = d),
+        );
+        bounded("pool.ttl", MAX_TTL, &pool_with(|p, d| p.ttl = d));
+        // What `--drain-timeout 18446744073709551615s` would give.
+        let huge = Duration::from_secs(u64::MAX);
+        let mut p = PoolConfig {
+            handshake_timeout: huge,
+            ..PoolConfig::default()
+        };
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "pool.handshake_timeout (18446744073709551615s) must be at most 1d"
+        );
+        p.handshake_timeout = pool.handshake_timeout;
+        p.ttl = huge;
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "pool.ttl (18446744073709551615s) must be at most 365d"
+        );
+        validate_timeout("drain_timeout", MAX_TIMEOUT).unwrap();
+        validate_timeout("drain_timeout", Duration::ZERO).unwrap();
+        assert_eq!(
+            validate_timeout("drain_timeout", over).unwrap_err().field(),
+            "drain_timeout"
+        );
+        // The reconnection schedule: every delay is at most `max`, so `max` is bounded.
+        let mut backoff = BackoffPolicy {
+            max: MAX_TIMEOUT,
+            ..BackoffPolicy::default()
+        };
+        validate_backoff("reconnect", &backoff).unwrap();
+        backoff.max = over;
+        let err = validate_backoff("reconnect", &backoff).unwrap_err();
+        assert_eq!(err.field(), "reconnect");
+        assert!(
+            err.to_string().starts_with(
+                "reconnect: invalid backoff policy: max delay (86400.000000001s) must be at most 1d"
+            ),
+            "{err}"
+        );
+        // The busy-poll limit still reads as before.
+        assert_eq!(
+            validate_busy_poll(Duration::from_millis(11))
+                .unwrap_err()
+                .to_string(),
+            "busy_poll (11ms) must be at most 10ms"
         );
     }
 

@@ -292,3 +292,36 @@ fn invalid_values_are_rejected_with_the_rule_and_where_they_came_from() {
         assert!(err.contains(args[0]), "{err}");
     }
 }
+
+/// A duration too long for a deadline (`Instant + it` would overflow) is refused with the
+/// field, its bound and the flag that set it, not accepted and then panicking later.
+#[test]
+fn durations_beyond_their_bounds_are_refused() {
+    let huge = "18446744073709551615s";
+    for (flag, field, bound) in [
+        ("--drain-timeout", "drain_timeout", "1d"),
+        ("--handshake-timeout", "pool.handshake_timeout", "1d"),
+        ("--pool-ttl", "pool.ttl", "365d"),
+    ] {
+        let out = serve_cmd().args([flag, huge]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains(&format!("{field} ({huge}) must be at most {bound}")),
+            "{err}"
+        );
+        assert!(err.contains(&format!("(set by {flag})")), "{err}");
+    }
+    // At the bound the configuration is accepted.
+    let t = print_config(serve_cmd().args(["--drain-timeout", "1d"]));
+    assert_eq!(t["drain_timeout"].as_str(), Some("1day"));
+    let out = Command::new(bin())
+        .args(["status", "--metrics", "127.0.0.1:9", "--timeout", huge])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be at most 1d"),
+        "{out:?}"
+    );
+}
