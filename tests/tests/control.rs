@@ -398,3 +398,37 @@ fn harness_run_against_the_control_loses_nothing() {
     let (status, err) = control.stop();
     assert!(status.success(), "{status:?} {err}");
 }
+
+/// The control takes only settings the engine takes: a queue capacity below the engine's
+/// minimum, a payload limit of 0 or a duration too long for a deadline is refused at start
+/// with the rule and the flag.
+#[test]
+fn control_refuses_settings_the_engine_refuses() {
+    for (args, expect) in [
+        (
+            ["--queue-capacity", "100"],
+            "queue_capacity (100) must be at least 4096 (--queue-capacity)",
+        ),
+        (
+            ["--max-message-size", "0"],
+            "max_message_size (0) must be at least 1 (--max-message-size)",
+        ),
+        (
+            ["--drain-timeout", "18446744073709551615s"],
+            "drain_timeout (18446744073709551615s) must be at most 1d (--drain-timeout)",
+        ),
+    ] {
+        let o = Command::new(harness_bin())
+            .args(["control-server", "--listen", "127.0.0.1:0", "--no-pin"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("invalid control-server configuration"),
+            "{err}"
+        );
+        assert!(err.contains(expect), "{err}");
+    }
+}

@@ -3,7 +3,8 @@
 use super::*;
 
 /// `bench-harness control-server`: the tokio + quinn control node. The options that also
-/// exist on `engine serve` have its names and defaults.
+/// exist on `engine serve` have its names, defaults and limits (checked with the engine's
+/// own rules at start).
 #[derive(Args, Debug, Clone)]
 pub struct ControlArgs {
     /// UDP address to listen on (port 0 picks a free one; the banner names it).
@@ -16,7 +17,8 @@ pub struct ControlArgs {
     /// Flush a connection's batch at this many records.
     #[arg(long, default_value_t = BatchPolicy::default().max_messages)]
     pub batch_size: usize,
-    /// Flush this long after the oldest queued record; 0 = at the end of each turn.
+    /// Flush this long after the oldest queued record; 0 = at the end of each turn (at most
+    /// 1d).
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub batch_timeout: Duration,
     /// Most bytes of records one batch takes.
@@ -32,25 +34,28 @@ pub struct ControlArgs {
     /// QUIC connection and stream receive window, bytes (the engine's `--window`).
     #[arg(long, default_value_t = shards::session::DEFAULT_WINDOW)]
     pub window: u64,
-    /// Bytes one connection may have queued before the senders feeding it are not read.
+    /// Bytes one connection may have queued before the senders feeding it are not read (at
+    /// least 4096, as the engine). A record is admitted while the queue is below it and may
+    /// take it over, as in the engine.
     #[arg(long, default_value_t = engine::config::DEFAULT_QUEUE_CAPACITY)]
     pub queue_capacity: usize,
-    /// Larger payloads are refused with a `MessageTooLarge` ERROR record.
+    /// Larger payloads are refused with a `MessageTooLarge` ERROR record (at least 1, at
+    /// most what one 16 MiB sealed frame holds, as the engine).
     #[arg(long, default_value_t = engine::config::DEFAULT_MAX_MESSAGE_SIZE)]
     pub max_message_size: usize,
     /// Close a connection whose QUIC and Noise handshakes have not finished this long
-    /// after it arrived (`HANDSHAKE_FAILED`).
+    /// after it arrived (`HANDSHAKE_FAILED`). At most 1d.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
     /// Close a connection whose sealed frame is still incomplete this long after its
-    /// first bytes arrived (`PROTOCOL_VIOLATION`).
+    /// first bytes arrived (`PROTOCOL_VIOLATION`). At most 1d.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub frame_timeout: Duration,
     /// Send one datagram per packet instead of coalescing with UDP GSO (the engine's
     /// `--no-gso`).
     #[arg(long)]
     pub no_gso: bool,
-    /// How long SIGINT/SIGTERM may spend draining.
+    /// How long SIGINT/SIGTERM may spend draining (at most 1d).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 }

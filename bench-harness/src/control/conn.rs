@@ -80,6 +80,7 @@ fn close_handshake_late(quic: &quinn::Connection, cfg: &ControlConfig) {
 struct Blocked {
     message: Message,
     to: PeerHandle,
+    /// The record's encoded size.
     size: u32,
 }
 
@@ -275,13 +276,10 @@ impl Conn {
                         }
                     }
                 }
-                permit = acquire_budget(acquire), if self.blocked.is_some() => {
+                held = wait_budget(acquire), if self.blocked.is_some() => {
                     if let Some(b) = self.blocked.take() {
-                        match permit {
-                            Ok(p) => {
-                                p.forget();
-                                self.forward(b.message, &b.to, b.size);
-                            }
+                        match held {
+                            Ok(held) => self.forward(b.message, &b.to, held),
                             Err(_) => self.refuse(&b.message, ErrorCode::DestinationUnreachable),
                         }
                     }
@@ -494,9 +492,8 @@ impl Conn {
             return;
         };
         let size = u32::try_from(MESSAGE_HEADER_LEN + m.payload.len()).unwrap_or(u32::MAX);
-        let acquired = to.budget.try_acquire_many(size).map(|p| p.forget());
-        match acquired {
-            Ok(()) => self.forward(m, &to, size),
+        match take_budget(&to.budget, size) {
+            Ok(held) => self.forward(m, &to, held),
             Err(TryAcquireError::NoPermits) => {
                 self.blocked = Some(Blocked {
                     message: m,
@@ -518,16 +515,16 @@ impl Conn {
         });
     }
 
-    /// Hands `m` (holding `size` of the destination's budget) to the destination.
-    fn forward(&mut self, m: Message, to: &PeerHandle, size: u32) {
+    /// Hands `m` (holding `held` permits of the destination's budget) to the destination.
+    fn forward(&mut self, m: Message, to: &PeerHandle, held: u32) {
         let q = Queued {
             record: Record::Message(m),
-            kind: Kind::Relayed,
+            kind: Kind::Relayed { held },
         };
         match to.tx.send(q) {
             Ok(()) => inc(&self.shared.counts.relayed),
             Err(mpsc::error::SendError(q)) => {
-                to.budget.add_permits(size as usize);
+                to.budget.add_permits(held as usize);
                 if let Record::Message(m) = &q.record {
                     self.refuse(m, ErrorCode::DestinationUnreachable);
                 }
@@ -562,10 +559,10 @@ impl Conn {
 
     /// Reports a relayed record this connection will not deliver to its sender.
     fn give_back(&self, q: Queued, code: ErrorCode) {
-        if q.kind != Kind::Relayed {
+        let Kind::Relayed { held } = q.kind else {
             return;
-        }
-        self.budget.add_permits(q.record.encoded_len());
+        };
+        self.budget.add_permits(held as usize);
         if let Record::Message(m) = &q.record {
             self.shared.refuse_to_sender(m, code);
         }
@@ -588,7 +585,7 @@ impl Conn {
             self.queue.pop_front_n(n, |q, _| {
                 if sent.is_ok() {
                     match q.kind {
-                        Kind::Relayed => budget.add_permits(q.record.encoded_len()),
+                        Kind::Relayed { held } => budget.add_permits(held as usize),
                         Kind::Reply => inc(&shared.counts.delivered_local),
                         Kind::Report => {}
                     }
@@ -646,7 +643,7 @@ impl Conn {
         }
         for q in left {
             match q.kind {
-                Kind::Relayed => self.give_back(q, code),
+                Kind::Relayed { .. } => self.give_back(q, code),
                 Kind::Reply => inc(&self.shared.counts.dropped),
                 Kind::Report => {}
             }
@@ -658,11 +655,39 @@ impl Conn {
     }
 }
 
-async fn acquire_budget(
-    b: Option<(Arc<Semaphore>, u32)>,
-) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError> {
+/// Admits a record of `size` bytes (at least 1) to a destination's `budget` as the engine
+/// admits one to a queue below its capacity: if any permit is free, takes what is free up to
+/// `size` and returns how many it took. A record larger than the whole capacity is so
+/// admitted once the queue has room, instead of waiting for permits that cannot exist.
+fn take_budget(budget: &Semaphore, size: u32) -> Result<u32, TryAcquireError> {
+    loop {
+        let free = u32::try_from(budget.available_permits()).unwrap_or(u32::MAX);
+        let n = free.min(size).max(1);
+        match budget.try_acquire_many(n) {
+            Ok(p) => {
+                p.forget();
+                return Ok(n);
+            }
+            // Another sender took some since: try again with what is left.
+            Err(TryAcquireError::NoPermits) if free > 0 => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits until the destination's budget has room, then admits the blocked record as
+/// [`take_budget`] does; returns the permits it holds. No await after the permits are
+/// taken, so a cancelled wait holds none.
+async fn wait_budget(b: Option<(Arc<Semaphore>, u32)>) -> Result<u32, tokio::sync::AcquireError> {
     match b {
-        Some((sem, n)) => sem.acquire_many_owned(n).await,
+        Some((sem, size)) => {
+            sem.acquire().await?.forget();
+            let rest = match size.saturating_sub(1) {
+                0 => 0,
+                rest => take_budget(&sem, rest).unwrap_or(0),
+            };
+            Ok(1 + rest)
+        }
         None => std::future::pending().await,
     }
 }

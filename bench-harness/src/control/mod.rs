@@ -56,9 +56,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use shards::batch::{BatchPolicy, BatchQueue};
+use shards::config::ConfigError;
 use shards::handshake::{ALPN, Role};
 use shards::identity::Identity;
 use shards::session::TransportConfig;
+use shards::shard::PoolConfig;
 use shards::stream_session::{StreamError, StreamRead, StreamSession};
 use shards::wire::{
     ErrorCode, ErrorRecord, MESSAGE_HEADER_LEN, Message, PayloadPool, PeerId, Record, close_code,
@@ -125,31 +127,60 @@ impl Default for ControlConfig {
 }
 
 impl ControlConfig {
+    /// Checks the settings with the engine's own rules (`shards::config`), so the control
+    /// runs only configurations the engine would: the batch policy, the transport, the
+    /// payload limit, the queue capacity, the keep-alive below the idle timeout, and every
+    /// duration's bound (at most a day, so no deadline overflows). Beyond the engine: at
+    /// least one thread, and a queue capacity within `u32` (the budget's permits).
     fn validate(&self) -> Result<(), ControlError> {
-        let bad = |m: String| Err(ControlError::Config(m));
         if self.threads == 0 {
-            return bad("threads must be at least 1".into());
+            return Err(ControlError::Config("threads must be at least 1".into()));
         }
-        if self.batch.max_messages == 0 {
-            return bad("batch size must be at least 1".into());
-        }
-        if self.transport.window < shards::config::MIN_WINDOW {
-            return bad(format!(
-                "window must be at least {} bytes",
-                shards::config::MIN_WINDOW
-            ));
-        }
-        if self.queue_capacity == 0 {
-            return bad("queue capacity must be above zero".into());
-        }
+        let pool = PoolConfig {
+            keepalive: self.keepalive,
+            handshake_timeout: self.handshake_timeout,
+            frame_timeout: self.frame_timeout,
+            ..PoolConfig::default()
+        };
+        self.batch
+            .validate()
+            .and_then(|()| self.transport.validate())
+            .and_then(|()| pool.validate_for(&self.transport))
+            .and_then(|()| shards::config::validate_max_message_size(self.max_message_size))
+            .and_then(|()| shards::config::validate_queue_capacity(self.queue_capacity))
+            .and_then(|()| shards::config::validate_timeout("drain_timeout", self.drain_timeout))
+            .map_err(ControlError::Invalid)?;
         if u32::try_from(self.queue_capacity).is_err() {
-            return bad(format!("queue capacity above {} bytes", u32::MAX));
-        }
-        if self.handshake_timeout.is_zero() || self.frame_timeout.is_zero() {
-            return bad("handshake and frame timeouts must be above zero".into());
+            return Err(ControlError::Config(format!(
+                "queue capacity above {} bytes",
+                u32::MAX
+            )));
         }
         Ok(())
     }
+}
+
+/// The `control-server` flag that sets the field a [`ConfigError`] names, if it has one.
+fn flag_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "batch.max_messages" => "--batch-size",
+        "batch.max_bytes" => "--batch-bytes",
+        "batch.timeout" => "--batch-timeout",
+        "transport.window" => "--window",
+        "max_message_size" => "--max-message-size",
+        "queue_capacity" => "--queue-capacity",
+        "pool.handshake_timeout" => "--handshake-timeout",
+        "pool.frame_timeout" => "--frame-timeout",
+        "drain_timeout" => "--drain-timeout",
+        _ => return None,
+    })
+}
+
+/// ` (--flag)` after a rule broken by a value a flag sets.
+fn flag_note(e: &ConfigError) -> String {
+    flag_of(e.field())
+        .map(|f| format!(" ({f})"))
+        .unwrap_or_default()
 }
 
 /// Why the control server could not start.
@@ -159,6 +190,9 @@ pub enum ControlError {
     /// A setting is out of range.
     #[error("invalid control-server configuration: {0}")]
     Config(String),
+    /// A setting breaks one of the engine's rules (the same limits `engine serve` checks).
+    #[error("invalid control-server configuration: {0}{note}", note = flag_note(.0))]
+    Invalid(ConfigError),
     /// The thread, the tokio runtime or the UDP socket could not be set up.
     #[error("{what}: {source}")]
     Io {
@@ -280,7 +314,10 @@ pub fn transport_config(
 struct PeerHandle {
     conn: u64,
     tx: mpsc::UnboundedSender<Queued>,
-    /// Bytes of relayed records the connection may still take (its queue capacity).
+    /// Bytes of relayed records the connection may still take (its queue capacity). As in
+    /// the engine, a record is admitted while any is left and may take the queue over the
+    /// capacity; it then holds only what was left ([`Kind::Relayed`]), so the semaphore
+    /// never needs more permits than it has.
     budget: Arc<Semaphore>,
 }
 
@@ -294,8 +331,9 @@ struct Queued {
 enum Kind {
     /// An echo reply; counted as delivered when it is sealed, as in the engine.
     Reply,
-    /// A relayed message; holds its size in the destination's budget until it is sealed.
-    Relayed,
+    /// A relayed message; holds `held` permits of the destination's budget (its size, or
+    /// what was left when it was admitted) until it is sealed or given back.
+    Relayed { held: u32 },
     /// An ERROR record for the connection's peer.
     Report,
 }
@@ -586,4 +624,200 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shards::client::{Client, ClientConfig};
+    use shards::config::{MAX_MESSAGE_SIZE_LIMIT, MIN_QUEUE_CAPACITY};
+    use shards::shard::Delivery;
+
+    /// A control server on a free loopback port, unpinned, flushing every turn, with
+    /// `queue_capacity` and a short drain.
+    fn server(queue_capacity: usize) -> ControlServer {
+        let cfg = ControlConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pin: false,
+            batch: BatchPolicy {
+                timeout: Duration::ZERO,
+                ..BatchPolicy::default()
+            },
+            queue_capacity,
+            drain_timeout: Duration::from_millis(300),
+            ..ControlConfig::default()
+        };
+        ControlServer::start(cfg, Identity::generate().unwrap()).unwrap()
+    }
+
+    fn client_with(s: &ControlServer, batch: BatchPolicy) -> Client {
+        let cfg = ClientConfig {
+            batch,
+            ..ClientConfig::default()
+        };
+        Client::connect(s.local_addr(), &Identity::generate().unwrap(), cfg).unwrap()
+    }
+
+    fn client(s: &ControlServer) -> Client {
+        client_with(
+            s,
+            BatchPolicy {
+                timeout: Duration::ZERO,
+                ..BatchPolicy::default()
+            },
+        )
+    }
+
+    /// Receives up to `n` deliveries on `to` within `timeout`, driving `from` meanwhile
+    /// (it may still have bytes to push through QUIC's congestion window).
+    fn recv_n(to: &mut Client, from: &mut Client, n: usize, timeout: Duration) -> Vec<Delivery> {
+        let end = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < end {
+            from.poll(Duration::from_millis(1)).unwrap();
+            if let Some(d) = to.recv(Duration::from_millis(10)).unwrap() {
+                got.push(d);
+            }
+        }
+        got
+    }
+
+    /// One echo round trip, after which the server has the client's peer id registered.
+    fn echo_once(c: &mut Client, seq: u64) {
+        let node = c.node_id();
+        c.send_with_seq(node, seq, b"ping".to_vec()).unwrap();
+        c.flush().unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Some(d) = c.recv(Duration::from_millis(20)).unwrap() {
+                assert!(
+                    matches!(d, Delivery::Message { seq: s, .. } if s == seq),
+                    "{d:?}"
+                );
+                return;
+            }
+        }
+        panic!("echo {seq} not answered");
+    }
+
+    #[test]
+    fn settings_are_checked_with_the_engines_limits() {
+        let refused = |cfg: ControlConfig| {
+            ControlServer::start(cfg, Identity::generate().unwrap())
+                .unwrap_err()
+                .to_string()
+        };
+        let ok = ControlConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pin: false,
+            ..ControlConfig::default()
+        };
+        let huge = Duration::from_secs(u64::MAX);
+        for (cfg, expect) in [
+            (
+                ControlConfig {
+                    queue_capacity: MIN_QUEUE_CAPACITY - 1,
+                    ..ok.clone()
+                },
+                "queue_capacity (4095) must be at least 4096 (--queue-capacity)",
+            ),
+            (
+                ControlConfig {
+                    max_message_size: 0,
+                    ..ok.clone()
+                },
+                "max_message_size (0) must be at least 1 (--max-message-size)",
+            ),
+            (
+                ControlConfig {
+                    max_message_size: MAX_MESSAGE_SIZE_LIMIT + 1,
+                    ..ok.clone()
+                },
+                "(--max-message-size)",
+            ),
+            (
+                ControlConfig {
+                    handshake_timeout: huge,
+                    ..ok.clone()
+                },
+                "pool.handshake_timeout (18446744073709551615s) must be at most 1d (--handshake-timeout)",
+            ),
+            (
+                ControlConfig {
+                    frame_timeout: Duration::ZERO,
+                    ..ok.clone()
+                },
+                "pool.frame_timeout must be above zero (--frame-timeout)",
+            ),
+            (
+                ControlConfig {
+                    drain_timeout: huge,
+                    ..ok.clone()
+                },
+                "(--drain-timeout)",
+            ),
+            (
+                ControlConfig {
+                    batch: BatchPolicy {
+                        timeout: huge,
+                        ..BatchPolicy::default()
+                    },
+                    ..ok.clone()
+                },
+                "batch.timeout (18446744073709551615s) must be at most 1d (--batch-timeout)",
+            ),
+        ] {
+            let err = refused(cfg);
+            assert!(
+                err.starts_with("invalid control-server configuration: ") && err.contains(expect),
+                "{err}"
+            );
+        }
+        // At the engine's limits the control starts.
+        let at = ControlConfig {
+            queue_capacity: MIN_QUEUE_CAPACITY,
+            max_message_size: MAX_MESSAGE_SIZE_LIMIT,
+            drain_timeout: shards::config::MAX_TIMEOUT,
+            ..ok
+        };
+        drop(ControlServer::start(at, Identity::generate().unwrap()).unwrap());
+    }
+
+    /// A relayed message larger than the destination's whole queue capacity is admitted
+    /// while the queue has room, as the engine admits it, instead of waiting forever for
+    /// permits the budget never has (which stopped its sender from being read again).
+    #[test]
+    fn relays_larger_than_the_queue_capacity_go_through() {
+        let s = server(MIN_QUEUE_CAPACITY);
+        let (mut a, mut b) = (client(&s), client(&s));
+        echo_once(&mut a, 1_000);
+        echo_once(&mut b, 1_000);
+        const N: u64 = 5;
+        let size = 3 * MIN_QUEUE_CAPACITY;
+        for i in 0..N {
+            a.send_with_seq(b.peer_id(), i, vec![i as u8; size])
+                .unwrap();
+        }
+        a.flush().unwrap();
+        let got = recv_n(&mut b, &mut a, N as usize, Duration::from_secs(10));
+        let seqs: Vec<u64> = got
+            .iter()
+            .map(|d| match d {
+                Delivery::Message { from, seq, payload } => {
+                    assert_eq!((*from, payload.len()), (a.peer_id(), size));
+                    *seq
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, (0..N).collect::<Vec<_>>(), "{:?}", s.counts());
+        // The sender is still read.
+        echo_once(&mut a, 2_000);
+        let c = s.shutdown();
+        assert_eq!(
+            (c.messages_in, c.relayed, c.dropped),
+            (N + 3, N, 0),
+            "{c:?}"
+        );
+    }
 }
