@@ -216,7 +216,8 @@ struct Conn {
     inbox: mpsc::UnboundedReceiver<Queued>,
     budget: Arc<Semaphore>,
     queue: BatchQueue<Queued>,
-    /// Records of opened frames not yet routed, in order.
+    /// Records of opened frames not yet routed, in order; counted as received when routed,
+    /// or when the connection ends with them (then also as dropped).
     records: VecDeque<Record>,
     opened: Vec<Record>,
     /// Payload buffers of sent messages, reused for the next decoded ones, as the engine's
@@ -651,6 +652,20 @@ impl Conn {
         // Its sender is this connection, which is gone.
         if self.blocked.take().is_some() {
             inc(&self.shared.counts.dropped);
+        }
+        // Records of frames already read, decoded behind the blocked one and never routed:
+        // received, and dropped because their sender is gone (the engine's `sender_gone`).
+        // No ERROR records: they would go to this connection, which is closed (the engine
+        // sends none for them either).
+        self.records.extend(self.opened.drain(..));
+        for r in self.records.drain(..) {
+            match r {
+                Record::Message(_) => {
+                    inc(&self.shared.counts.messages_in);
+                    inc(&self.shared.counts.dropped);
+                }
+                Record::Error(_) => inc(&self.shared.counts.errors_in),
+            }
         }
     }
 }

@@ -222,8 +222,8 @@ pub struct ControlCounts {
     pub delivered_local: u64,
     /// Of those, handed to another connected peer.
     pub relayed: u64,
-    /// Of those, not delivered (unknown destination, too large, destination gone, or
-    /// nowhere to send the reply).
+    /// Of those, not delivered (unknown destination, too large, destination gone, nowhere
+    /// to send the reply, or their sender's connection ended before they were routed).
     pub dropped: u64,
     /// ERROR records received (counted, never answered).
     pub errors_in: u64,
@@ -819,5 +819,63 @@ mod tests {
             (N + 3, N, 0),
             "{c:?}"
         );
+    }
+
+    /// A sender blocked on a destination that stopped reading holds decoded records behind
+    /// the blocked one; when its connection ends they are counted as received and dropped
+    /// (the engine's `sender_gone`), not lost from the counts.
+    #[test]
+    fn records_behind_a_blocked_relay_are_counted_when_the_connection_ends() {
+        let s = server(MIN_QUEUE_CAPACITY);
+        // One frame of N records: all of them are decoded as soon as it is read.
+        let mut a = client_with(
+            &s,
+            BatchPolicy {
+                max_messages: 4096,
+                max_bytes: 4 << 20,
+                timeout: Duration::from_secs(30),
+            },
+        );
+        let mut b = client(&s);
+        echo_once(&mut a, 1_000_000);
+        echo_once(&mut b, 1_000_000);
+        // B reads nothing from here on: its window, the sealed backlog and its queue fill
+        // (about 400 KB), and A's relays to it block behind them.
+        const N: u64 = 1000;
+        for i in 0..N {
+            a.send_with_seq(b.peer_id(), i, vec![7; 1000]).unwrap();
+        }
+        a.flush().unwrap();
+        let end = Instant::now() + Duration::from_secs(20);
+        let (mut relayed, mut since) = (0, Instant::now());
+        loop {
+            a.poll(Duration::from_millis(10)).unwrap();
+            let now = s.counts().relayed;
+            if now != relayed {
+                (relayed, since) = (now, Instant::now());
+            } else if relayed > 0 && since.elapsed() > Duration::from_millis(500) {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "relays did not settle: {:?}",
+                s.counts()
+            );
+        }
+        let c = s.shutdown();
+        assert!(
+            c.relayed < N - 1,
+            "nothing was left behind a blocked relay: {c:?}"
+        );
+        assert_eq!(
+            c.messages_in,
+            N + 2,
+            "every decoded record is counted: {c:?}"
+        );
+        // Each of A's messages was relayed or dropped when A's connection ended (relayed
+        // ones B still held are dropped as well).
+        assert!(c.dropped >= N - c.relayed, "{c:?}");
+        assert_eq!(c.delivered_local, 2, "{c:?}");
+        drop((a, b));
     }
 }
