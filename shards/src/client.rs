@@ -197,7 +197,7 @@ impl Client {
             unacked: 0,
             unacked_since: None,
         };
-        let deadline = Instant::now() + c.cfg.connect_timeout;
+        let deadline = after(c.cfg.connect_timeout);
         loop {
             c.drive()?;
             if let Some(node) = c.session.take_ready() {
@@ -435,7 +435,7 @@ impl Client {
     /// Waits up to `timeout` for a delivery (a message, or an error about one we sent).
     /// Fails with [`ClientError::Closed`] once the connection is closed and nothing is left.
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = after(timeout);
         loop {
             if let Some(d) = pop_front_rewound(&mut self.inbox) {
                 return Ok(Some(d));
@@ -484,7 +484,7 @@ impl Client {
     /// Runs I/O for at most `timeout`: flushes due batches, reads datagrams, runs timers.
     /// Returns early once something was delivered.
     pub fn poll(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = after(timeout);
         let before = self.inbox.len();
         loop {
             self.poll_ready(true)?;
@@ -715,7 +715,7 @@ impl Client {
     /// Flushes what is queued, finishes the session stream and waits (up to `timeout`) for
     /// the node to finish too, collecting what it still sends; returns those deliveries.
     pub fn close(mut self, timeout: Duration) -> Result<Vec<Delivery>, ClientError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = after(timeout);
         if self.session.is_open() {
             self.flush()?;
             self.session.finish();
@@ -729,6 +729,14 @@ impl Client {
         }
         Ok(self.inbox.into_iter().collect())
     }
+}
+
+/// `d` from now; a wait too long for the clock to express waits as if for ever (a
+/// century), instead of panicking.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 fn describe(info: &CloseInfo) -> String {

@@ -590,9 +590,11 @@ impl Endpoint {
             let origin = self.origin_of(&r);
             self.undeliverable(origin, r, code, now);
         }
-        // Records this peer sent that were never routed.
+        // Records this peer sent that were never routed: received, and dropped (a
+        // message is counted in when it is routed, so these were not yet).
         for (r, _) in c.stalled.drain(..) {
             if matches!(r, Record::Message(_)) {
+                self.tally.message_in();
                 inc(&self.stats().dropped_sender_gone);
             }
         }

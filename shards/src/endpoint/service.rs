@@ -123,6 +123,9 @@ impl Endpoint {
                                         .chain(records.by_ref())
                                         .filter(|r| matches!(r, Record::Message(_)))
                                         .count();
+                                    for _ in 0..n {
+                                        self.tally.message_in();
+                                    }
                                     add(&self.cfg.stats.dropped_sender_gone, n as u64);
                                 }
                             }

@@ -657,6 +657,20 @@ fn records_parked_behind_a_full_destination_count_in_the_memory_budget() {
         used >= parked,
         "{used} bytes in the budget, {parked} parked behind the full destination"
     );
+    // The sender goes: what it had parked is counted in and dropped, and gives back its
+    // bytes.
+    let now = net.now;
+    net.ep(server)
+        .drop_conn_state(from_client, ErrorCode::DestinationUnreachable, now);
+    net.advance(Duration::from_millis(10));
+    let s = net.stats(server);
+    assert!(get(&s.dropped_sender_gone) > 0);
+    assert_eq!(
+        get(&s.messages_in),
+        get(&s.relayed) + get(&s.dropped_sender_gone),
+        "every message read is counted in, once"
+    );
+    assert!(net.nodes[server].memory.used() < used - parked + 64 * 1024);
 }
 
 #[test]
