@@ -144,9 +144,10 @@ impl Conn {
         self.finished_at.get_or_insert(now);
     }
 
-    /// When a connection whose direction we finished is closed if the peer has not
-    /// finished its own (or closed) by then: a replaced or expired connection that the
-    /// peer keeps open (pinging, or sending to unknown destinations) must not live on.
+    /// When a connection whose direction we finished is closed if the graceful close has
+    /// not completed by then (the peer has not finished its own direction, or not closed):
+    /// a replaced or expired connection that the peer keeps open (pinging, or sending to
+    /// unknown destinations) must not live on.
     pub(super) fn finish_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
         if self.session.is_closing() {
             return None;

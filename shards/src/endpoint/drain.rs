@@ -35,7 +35,8 @@ impl Endpoint {
                 && c.stalled.is_empty()
             {
                 c.session.finish();
-                c.mark_finished(now);
+                // No finish deadline: the drain deadline bounds a drain.
+                c.finished = true;
             }
             self.drive(k, now);
         }
@@ -48,7 +49,7 @@ impl Endpoint {
             if let Some(c) = self.conns.get_mut(k) {
                 if !c.finished && c.queue.is_empty() && c.stalled.is_empty() {
                     c.session.finish();
-                    c.mark_finished(now);
+                    c.finished = true;
                 }
                 if c.session.is_client() && c.session.is_complete() {
                     c.session.close(close_code::NO_ERROR, "done");

@@ -465,8 +465,8 @@ pub(super) enum Upkeep {
     FrameTimeout,
     /// Data waited the stall timeout without the peer taking any: close with STALLED.
     Stalled,
-    /// We finished our direction the stall timeout ago and the peer has not finished
-    /// its own: close with NO_ERROR.
+    /// We finished our direction the stall timeout ago and the graceful close has not
+    /// completed (the peer has not finished, or not closed): close with NO_ERROR.
     Unfinished,
     /// Idle past the TTL: finish gracefully.
     Expired,
@@ -738,11 +738,11 @@ impl Endpoint {
             Upkeep::Unfinished => {
                 tracing::debug!(
                     conn = key,
-                    "peer did not finish within {:?} of our finish: closing",
+                    "graceful close not complete {:?} after our FIN: closing",
                     pool.stall_timeout
                 );
                 let reason = format!(
-                    "peer did not finish within {} ms",
+                    "graceful close not complete within {} ms",
                     pool.stall_timeout.as_millis()
                 );
                 c.session.close(close_code::NO_ERROR, &reason);
