@@ -472,7 +472,7 @@ impl Shard {
             // app); a stop ends that wait, since draining refuses what waits.
             loop {
                 if let Ok(deadline) = stop.try_recv() {
-                    self.begin_drain(deadline);
+                    self.begin_drain(deadline, &commands);
                 }
                 let wait = self.room.wait();
                 if self.ep.borrow().accepts_commands() {
@@ -487,7 +487,7 @@ impl Shard {
                 )
                 .await;
                 if let Some(deadline) = stopping {
-                    self.begin_drain(deadline);
+                    self.begin_drain(deadline, &commands);
                 }
             }
             let draining = self.ep.borrow().draining();
@@ -495,6 +495,11 @@ impl Shard {
                 Some(deadline) => {
                     let now = Instant::now();
                     if self.ep.borrow_mut().drain_done(now) || now >= deadline {
+                        // Commands that came after the drain began are refused (and
+                        // counted) by the draining endpoint, not dropped with the channel.
+                        while let Ok(cmd) = commands.try_recv() {
+                            self.ep.borrow_mut().handle_command(Instant::now(), cmd);
+                        }
                         self.ep.borrow_mut().close_all(Instant::now());
                         self.flush_outbox().await;
                         return;
@@ -543,9 +548,16 @@ impl Shard {
         }
     }
 
-    /// Starts the drain (a stop from the runtime) and lets the other tasks see it.
-    fn begin_drain(&self, deadline: Instant) {
+    /// Starts the drain (a stop from the runtime) and lets the other tasks see it. Every
+    /// command already queued was sent before the stop (the application's sends end
+    /// before a shutdown starts), so they are taken first, in order: sends to peers
+    /// without room wait behind what already waits, and the drain then flushes them or
+    /// counts them, instead of refusing them for a drain they preceded.
+    fn begin_drain(&self, deadline: Instant, commands: &flume::Receiver<Command>) {
         let mut ep = self.ep.borrow_mut();
+        while let Ok(cmd) = commands.try_recv() {
+            ep.handle_command(Instant::now(), cmd);
+        }
         ep.handle_command(Instant::now(), Command::Shutdown { deadline });
         ep.handle_timeout(Instant::now());
         let _ = self.wake.0.try_send(());

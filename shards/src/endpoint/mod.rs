@@ -570,7 +570,11 @@ impl Endpoint {
                     seq,
                     payload,
                 });
-                if let RouteOutcome::Blocked(r) =
+                // Behind what already waits for room, in order (the driver takes commands
+                // while records wait only when a shutdown makes it take every one).
+                if !self.waiting.is_empty() {
+                    self.waiting.push_back((Origin::Local, dst, r, now));
+                } else if let RouteOutcome::Blocked(r) =
                     self.route_to_peer(Origin::Local, dst, r, now, now)
                 {
                     self.waiting.push_back((Origin::Local, dst, r, now));
