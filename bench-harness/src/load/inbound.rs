@@ -42,6 +42,16 @@ impl Inbound {
         }
     }
 
+    /// Notes an ERROR record about message `seq` (which carries no intended time): the
+    /// first outcome of that message, another one (its reply or an error came already),
+    /// or none of this schedule's.
+    pub(super) fn mark(&mut self, seq: u64) -> Arrival {
+        if seq >= self.len {
+            return Arrival::Mismatch;
+        }
+        self.set(seq)
+    }
+
     /// Notes a reply, arrived `at` after the run's origin, to message `seq` that carries
     /// `intended_ns` as its intended send time.
     pub(super) fn arrive(&mut self, seq: u64, intended_ns: u64, at: Duration) -> Arrival {
@@ -49,6 +59,11 @@ impl Inbound {
         if seq >= self.len || due.as_nanos() != u128::from(intended_ns) || due > at {
             return Arrival::Mismatch;
         }
+        self.set(seq)
+    }
+
+    /// Sets `seq`'s bit: whether it was clear.
+    fn set(&mut self, seq: u64) -> Arrival {
         let Ok(word) = usize::try_from(seq / 64) else {
             return Arrival::Mismatch;
         };

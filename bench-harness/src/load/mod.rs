@@ -376,6 +376,8 @@ pub fn run(cfg: &LoadConfig, progress: Arc<Progress>) -> Result<LoadResult, Load
             dead: false,
             full_at: None,
             inbound: Inbound::new(Schedule::new(per_conn, from, conns), measure_end),
+            errored: (from != i)
+                .then(|| Inbound::new(Schedule::new(per_conn, i, conns), measure_end)),
         });
     }
     let cores: Vec<core_affinity::CoreId> = core_affinity::get_core_ids().unwrap_or_default();

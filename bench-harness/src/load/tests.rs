@@ -329,12 +329,22 @@ fn replies_after_the_drain_are_not_counted() {
     };
     let mut r = ThreadResult::new();
     let just_before = Duration::from_secs(5) - Duration::from_nanos(1);
-    assert!(record(&mut r, reply(1500), just_before, s, &mut inbound, &cfg).is_some());
+    assert!(
+        record(
+            &mut r,
+            reply(1500),
+            just_before,
+            s,
+            (&mut inbound, None),
+            &cfg
+        )
+        .is_some()
+    );
     assert_eq!((r.received, r.unpublished.measured_done), (1, 1));
     // At or after the end of the drain the message stays lost; the buffer is still given
     // back for reuse.
     for at in [Duration::from_secs(5), Duration::from_secs(6)] {
-        assert!(record(&mut r, reply(1501), at, s, &mut inbound, &cfg).is_some());
+        assert!(record(&mut r, reply(1501), at, s, (&mut inbound, None), &cfg).is_some());
     }
     assert_eq!((r.received, r.unpublished.measured_done), (1, 1));
     assert_eq!(
@@ -477,4 +487,67 @@ fn payload_round_trip_and_corruption() {
             }
         }
     }
+}
+
+#[test]
+fn only_the_first_outcome_of_a_message_counts_whether_reply_or_error() {
+    let cfg = config(
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+        Duration::from_millis(100),
+    );
+    let s = Schedule::new(1000.0, 0, 1);
+    let reply = |seq: u64| Delivery::Message {
+        from: PeerId([0; 16]),
+        seq,
+        payload: payload(seq, s.due(seq).as_nanos() as u64, 64),
+    };
+    let error = |seq: u64| {
+        Delivery::Error(
+            shards::wire::ErrorRecord::new(
+                shards::wire::ErrorCode::UnknownDestination,
+                seq,
+                PeerId([1; 16]),
+                String::new(),
+            )
+            .unwrap(),
+        )
+    };
+    let at = Duration::from_secs(3);
+    // Echo: one bitmap for replies and errors.
+    let mut inbound = Inbound::new(s, cfg.warmup + cfg.duration);
+    let mut r = ThreadResult::new();
+    record(&mut r, reply(1500), at, s, (&mut inbound, None), &cfg);
+    record(&mut r, error(1500), at, s, (&mut inbound, None), &cfg);
+    record(&mut r, error(1600), at, s, (&mut inbound, None), &cfg);
+    record(&mut r, error(1600), at, s, (&mut inbound, None), &cfg);
+    // A warm-up message's error is not measured, first or not.
+    record(&mut r, error(10), at, s, (&mut inbound, None), &cfg);
+    record(&mut r, error(10), at, s, (&mut inbound, None), &cfg);
+    assert_eq!(r.received, 1);
+    assert_eq!(r.errors.values().sum::<u64>(), 1);
+    assert_eq!(r.duplicates, 2);
+    assert_eq!(r.unpublished.measured_done, 2);
+    // Relay: errors about this connection's own messages have a bitmap of their own.
+    let mut inbound = Inbound::new(Schedule::new(1000.0, 1, 2), cfg.warmup + cfg.duration);
+    let mut own = Inbound::new(s, cfg.warmup + cfg.duration);
+    let mut r = ThreadResult::new();
+    record(
+        &mut r,
+        error(1500),
+        at,
+        s,
+        (&mut inbound, Some(&mut own)),
+        &cfg,
+    );
+    record(
+        &mut r,
+        error(1500),
+        at,
+        s,
+        (&mut inbound, Some(&mut own)),
+        &cfg,
+    );
+    assert_eq!(r.errors.values().sum::<u64>(), 1);
+    assert_eq!(r.duplicates, 1);
 }

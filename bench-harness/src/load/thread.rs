@@ -31,6 +31,9 @@ pub(super) struct Peer {
     pub(super) full_at: Option<Duration>,
     /// The messages arriving on this connection and which of them came back.
     pub(super) inbound: Inbound,
+    /// In relay mode, which of this connection's own messages have had an ERROR record
+    /// (in echo mode `inbound` is of its own messages and serves for both).
+    pub(super) errored: Option<Inbound>,
 }
 
 pub(super) struct ThreadResult {
@@ -257,7 +260,14 @@ pub(super) fn drive(
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
-                if let Some(body) = record(&mut r, d, at, p.schedule, &mut p.inbound, cfg) {
+                if let Some(body) = record(
+                    &mut r,
+                    d,
+                    at,
+                    p.schedule,
+                    (&mut p.inbound, p.errored.as_mut()),
+                    cfg,
+                ) {
                     p.client.recycle(body);
                 }
             }
@@ -429,7 +439,14 @@ pub(super) fn close_all(
             }
             let at = origin.elapsed();
             while let Some(d) = p.client.try_recv() {
-                if let Some(body) = record(r, d, at, p.schedule, &mut p.inbound, cfg) {
+                if let Some(body) = record(
+                    r,
+                    d,
+                    at,
+                    p.schedule,
+                    (&mut p.inbound, p.errored.as_mut()),
+                    cfg,
+                ) {
                     p.client.recycle(body);
                 }
             }
@@ -456,7 +473,7 @@ pub(super) fn record(
     d: Delivery,
     at: Duration,
     schedule: Schedule,
-    inbound: &mut Inbound,
+    (inbound, errored): (&mut Inbound, Option<&mut Inbound>),
     cfg: &LoadConfig,
 ) -> Option<Vec<u8>> {
     let warm_end = cfg.warmup;
@@ -474,11 +491,22 @@ pub(super) fn record(
             Some(body)
         }
         Delivery::Error(e) => {
-            // Only errors about measured messages count (warm-up ones are not measured).
+            // Only errors about measured messages count (warm-up ones are not measured),
+            // and only a message's first outcome: a second error, or an error for a
+            // message also answered, counted again would hide a lost message.
             let intended = schedule.due(e.seq);
-            if intended >= warm_end && intended < measure_end {
-                *r.errors.entry(format!("{:?}", e.code)).or_default() += 1;
-                r.unpublished.measured_done += 1;
+            let measured = intended >= warm_end && intended < measure_end;
+            let seen = match errored {
+                Some(own) => own,
+                None => inbound,
+            };
+            match seen.mark(e.seq) {
+                Arrival::First if measured => {
+                    *r.errors.entry(format!("{:?}", e.code)).or_default() += 1;
+                    r.unpublished.measured_done += 1;
+                }
+                Arrival::Again if measured => r.duplicates += 1,
+                _ => {}
             }
             None
         }
