@@ -138,21 +138,34 @@ impl Conn {
         echoes
     }
 
-    /// Marks our direction finished at `now` (the caller has finished the session).
-    pub(super) fn mark_finished(&mut self, now: Instant) {
+    /// Marks our direction finished at `now` (the caller has finished the session);
+    /// `deadline`: whether the finish deadline applies (not in a drain, which its own
+    /// deadline bounds).
+    pub(super) fn mark_finished(&mut self, now: Instant, deadline: bool) {
         self.finished = true;
-        self.finished_at.get_or_insert(now);
+        if deadline {
+            self.finished_at.get_or_insert(now);
+        }
     }
 
     /// When a connection whose direction we finished is closed if the graceful close has
     /// not completed by then (the peer has not finished its own direction, or not closed):
     /// a replaced or expired connection that the peer keeps open (pinging, or sending to
     /// unknown destinations) must not live on.
+    /// It counts from the last sign of life after our FIN (frames read, or credit for
+    /// what we sent), and not while this node has stopped reading the peer (its records
+    /// wait for room): a close still making progress is not cut short.
     pub(super) fn finish_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
-        if self.session.is_closing() {
+        if self.session.is_closing() || self.blocked {
             return None;
         }
-        self.finished_at.map(|t| t + pool.stall_timeout)
+        let mut since = self.finished_at?.max(self.last_activity);
+        // Credit for what we still send is a sign of life (with nothing waiting,
+        // `progress_at` just follows the clock).
+        if self.output_waiting() {
+            since = since.max(self.progress_at);
+        }
+        Some(since + pool.stall_timeout)
     }
 
     /// When an unauthenticated connection is closed if its handshakes have not finished.
@@ -454,7 +467,7 @@ impl Endpoint {
                 rest.extend(c.queue.pop_batch());
             }
             c.session.finish();
-            c.mark_finished(now);
+            c.mark_finished(now, self.draining.is_none());
             peer = c.peer;
         }
         if let Some(peer) = peer {

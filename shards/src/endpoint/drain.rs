@@ -17,6 +17,12 @@ impl Endpoint {
         }
         tracing::info!("draining");
         self.draining = Some(deadline);
+        // The drain deadline bounds every close from now on.
+        for k in self.conns.keys() {
+            if let Some(c) = self.conns.get_mut(k) {
+                c.finished_at = None;
+            }
+        }
         // Messages waiting for a dialed peer to come back will not see it now.
         for addr in self.pool.idle_with_pending() {
             let pending = self.pool.take_pending(addr);

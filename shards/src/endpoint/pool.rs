@@ -752,7 +752,7 @@ impl Endpoint {
                 tracing::debug!(conn = key, "pool TTL expired");
                 inc(&self.cfg.stats.ttl_closed);
                 c.session.finish();
-                c.mark_finished(now);
+                c.mark_finished(now, self.draining.is_none());
             }
             Upkeep::Ping => {
                 let _ = c.session.quic_mut().send_ack_eliciting();

@@ -83,7 +83,7 @@ impl Endpoint {
                             && c.queue.is_empty()
                         {
                             c.session.finish();
-                            c.mark_finished(now);
+                            c.mark_finished(now, self.draining.is_none());
                         }
                     }
                     if let Some(c) = self.conns.get_mut(key)

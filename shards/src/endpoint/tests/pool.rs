@@ -274,6 +274,66 @@ fn a_finished_connection_the_peer_keeps_open_is_closed_after_the_stall_timeout()
     );
 }
 
+/// The finish deadline counts from the peer's last sign of life after our FIN, and does
+/// not run while this node is the one not reading.
+#[test]
+fn the_finish_deadline_waits_for_progress_and_for_this_node() {
+    let (mut net, server, client) = echo_pair(PoolConfig::default());
+    net.dial(client, server).expect("dial");
+    let key = net.ep(server).conns.keys()[0];
+    let client_addr = net.addr(client);
+    net.unreachable.push(client_addr);
+    let now = net.now;
+    net.ep(server).finish_conn(key, now);
+    let pool = PoolConfig::default();
+    // Frames read 8 s later move the deadline to 18 s.
+    net.advance(Duration::from_secs(8));
+    let now = net.now;
+    let c = net.ep(server).conns.get_mut(key).expect("conn");
+    c.last_activity = now;
+    assert_eq!(c.finish_deadline(&pool), Some(now + DEFAULT_STALL_TIMEOUT));
+    // While its records wait for room the node reads nothing: no deadline then.
+    c.blocked = true;
+    assert_eq!(c.finish_deadline(&pool), None);
+    c.blocked = false;
+    net.advance(Duration::from_secs(8));
+    assert!(
+        net.ep(server)
+            .conns
+            .get(key)
+            .is_some_and(|c| !c.session.is_closing()),
+        "16 s after the FIN, 8 s after the last frames: still open"
+    );
+    net.advance(Duration::from_secs(3));
+    assert!(
+        net.ep(server)
+            .conns
+            .get(key)
+            .is_none_or(|c| c.session.is_closing())
+    );
+}
+
+/// A drain does not arm the finish deadline: its own deadline bounds it.
+#[test]
+fn a_drain_does_not_arm_the_finish_deadline() {
+    let (mut net, server, client) = echo_pair(PoolConfig::default());
+    net.dial(client, server).expect("dial");
+    let key = net.ep(server).conns.keys()[0];
+    let now = net.now;
+    net.ep(server).finish_conn(key, now);
+    let deadline = now + Duration::from_secs(60);
+    net.ep(server)
+        .handle_command(now, Command::Shutdown { deadline });
+    let pool = PoolConfig::default();
+    assert_eq!(
+        net.ep(server)
+            .conns
+            .get(key)
+            .and_then(|c| c.finish_deadline(&pool)),
+        None
+    );
+}
+
 #[test]
 fn each_connection_has_one_armed_deadline() {
     let (mut net, server, client) = echo_pair(PoolConfig {
