@@ -50,6 +50,9 @@ pub(super) struct Conn {
     /// Records decoded from this session but not yet routed (destination was full), with
     /// when they arrived.
     pub(super) stalled: VecDeque<(Record, Instant)>,
+    /// Bytes of the records in `stalled` (kept as they come and go: the memory budget
+    /// reads it every turn).
+    pub(super) stalled_bytes: usize,
     pub(super) scids: Vec<Vec<u8>>,
     pub(super) peer: Option<PeerId>,
     /// Our direction of the session stream is finished (FIN sent or queued).
@@ -136,6 +139,25 @@ impl Conn {
             }
         }
         echoes
+    }
+
+    /// Parks `r` (received at `at`) behind the records already parked.
+    pub(super) fn park(&mut self, r: Record, at: Instant) {
+        self.stalled_bytes += r.encoded_len();
+        self.stalled.push_back((r, at));
+    }
+
+    /// Puts back at the head a record taken with [`Conn::unpark`].
+    pub(super) fn park_front(&mut self, r: Record, at: Instant) {
+        self.stalled_bytes += r.encoded_len();
+        self.stalled.push_front((r, at));
+    }
+
+    /// Takes the oldest parked record.
+    pub(super) fn unpark(&mut self) -> Option<(Record, Instant)> {
+        let (r, at) = self.stalled.pop_front()?;
+        self.stalled_bytes = self.stalled_bytes.saturating_sub(r.encoded_len());
+        Some((r, at))
     }
 
     /// Marks our direction finished at `now` (the caller has finished the session);
@@ -383,6 +405,7 @@ impl Endpoint {
             session,
             queue: BatchQueue::new(self.cfg.batch),
             stalled: VecDeque::new(),
+            stalled_bytes: 0,
             scids: vec![scid],
             peer: None,
             finished: false,
@@ -606,6 +629,7 @@ impl Endpoint {
         }
         // Records this peer sent that were never routed: received, and dropped (a
         // message is counted in when it is routed, so these were not yet).
+        c.stalled_bytes = 0;
         for (r, _) in c.stalled.drain(..) {
             if matches!(r, Record::Message(_)) {
                 self.tally.message_in();

@@ -31,10 +31,10 @@ impl Endpoint {
         let mut frames = 0;
         loop {
             // First route what this session already had decoded.
-            while let Some((r, t)) = self.conns.get_mut(key).and_then(|c| c.stalled.pop_front()) {
+            while let Some((r, t)) = self.conns.get_mut(key).and_then(|c| c.unpark()) {
                 if let RouteOutcome::Blocked(r) = self.route(Origin::Conn(key), r, t, now) {
                     if let Some(c) = self.conns.get_mut(key) {
-                        c.stalled.push_front((r, t));
+                        c.park_front(r, t);
                     }
                     self.mark_blocked(key);
                     return;
@@ -113,8 +113,10 @@ impl Endpoint {
                         {
                             match self.conns.get_mut(key) {
                                 Some(c) => {
-                                    c.stalled.push_back((r, now));
-                                    c.stalled.extend(records.by_ref().map(|r| (r, now)));
+                                    c.park(r, now);
+                                    for r in records.by_ref() {
+                                        c.park(r, now);
+                                    }
                                 }
                                 // Connections go only at the end of a turn, so this is not
                                 // reached; were it, what could not be routed is counted.
@@ -360,8 +362,7 @@ impl Endpoint {
         add(&self.cfg.stats.delivered_local, delivered);
         // Records opened from a frame but parked behind a destination without room are
         // held too: their bytes left the frame buffer when it was opened.
-        let parked: usize = c.stalled.iter().map(|(r, _)| r.encoded_len()).sum();
-        let own = (c.session.pending_bytes() + c.session.received_bytes() + parked) as u64;
+        let own = (c.session.pending_bytes() + c.session.received_bytes() + c.stalled_bytes) as u64;
         self.tally.held(c.held, own);
         c.held = own;
         // The deadline is per frame: it restarts when a later frame is the one awaited.
