@@ -240,8 +240,9 @@ async fn drive(
     }
     // Records other shards handed over that this shard will never route, and records
     // this shard had for the others, are counted as dropped (shutting down), not lost
-    // with the channels. (A record another shard sends between this last look and the
-    // channel's close is refused to it by the closed channel.)
+    // with the channels. (A record another shard, itself still draining, sends after this
+    // last look and before the channel closes, once the cancelled tasks and this list
+    // are gone, is still lost uncounted; its sender counted it relayed.)
     let now = Instant::now();
     for rx in &mesh_rx {
         while let Some(Some(msg)) = futures_lite::future::poll_once(rx.recv()).await {

@@ -437,7 +437,7 @@ pub static METRICS: &[MetricDef] = &[
     total!(
         "engine_rejected_initials_total",
         Counter,
-        "Datagrams that would start a connection but start none, without state: under 1200 bytes or a destination connection ID under 8 bytes (RFC 9000 14.1, 7.2; unanswered), an unsupported version (answered with Version Negotiation), or an Initial while the node drains or accepts no connections.",
+        "Datagrams that would start a connection but start none, without state: under 1200 bytes or a destination connection ID under 8 bytes (RFC 9000 14.1, 7.2; unanswered), an unsupported version (answered with Version Negotiation), or an Initial while the node drains or accepts no connections, or one the QUIC stack refused.",
         rejected_initials
     ),
     MetricDef {

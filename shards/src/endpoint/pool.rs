@@ -639,7 +639,15 @@ impl Endpoint {
                 self.cfg.directory.disconnected(old, self.cfg.index, conn);
             }
             self.router.forget(&old);
-            self.refuse_pending(pending, now);
+            // Routed again by identity: delivered if the old identity is connected
+            // elsewhere (another shard), refused as an unknown destination if not.
+            for (r, received) in pending {
+                let origin = self.origin_of(&r);
+                if let RouteOutcome::Blocked(r) = self.route_to_peer(origin, old, r, received, now)
+                {
+                    self.waiting.push_back((origin, old, r, received));
+                }
+            }
             return;
         }
         for (r, received) in pending {

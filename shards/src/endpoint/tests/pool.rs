@@ -179,9 +179,9 @@ fn messages_for_a_peer_being_redialed_wait_and_then_go() {
 }
 
 /// A dialed node that comes back at its address with another identity (restarted
-/// without a persistent key) gets none of the messages that waited for the old one: they
-/// are refused to their sender, counted, and the old identity is forgotten, so messages
-/// sent to it afterwards are refused at once instead of waiting for the address.
+/// without a persistent key) gets none of the messages that waited for the old one: the
+/// old identity is forgotten, so they (and messages sent to it afterwards, at once) are
+/// refused to their sender as for an unknown destination, and counted.
 #[test]
 fn a_redialed_address_with_a_new_identity_gets_none_of_the_old_ones_messages() {
     let (mut net, server, client) = echo_server_and(NodeSpec {
@@ -222,11 +222,11 @@ fn a_redialed_address_with_a_new_identity_gets_none_of_the_old_ones_messages() {
     assert!(
         got.iter().any(|d| matches!(
             d,
-            Delivery::Error(e) if e.seq == 7 && e.code == ErrorCode::DestinationUnreachable
+            Delivery::Error(e) if e.seq == 7 && e.code == ErrorCode::UnknownDestination
         )),
         "{got:?}"
     );
-    assert_eq!(get(&net.stats(client).dropped_unreachable), 1);
+    assert_eq!(get(&net.stats(client).dropped_unknown_destination), 1);
     // The old identity is gone: a message for it is refused at once.
     net.send(client, old, 8, b"still for the old node");
     net.pump();
