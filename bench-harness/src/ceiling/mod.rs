@@ -281,6 +281,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
     let mut arrivals = load::new_hist();
     let mut intervals: Vec<Histogram<u64>> = Vec::new();
     let (mut offered, mut sent, mut received, mut corrupted, mut duplicates) = (0, 0, 0, 0, 0);
+    let mut measured_corrupted = 0;
     let mut generator_calls = (0, 0);
     let mut generator_datagrams = (0, 0);
     for o in &mut outs {
@@ -293,6 +294,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
         sent += t.sent;
         received += t.received;
         corrupted += t.corrupted;
+        measured_corrupted += t.measured_corrupted;
         duplicates += t.duplicates;
         generator_calls.0 += o.send_calls;
         generator_calls.1 += o.recv_calls;
@@ -319,8 +321,7 @@ pub fn run_once(cfg: &LoadConfig, io: IoMode) -> Result<CeilingRun, CeilingError
         connection_errors: 0,
         received,
         corrupted,
-        // The tally does not tell corrupted replies' phases apart.
-        measured_corrupted: corrupted,
+        measured_corrupted,
         duplicates,
         errors: Default::default(),
         elapsed: cfg.duration,

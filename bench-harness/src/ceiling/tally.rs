@@ -29,6 +29,9 @@ pub struct Tally {
     pub received: u64,
     /// Replies that are not an intact echo of a datagram this thread sent.
     pub corrupted: u64,
+    /// Of those, the ones whose header, read as sent, places them in the measured phase:
+    /// they stand for a measured datagram (the others cannot hide a measured loss).
+    pub measured_corrupted: u64,
     /// Second (or later) replies to the same datagram, ignored otherwise.
     pub duplicates: u64,
 }
@@ -71,6 +74,7 @@ impl Tally {
             sent: 0,
             received: 0,
             corrupted: 0,
+            measured_corrupted: 0,
             duplicates: 0,
         }
     }
@@ -136,13 +140,15 @@ impl Tally {
     /// A reply (`bytes`) arrived `at` after the origin.
     pub fn on_reply(&mut self, bytes: &[u8], at: Duration) -> Reply {
         let Some((seq, intended_ns)) = load::parse_payload(bytes, self.message_size) else {
-            self.corrupted += 1;
-            return Reply::Corrupted;
+            let claimed = bytes
+                .get(8..16)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes);
+            return self.corrupt(claimed);
         };
         let intended = self.intended(seq);
         if seq >= self.next_seq || intended.as_nanos() as u64 != intended_ns {
-            self.corrupted += 1;
-            return Reply::Corrupted;
+            return self.corrupt(Some(intended_ns));
         }
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if self.seen.len() <= word {
@@ -154,10 +160,7 @@ impl Tally {
                 return Reply::Duplicate;
             }
             Some(w) => *w |= 1 << bit,
-            None => {
-                self.corrupted += 1;
-                return Reply::Corrupted;
-            }
+            None => return self.corrupt(Some(intended_ns)),
         }
         if intended < self.warm_end || intended >= self.measure_end {
             return Reply::WarmUp;
@@ -182,8 +185,21 @@ impl Tally {
         self.corrupted += 1;
     }
 
+    /// Counts a corrupted reply whose header claims `intended_ns` (if readable).
+    fn corrupt(&mut self, intended_ns: Option<u64>) -> Reply {
+        self.corrupted += 1;
+        let measured = intended_ns
+            .map(Duration::from_nanos)
+            .is_some_and(|t| t >= self.warm_end && t < self.measure_end);
+        if measured {
+            self.measured_corrupted += 1;
+        }
+        Reply::Corrupted
+    }
+
     /// Measured datagrams not accounted for yet.
     pub fn outstanding(&self) -> u64 {
-        self.sent.saturating_sub(self.received + self.corrupted)
+        self.sent
+            .saturating_sub(self.received + self.measured_corrupted)
     }
 }

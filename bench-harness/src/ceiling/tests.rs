@@ -96,8 +96,11 @@ fn duplicates_corruption_and_unsent_sequence_numbers_are_told_apart() {
     assert_eq!(t.on_reply(&buf, at), Reply::Corrupted);
     t.on_oversized();
     assert_eq!(t.corrupted, 5);
-    // sent 5 measured (10..15), 1 received, 5 corrupted: nothing outstanding.
-    assert_eq!(t.outstanding(), 0);
+    // Of those, three claim a measured datagram (the flipped and the short copy of 11, and
+    // 20); the one claiming a warm-up time and the oversized one stand for none.
+    assert_eq!(t.measured_corrupted, 3);
+    // sent 5 measured (10..15), 1 received, 3 measured corrupted: one outstanding.
+    assert_eq!(t.outstanding(), 1);
 }
 
 #[test]
