@@ -83,7 +83,7 @@ pub fn outcome_markdown<'a>(
     }
     let target_ms = p99_target.as_secs_f64() * 1000.0;
     s.push_str(&format!(
-        "\nA rate holds when p99 <= {target_ms} ms with nothing lost, refused or corrupted and at least 95 % of it achieved. Harness lag is how late the generators sent against their schedule; it is part of every latency measured.\n",
+        "\nA rate holds when p99 <= {target_ms} ms with nothing lost, refused, corrupted or duplicated and at least 95 % of it achieved. Harness lag is how late the generators sent against their schedule; it is part of every latency measured.\n",
     ));
     if !limited.is_empty() {
         s.push_str(&format!(

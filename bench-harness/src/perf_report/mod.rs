@@ -264,7 +264,7 @@ impl PerfReport {
                 "Each search stopped ramping at its first failure.".to_string()
             };
             s.push_str(&format!(
-                "Knee: the highest open-loop rate that held p99 <= {t} ms with nothing lost, refused or corrupted and at least 95 % achieved. {search}\n\n"
+                "Knee: the highest open-loop rate that held p99 <= {t} ms with nothing lost, refused, corrupted or duplicated and at least 95 % achieved. {search}\n\n"
             ));
         }
         let best_ceiling = self.best(Server::Ceiling).and_then(|e| e.outcome.knee);
