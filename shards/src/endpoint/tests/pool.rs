@@ -248,43 +248,46 @@ fn a_redialed_address_with_a_new_identity_gets_none_of_the_old_ones_messages() {
 /// instead of living on while the peer keeps it open.
 #[test]
 fn a_finished_connection_the_peer_keeps_open_is_closed_after_the_stall_timeout() {
-    let (mut net, server, client) = echo_pair(PoolConfig::default());
-    net.dial(client, server).expect("dial");
-    let key = net.ep(server).conns.keys()[0];
-    // The client never hears of it (so never finishes in turn).
-    let client_addr = net.addr(client);
-    net.unreachable.push(client_addr);
-    let now = net.now;
-    net.ep(server).finish_conn(key, now);
+    let (mut net, server, key) = finished_towards_a_silent_peer();
     net.advance(DEFAULT_STALL_TIMEOUT - Duration::from_secs(1));
     assert!(
-        net.ep(server)
-            .conns
-            .get(key)
-            .is_some_and(|c| !c.session.is_closing()),
+        open(&mut net, server, key),
         "still open before the deadline"
     );
     net.advance(Duration::from_secs(2));
     assert!(
-        net.ep(server)
-            .conns
-            .get(key)
-            .is_none_or(|c| c.session.is_closing()),
+        !open(&mut net, server, key),
         "closed once the peer had the stall timeout to finish"
     );
+}
+
+/// An echo pair whose server has finished its connection to the client (as for one
+/// replaced), the client hearing nothing more (so never finishing in turn): the net, the
+/// server and its connection's key.
+fn finished_towards_a_silent_peer() -> (Net, usize, ConnKey) {
+    let (mut net, server, client) = echo_pair(PoolConfig::default());
+    net.dial(client, server).expect("dial");
+    let key = net.ep(server).conns.keys()[0];
+    let client_addr = net.addr(client);
+    net.unreachable.push(client_addr);
+    let now = net.now;
+    net.ep(server).finish_conn(key, now);
+    (net, server, key)
+}
+
+/// Whether connection `key` of `node` is still open (not closing, not gone).
+fn open(net: &mut Net, node: usize, key: ConnKey) -> bool {
+    net.ep(node)
+        .conns
+        .get(key)
+        .is_some_and(|c| !c.session.is_closing())
 }
 
 /// The finish deadline counts from the peer's last sign of life after our FIN, and does
 /// not run while this node is the one not reading.
 #[test]
 fn the_finish_deadline_waits_for_progress_and_for_this_node() {
-    let (mut net, server, client) = echo_pair(PoolConfig::default());
-    net.dial(client, server).expect("dial");
-    let key = net.ep(server).conns.keys()[0];
-    let client_addr = net.addr(client);
-    net.unreachable.push(client_addr);
-    let now = net.now;
-    net.ep(server).finish_conn(key, now);
+    let (mut net, server, key) = finished_towards_a_silent_peer();
     let pool = PoolConfig::default();
     // Frames read 8 s later move the deadline to 18 s.
     net.advance(Duration::from_secs(8));
@@ -298,19 +301,11 @@ fn the_finish_deadline_waits_for_progress_and_for_this_node() {
     c.blocked = false;
     net.advance(Duration::from_secs(8));
     assert!(
-        net.ep(server)
-            .conns
-            .get(key)
-            .is_some_and(|c| !c.session.is_closing()),
+        open(&mut net, server, key),
         "16 s after the FIN, 8 s after the last frames: still open"
     );
     net.advance(Duration::from_secs(3));
-    assert!(
-        net.ep(server)
-            .conns
-            .get(key)
-            .is_none_or(|c| c.session.is_closing())
-    );
+    assert!(!open(&mut net, server, key));
 }
 
 /// A drain does not arm the finish deadline: its own deadline bounds it.
