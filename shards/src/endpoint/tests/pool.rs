@@ -142,9 +142,9 @@ fn failed_dials_back_off_exponentially_then_give_up() {
     assert_eq!(get(&net.stats(client).refused), 4);
 }
 
-#[test]
-fn messages_for_a_peer_being_redialed_wait_and_then_go() {
-    let (mut net, server, client) = echo_server_and(NodeSpec {
+/// A client that re-dials a lost peer 100 ms later, and again without giving up.
+fn redialing_client() -> NodeSpec {
+    NodeSpec {
         reconnect: BackoffPolicy {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
@@ -152,7 +152,12 @@ fn messages_for_a_peer_being_redialed_wait_and_then_go() {
             jitter: 0.0,
         },
         ..NodeSpec::default()
-    });
+    }
+}
+
+#[test]
+fn messages_for_a_peer_being_redialed_wait_and_then_go() {
+    let (mut net, server, client) = echo_server_and(redialing_client());
     let id = net.dial(client, server).expect("dial");
     // The pool knows the peer; drop its connection state as a lost connection would.
     let key = net.ep(client).conns.keys()[0];
@@ -184,15 +189,7 @@ fn messages_for_a_peer_being_redialed_wait_and_then_go() {
 /// refused to their sender as for an unknown destination, and counted.
 #[test]
 fn a_redialed_address_with_a_new_identity_gets_none_of_the_old_ones_messages() {
-    let (mut net, server, client) = echo_server_and(NodeSpec {
-        reconnect: BackoffPolicy {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            attempts: 0,
-            jitter: 0.0,
-        },
-        ..NodeSpec::default()
-    });
+    let (mut net, server, client) = echo_server_and(redialing_client());
     let old = net.dial(client, server).expect("dial");
     // The node restarts with a new key; the client loses its connection.
     net.restart(
