@@ -43,6 +43,10 @@ pub(super) struct Queued {
     pub(super) kind: Kind,
 }
 
+/// A finished connection is closed at most this many stall timeouts after our FIN, however
+/// much the peer still sends ([`Conn::finish_deadline`]).
+pub(super) const FINISH_LIMIT: u32 = 3;
+
 /// One QUIC connection and what the endpoint keeps for it.
 pub(super) struct Conn {
     pub(super) session: Session,
@@ -60,6 +64,9 @@ pub(super) struct Conn {
     /// When it was: a peer that has not finished its own direction
     /// [`PoolConfig::stall_timeout`] later is closed ([`Conn::finish_deadline`]).
     pub(super) finished_at: Option<Instant>,
+    /// When this node last started reading the peer again after records waited for room
+    /// (the finish deadline does not count the time it was not reading).
+    pub(super) resumed_at: Option<Instant>,
     /// Listed in `Endpoint::resume` (more frames may be readable without a datagram).
     pub(super) resuming: bool,
     /// Over the connection cap once authenticated: closing with CONNECTION_LIMIT.
@@ -175,19 +182,26 @@ impl Conn {
     /// a replaced or expired connection that the peer keeps open (pinging, or sending to
     /// unknown destinations) must not live on.
     /// It counts from the last sign of life after our FIN (frames read, or credit for
-    /// what we sent), and not while this node has stopped reading the peer (its records
-    /// wait for room): a close still making progress is not cut short.
+    /// what we sent) or from when this node resumed reading the peer, and does not run
+    /// while this node has stopped reading it (its records wait for room): a close still
+    /// making progress is not cut short. But never later than [`FINISH_LIMIT`] stall
+    /// timeouts after our FIN: a peer that keeps sending (to unknown destinations, say)
+    /// cannot keep a finished connection for ever.
     pub(super) fn finish_deadline(&self, pool: &PoolConfig) -> Option<Instant> {
         if self.session.is_closing() || self.blocked {
             return None;
         }
-        let mut since = self.finished_at?.max(self.last_activity);
+        let finished = self.finished_at?;
+        let mut since = finished.max(self.last_activity);
+        if let Some(t) = self.resumed_at {
+            since = since.max(t);
+        }
         // Credit for what we still send is a sign of life (with nothing waiting,
         // `progress_at` just follows the clock).
         if self.output_waiting() {
             since = since.max(self.progress_at);
         }
-        Some(since + pool.stall_timeout)
+        Some((since + pool.stall_timeout).min(finished + pool.stall_timeout * FINISH_LIMIT))
     }
 
     /// When an unauthenticated connection is closed if its handshakes have not finished.
@@ -410,6 +424,7 @@ impl Endpoint {
             peer: None,
             finished: false,
             finished_at: None,
+            resumed_at: None,
             resuming: false,
             refused: false,
             dirty: false,

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::wire::{ErrorCode, close_code};
+use crate::wire::{ErrorCode, PeerId, close_code};
 
 use super::Endpoint;
 use super::interface::ShardMsg;
@@ -34,11 +34,13 @@ impl Endpoint {
         for k in &keys {
             self.service(*k, now);
         }
+        let awaited = self.awaited_peers();
         for k in keys {
             self.flush_queue(k, now, true);
             if let Some(c) = self.conns.get_mut(k)
                 && c.queue.is_empty()
                 && c.stalled.is_empty()
+                && !c.peer.is_some_and(|p| awaited.contains(&p))
             {
                 c.session.finish();
                 // No finish deadline: the drain deadline bounds a drain.
@@ -48,12 +50,26 @@ impl Endpoint {
         }
     }
 
+    /// Peers that records waiting for room are addressed to: their connections are not
+    /// finished while those records may still go (a send made before the drain is
+    /// delivered by it, not refused for it).
+    fn awaited_peers(&self) -> std::collections::HashSet<PeerId> {
+        self.waiting.iter().map(|(_, to, _, _)| *to).collect()
+    }
+
     /// Whether every session finished cleanly (the drain can stop).
     pub fn drain_done(&mut self, now: Instant) -> bool {
+        // What waited for room may fit now that queues were flushed.
+        self.retry_waiting(now);
+        let awaited = self.awaited_peers();
         for k in self.conns.keys() {
             self.flush_queue(k, now, true);
             if let Some(c) = self.conns.get_mut(k) {
-                if !c.finished && c.queue.is_empty() && c.stalled.is_empty() {
+                if !c.finished
+                    && c.queue.is_empty()
+                    && c.stalled.is_empty()
+                    && !c.peer.is_some_and(|p| awaited.contains(&p))
+                {
                     c.session.finish();
                     c.finished = true;
                 }

@@ -742,6 +742,7 @@ impl Endpoint {
         for k in keys {
             if let Some(c) = self.conns.get_mut(k) {
                 c.blocked = false;
+                c.resumed_at = Some(now);
             } else {
                 continue;
             }

@@ -639,14 +639,24 @@ impl Endpoint {
                 self.cfg.directory.disconnected(old, self.cfg.index, conn);
             }
             self.router.forget(&old);
-            // Routed again by identity: delivered if the old identity is connected
-            // elsewhere (another shard), refused as an unknown destination if not.
+            // Routed again by identity: refused as for an unknown destination unless the
+            // old identity is connected elsewhere (this node's own sends then follow it
+            // to another shard; relayed ones are refused, as for any stale index). In
+            // order: once one waits for room the rest wait behind it, and all of them
+            // ahead of newer records for that identity already waiting.
+            let mut held = Vec::new();
             for (r, received) in pending {
                 let origin = self.origin_of(&r);
-                if let RouteOutcome::Blocked(r) = self.route_to_peer(origin, old, r, received, now)
+                if !held.is_empty() {
+                    held.push((origin, old, r, received));
+                } else if let RouteOutcome::Blocked(r) =
+                    self.route_to_peer(origin, old, r, received, now)
                 {
-                    self.waiting.push_back((origin, old, r, received));
+                    held.push((origin, old, r, received));
                 }
+            }
+            for w in held.into_iter().rev() {
+                self.waiting.push_front(w);
             }
             return;
         }

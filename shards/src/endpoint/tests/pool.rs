@@ -305,6 +305,27 @@ fn the_finish_deadline_waits_for_progress_and_for_this_node() {
     assert!(!open(&mut net, server, key));
 }
 
+/// However much the peer still sends, a finished connection is closed within
+/// `FINISH_LIMIT` stall timeouts of our FIN; and reading the peer again after records
+/// waited for room restarts the clock.
+#[test]
+fn the_finish_deadline_has_a_limit_and_restarts_on_resumption() {
+    let (mut net, server, key) = finished_towards_a_silent_peer();
+    let pool = PoolConfig::default();
+    let finished = net.now;
+    let limit = finished + DEFAULT_STALL_TIMEOUT * crate::endpoint::conns::FINISH_LIMIT;
+    let c = net.ep(server).conns.get_mut(key).expect("conn");
+    // Frames keep coming 25 s after the FIN: the limit, not the frames, decides.
+    c.last_activity = finished + Duration::from_secs(25);
+    assert_eq!(c.finish_deadline(&pool), Some(limit));
+    c.last_activity = finished;
+    c.resumed_at = Some(finished + Duration::from_secs(5));
+    assert_eq!(
+        c.finish_deadline(&pool),
+        Some(finished + Duration::from_secs(5) + DEFAULT_STALL_TIMEOUT)
+    );
+}
+
 /// A drain does not arm the finish deadline: its own deadline bounds it.
 #[test]
 fn a_drain_does_not_arm_the_finish_deadline() {
