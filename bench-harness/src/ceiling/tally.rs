@@ -29,8 +29,9 @@ pub struct Tally {
     pub received: u64,
     /// Replies that are not an intact echo of a datagram this thread sent.
     pub corrupted: u64,
-    /// Of those, the ones whose header, read as sent, places them in the measured phase:
-    /// they stand for a measured datagram (the others cannot hide a measured loss).
+    /// Of those, the ones that stand for a measured datagram: their sequence number, read
+    /// as sent, names one that was sent, is measured and had no reply yet (the first such
+    /// reply takes its place; others cannot hide a measured loss).
     pub measured_corrupted: u64,
     /// Second (or later) replies to the same datagram, ignored otherwise.
     pub duplicates: u64,
@@ -141,14 +142,14 @@ impl Tally {
     pub fn on_reply(&mut self, bytes: &[u8], at: Duration) -> Reply {
         let Some((seq, intended_ns)) = load::parse_payload(bytes, self.message_size) else {
             let claimed = bytes
-                .get(8..16)
+                .get(..8)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(u64::from_le_bytes);
             return self.corrupt(claimed);
         };
         let intended = self.intended(seq);
         if seq >= self.next_seq || intended.as_nanos() as u64 != intended_ns {
-            return self.corrupt(Some(intended_ns));
+            return self.corrupt(Some(seq));
         }
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if self.seen.len() <= word {
@@ -160,7 +161,7 @@ impl Tally {
                 return Reply::Duplicate;
             }
             Some(w) => *w |= 1 << bit,
-            None => return self.corrupt(Some(intended_ns)),
+            None => return self.corrupt(None),
         }
         if intended < self.warm_end || intended >= self.measure_end {
             return Reply::WarmUp;
@@ -185,13 +186,26 @@ impl Tally {
         self.corrupted += 1;
     }
 
-    /// Counts a corrupted reply whose header claims `intended_ns` (if readable).
-    fn corrupt(&mut self, intended_ns: Option<u64>) -> Reply {
+    /// Counts a corrupted reply whose header names datagram `seq` (if readable). It stands
+    /// for that datagram (marked answered) only if it was sent, is measured and had no
+    /// reply yet.
+    fn corrupt(&mut self, seq: Option<u64>) -> Reply {
         self.corrupted += 1;
-        let measured = intended_ns
-            .map(Duration::from_nanos)
-            .is_some_and(|t| t >= self.warm_end && t < self.measure_end);
-        if measured {
+        let Some(seq) = seq.filter(|&s| s < self.next_seq) else {
+            return Reply::Corrupted;
+        };
+        let intended = self.intended(seq);
+        if intended < self.warm_end || intended >= self.measure_end {
+            return Reply::Corrupted;
+        }
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if self.seen.len() <= word {
+            self.seen.resize(word + 1, 0);
+        }
+        if let Some(w) = self.seen.get_mut(word)
+            && *w & (1 << bit) == 0
+        {
+            *w |= 1 << bit;
             self.measured_corrupted += 1;
         }
         Reply::Corrupted

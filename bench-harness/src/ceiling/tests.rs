@@ -96,11 +96,16 @@ fn duplicates_corruption_and_unsent_sequence_numbers_are_told_apart() {
     assert_eq!(t.on_reply(&buf, at), Reply::Corrupted);
     t.on_oversized();
     assert_eq!(t.corrupted, 5);
-    // Of those, three claim a measured datagram (the flipped and the short copy of 11, and
-    // 20); the one claiming a warm-up time and the oversized one stand for none.
-    assert_eq!(t.measured_corrupted, 3);
-    // sent 5 measured (10..15), 1 received, 3 measured corrupted: one outstanding.
-    assert_eq!(t.outstanding(), 1);
+    // Of those, only the one naming 12 stands for a datagram: sent, measured, not yet
+    // answered. The copies of 11 (answered already), 20 (never sent) and the oversized
+    // one stand for none.
+    assert_eq!(t.measured_corrupted, 1);
+    // A second corrupted reply naming 12 stands for nothing more.
+    load::write_payload(&mut buf, 12, 2);
+    assert_eq!(t.on_reply(&buf, at), Reply::Corrupted);
+    assert_eq!(t.measured_corrupted, 1);
+    // sent 5 measured (10..15), 1 received, 1 measured corrupted: three outstanding.
+    assert_eq!(t.outstanding(), 3);
 }
 
 #[test]

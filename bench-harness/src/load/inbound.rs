@@ -42,6 +42,11 @@ impl Inbound {
         }
     }
 
+    /// When message `seq` of the schedule is due.
+    pub(super) fn due(&self, seq: u64) -> Duration {
+        self.schedule.due(seq)
+    }
+
     /// Notes an ERROR record about message `seq` (which carries no intended time): the
     /// first outcome of that message, another one (its reply or an error came already),
     /// or none of this schedule's.

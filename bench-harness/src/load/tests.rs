@@ -265,9 +265,12 @@ fn duplicated_and_mismatched_replies_are_not_received() {
         &cfg,
     );
     assert_eq!((r.received, r.duplicates, r.corrupted), (3, 12, 3));
-    // Only the two whose header says measured phase count against the measured messages.
+    // The two that name a measured message of this schedule not answered yet (1600 and
+    // 1700) stand for those messages; 4000 is past the measured phase.
     assert_eq!(r.measured_corrupted, 2);
-    // The genuine 1700 still counts once it comes.
+    assert_eq!(r.unpublished.measured_done, 5);
+    // A message has one outcome: the genuine 1700, coming after a corrupted reply stood
+    // for it, is a second one, and a second corrupted reply for 1600 stands for nothing.
     account_message(
         &mut r,
         &payload(1700, due(1700), 64),
@@ -275,7 +278,10 @@ fn duplicated_and_mismatched_replies_are_not_received() {
         &mut inbound,
         &cfg,
     );
-    assert_eq!(r.received, 4);
+    account_message(&mut r, &mismatched[0], at, &mut inbound, &cfg);
+    assert_eq!((r.received, r.duplicates, r.corrupted), (3, 13, 4));
+    assert_eq!(r.measured_corrupted, 2);
+    assert_eq!(r.unpublished.measured_done, 5);
 }
 
 #[test]

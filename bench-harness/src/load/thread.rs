@@ -526,12 +526,13 @@ pub(super) fn account_message(
     let warm_end = cfg.warmup;
     let measure_end = cfg.warmup + cfg.duration;
     let Some((seq, intended_ns)) = parse_payload(body, cfg.message_size) else {
-        // The intended time as sent, if the header is there at all.
-        let intended = body
-            .get(8..16)
+        // The sequence number as sent, if the whole header is there.
+        let seq = body
+            .get(..8)
+            .filter(|_| body.len() >= 16)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_le_bytes);
-        count_corrupted(r, intended, cfg);
+        count_corrupted(r, seq, inbound, cfg);
         return;
     };
     match inbound.arrive(seq, intended_ns, at) {
@@ -543,7 +544,7 @@ pub(super) fn account_message(
             return;
         }
         Arrival::Mismatch => {
-            count_corrupted(r, Some(intended_ns), cfg);
+            count_corrupted(r, Some(seq), inbound, cfg);
             return;
         }
     }
@@ -563,17 +564,25 @@ pub(super) fn account_message(
     }
 }
 
-/// Counts a corrupted reply whose header claims `intended_ns` (if readable). It is
+/// Counts a corrupted reply whose header names message `seq` (if readable). It is
 /// accounted for in the drain, and against the measured messages sent, only when that
-/// header, read as sent, places it in the measured phase: counting a corrupted warm-up reply
+/// message is of the schedule, measured, and had no outcome yet (the reply then takes its
+/// place): counting a corrupted warm-up reply, or a second one for the same message,
 /// could let the drain end before a measured message came back, and would hide a measured
 /// loss; one whose header is unreadable leaves the drain to its deadline.
-fn count_corrupted(r: &mut ThreadResult, intended_ns: Option<u64>, cfg: &LoadConfig) {
+fn count_corrupted(
+    r: &mut ThreadResult,
+    seq: Option<u64>,
+    inbound: &mut Inbound,
+    cfg: &LoadConfig,
+) {
     r.corrupted += 1;
-    let measured = intended_ns
-        .map(Duration::from_nanos)
-        .is_some_and(|t| t >= cfg.warmup && t < cfg.warmup + cfg.duration);
-    if measured {
+    let Some(seq) = seq else { return };
+    let due = inbound.due(seq);
+    if due < cfg.warmup || due >= cfg.warmup + cfg.duration {
+        return;
+    }
+    if inbound.mark(seq) == Arrival::First {
         r.measured_corrupted += 1;
         r.unpublished.measured_done += 1;
     }
