@@ -111,20 +111,7 @@ fn sends_made_before_a_shutdown_are_delivered_by_its_drain() {
     for i in 0..800u64 {
         e.send(dst, i.to_le_bytes().to_vec()).unwrap();
     }
-    let started = Instant::now();
-    let stopper = std::thread::spawn(move || e.shutdown(Duration::from_secs(5)));
-    let mut got = Vec::new();
-    while started.elapsed() < Duration::from_secs(10) {
-        match b.recv(Duration::from_millis(20)) {
-            Ok(Some(Delivery::Message { payload, .. })) => {
-                got.push(u64::from_le_bytes(payload[..8].try_into().unwrap()))
-            }
-            Ok(Some(other)) => panic!("unexpected {other:?}"),
-            Ok(None) => {}
-            Err(_) => break, // closed
-        }
-    }
-    let stats = stopper.join().unwrap().expect("clean shutdown");
+    let (got, stats) = shut_down_while_reading(e, &mut b, Duration::from_secs(5));
     assert_eq!(
         got,
         (0..800).collect::<Vec<_>>(),
@@ -151,11 +138,28 @@ fn sends_waiting_for_room_at_a_shutdown_are_delivered_by_its_drain() {
         payload[..8].copy_from_slice(&i.to_le_bytes());
         e.send(dst, payload).unwrap();
     }
+    let (got, stats) = shut_down_while_reading(e, &mut b, Duration::from_secs(10));
+    assert_eq!(
+        got,
+        (0..total).collect::<Vec<_>>(),
+        "every send delivered, in order: {stats:?}"
+    );
+    assert_eq!(stats.dropped(), 0, "{stats:?}");
+}
+
+/// Shuts `e` down (drain bounded by `drain`) while `reader` reads until its connection
+/// closes (or the drain plus 5 s pass); returns the sequence numbers in the first 8 bytes
+/// of what it read, in order, and the engine's final counts.
+fn shut_down_while_reading(
+    e: Engine,
+    reader: &mut shards::client::Client,
+    drain: Duration,
+) -> (Vec<u64>, engine::stats::EngineStats) {
     let started = Instant::now();
-    let stopper = std::thread::spawn(move || e.shutdown(Duration::from_secs(10)));
+    let stopper = std::thread::spawn(move || e.shutdown(drain));
     let mut got = Vec::new();
-    while started.elapsed() < Duration::from_secs(15) {
-        match b.recv(Duration::from_millis(20)) {
+    while started.elapsed() < drain + Duration::from_secs(5) {
+        match reader.recv(Duration::from_millis(20)) {
             Ok(Some(Delivery::Message { payload, .. })) => {
                 got.push(u64::from_le_bytes(payload[..8].try_into().unwrap()))
             }
@@ -165,10 +169,5 @@ fn sends_waiting_for_room_at_a_shutdown_are_delivered_by_its_drain() {
         }
     }
     let stats = stopper.join().unwrap().expect("clean shutdown");
-    assert_eq!(
-        got,
-        (0..total).collect::<Vec<_>>(),
-        "every send delivered, in order: {stats:?}"
-    );
-    assert_eq!(stats.dropped(), 0, "{stats:?}");
+    (got, stats)
 }
