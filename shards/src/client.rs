@@ -731,12 +731,9 @@ impl Client {
     }
 }
 
-/// `d` from now; a wait too long for the clock to express waits as if for ever (a
-/// century), instead of panicking.
+/// `d` from now ([`crate::deadline_after`]).
 fn after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+    crate::deadline_after(Instant::now(), d)
 }
 
 fn describe(info: &CloseInfo) -> String {

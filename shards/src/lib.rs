@@ -37,5 +37,15 @@ pub mod tls;
 pub mod udp_batch;
 pub mod wire;
 
+/// `d` after `now`; a wait too long for the clock to express (a caller's
+/// `Duration::MAX`) becomes a century, as good as for ever, instead of a panic.
+pub(crate) fn deadline_after(
+    now: std::time::Instant,
+    d: std::time::Duration,
+) -> std::time::Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(100 * 365 * 86_400))
+}
+
 #[cfg(test)]
 mod protocol_doc;

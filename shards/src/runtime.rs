@@ -388,11 +388,8 @@ impl Runtime {
     /// [`StopError::Timeout`] if one had not within a grace period after that. Never
     /// blocks on a full command channel: the stop goes ahead of queued commands.
     pub fn shutdown(self, timeout: Duration) -> Result<(), StopError> {
-        let now = Instant::now();
         // A timeout too long for the clock drains until the shards are done.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        let deadline = crate::deadline_after(Instant::now(), timeout);
         for h in &self.handles {
             let _ = h.stop.try_send(deadline);
         }
